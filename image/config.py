@@ -1,0 +1,382 @@
+"""The appliance configuration: parsed, merged and validated in one place, then passed around frozen.
+
+appliance.yaml (the documented defaults) is loaded first; a user file given with --config is
+deep-merged over it. Every leaf is checked against SCHEMA; the result is a Config whose sections
+read as attributes (cfg.image.memory_mb) and cannot be changed.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import ipaddress
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from image.errors import UserError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULTS_FILE = PROJECT_ROOT / "appliance.yaml"
+
+BASES = ("fedora", "debian")
+FORMATS = ("qcow2", "raw", "vmdk", "ova")
+KEY_TYPES = ("EC-P256", "EC-P384", "RSA-3072", "RSA-4096")
+
+
+class ConfigError(UserError):
+    def __init__(self, key: str, value: Any, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"config error: {key}: {value!r} {allowed}")
+
+
+# --- leaf checks: each takes (key, value) and returns the normalized value or raises ConfigError
+
+
+@dataclass(frozen=True)
+class Check:
+    describe: str                       # what is allowed, for the error message
+    convert: Callable[[Any], Any]       # returns the normalized value or raises ValueError
+    optional: bool = False              # null allowed
+
+    def __call__(self, key: str, value: Any) -> Any:
+        if value is None and self.optional:
+            return None
+        try:
+            return self.convert(value)
+        except (ValueError, TypeError):
+            raise ConfigError(key, value, self.describe) from None
+
+
+def _int(lo: int, hi: int | None = None):
+    def convert(v):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError
+        if v < lo or (hi is not None and v > hi):
+            raise ValueError
+        return v
+    return convert
+
+
+def integer(lo: int, hi: int | None = None, unit: str = "") -> Check:
+    bounds = f"at least {lo}" if hi is None else f"{lo} to {hi}"
+    return Check(f"is not an integer ({unit + ', ' if unit else ''}{bounds})", _int(lo, hi))
+
+
+def one_of(*choices: str) -> Check:
+    def convert(v):
+        if v not in choices:
+            raise ValueError
+        return v
+    return Check(f"is not one of: {', '.join(choices)}", convert)
+
+
+def boolean() -> Check:
+    def convert(v):
+        if not isinstance(v, bool):
+            raise ValueError
+        return v
+    return Check("is not a boolean (true or false)", convert)
+
+
+def text(pattern: str, describe: str, optional: bool = False) -> Check:
+    rx = re.compile(pattern)
+
+    def convert(v):
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            v = str(v)  # YAML reads 1.0 or 45 as numbers where a string was meant
+        if not isinstance(v, str) or not rx.fullmatch(v):
+            raise ValueError
+        return v
+    return Check(describe, convert, optional)
+
+
+def list_of(item: Callable[[Any], Any], describe: str, allow_empty: bool = True) -> Check:
+    def convert(v):
+        if not isinstance(v, list) or (not v and not allow_empty):
+            raise ValueError
+        return tuple(item(x) for x in v)
+    return Check(describe, convert)
+
+
+def _url(v):
+    if not isinstance(v, str) or not re.fullmatch(r"(https?|file)://\S+", v):
+        raise ValueError
+    return v.rstrip("/")
+
+
+def _sha256(v):
+    if not isinstance(v, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", v):
+        raise ValueError
+    return v.lower()
+
+
+def _path(v):
+    if not isinstance(v, str) or not v:
+        raise ValueError
+    return str(Path(v).expanduser())
+
+
+def _existing_file(v):
+    p = Path(_path(v))
+    if not p.is_file():
+        raise ValueError
+    return str(p)
+
+
+_HOST_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_DNS_NAME = rf"{_HOST_LABEL}(\.{_HOST_LABEL})*"
+
+
+def _dns_or_ip(v):
+    if not isinstance(v, str):
+        raise ValueError
+    try:
+        return str(ipaddress.ip_address(v))
+    except ValueError:
+        if re.fullmatch(_DNS_NAME, v) and len(v) <= 253:
+            return v.lower()
+        raise
+
+
+def _dns_domain(v):
+    if not isinstance(v, str) or not re.fullmatch(r"\.?" + _DNS_NAME, v):
+        raise ValueError
+    return v.lower()
+
+
+def _ip_network(v):
+    return str(ipaddress.ip_network(v, strict=True))
+
+
+def _listen_address(v):
+    m = re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[0-9.]*|[A-Za-z0-9.-]*):(\d{1,5})", v) if isinstance(v, str) else None
+    if not m or not 1 <= int(m.group(2)) <= 65535:
+        raise ValueError
+    return v
+
+
+def _duration_hours(v):
+    if not isinstance(v, str) or not re.fullmatch(r"[1-9]\d*h", v):
+        raise ValueError
+    return v
+
+
+def _ssh_key(v):
+    if not isinstance(v, str) or not re.fullmatch(
+            r"(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-\S+) [A-Za-z0-9+/=]+( .*)?", v.strip()):
+        raise ValueError
+    return v.strip()
+
+
+def _crypt_hash(v):
+    if not isinstance(v, str) or not re.fullmatch(r"\$(1|5|6|y|2[aby]|gy|7)\$\S+", v):
+        raise ValueError
+    return v
+
+
+def _formats(v):
+    if not isinstance(v, list) or not v or any(f not in FORMATS for f in v):
+        raise ValueError
+    return tuple(dict.fromkeys(v))
+
+
+DURATION = Check("is not a duration in hours (e.g. 744h)", _duration_hours)
+NAME = text(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", "is not a file-name-safe name (letters, digits, . _ -; at most 63)")
+VERSION = text(r"\d+(\.\d+){1,3}", "is not a release version like 0.30.2")
+SHA256 = Check("is not a SHA-256 digest (64 hex digits)", _sha256, optional=True)
+LOCAL_PATH = Check("is not an existing file", _existing_file, optional=True)
+
+
+# The whole schema: every key a config may have, with its check. One place for each rule.
+SCHEMA: dict[str, Any] = {
+    "image": {
+        "name": NAME,
+        "version": text(r"[0-9A-Za-z][0-9A-Za-z.+~-]{0,31}", "is not a version (letters, digits, . + ~ -)"),
+        "base": one_of(*BASES),
+        "disk_gb": integer(4, 2048, "GiB"),
+        "cpus": integer(1, 64),
+        "memory_mb": integer(1024, 1048576, "MiB"),
+        "formats": Check(f"is not a non-empty list of: {', '.join(FORMATS)}", _formats),
+    },
+    "fedora": {
+        "release": integer(40, 99),
+        "mirror": Check("is not an http(s):// or file:// URL", _url),
+    },
+    "debian": {
+        "suite": one_of("bookworm", "trixie"),
+        "mirror": Check("is not an http(s):// or file:// URL", _url),
+    },
+    "artifacts": {
+        "step_ca": {"version": VERSION, "sha256": SHA256, "path": LOCAL_PATH},
+        "step_cli": {"version": VERSION, "sha256": SHA256, "path": LOCAL_PATH, "enabled": boolean()},
+    },
+    "ca": {
+        "name": text(r"\S.{0,62}", "is not a PKI name (1 to 64 characters)"),
+        "dns_names": list_of(lambda v: _dns_or_ip(v), "is not a list of DNS names and IP addresses"),
+        "address": Check("is not a listen address like :443 or 0.0.0.0:8443 (port 1-65535)", _listen_address),
+        "provisioner": text(r"[^@\s]+@[^@\s]+\.[^@\s]+", "is not an email address"),
+        "ssh": boolean(),
+        "key_type": one_of(*KEY_TYPES),
+        "root_key": one_of("keep", "offline"),
+        "root_years": integer(1, 30, "years"),
+        "intermediate_years": integer(1, 30, "years"),
+        "name_constraints": {
+            "dns": list_of(_dns_domain, "is not a list of DNS domains"),
+            "ip": list_of(_ip_network, "is not a list of IP networks like 192.168.70.0/24"),
+        },
+        "claims": {
+            "acme": {"default": DURATION, "max": DURATION},
+            "jwk": {"default": DURATION, "max": DURATION},
+        },
+    },
+    "admin": {
+        "user": text(r"[a-z_][a-z0-9_-]{0,31}", "is not a Linux user name (lower case, at most 32)"),
+        "ssh_authorized_keys": list_of(_ssh_key, "is not a list of SSH public keys (type base64 [comment])"),
+        "password_hash": Check("is not a crypt(3) hash like $6$salt$hash (plaintext passwords are refused)",
+                               _crypt_hash, optional=True),
+    },
+    "firstboot": {
+        "mode": one_of("interactive", "unattended"),
+        "answers": LOCAL_PATH,
+    },
+}
+
+
+class Section:
+    """A frozen, attribute-access view of one validated mapping."""
+
+    __slots__ = ("_path", "_items")
+
+    def __init__(self, path: str, items: dict):
+        object.__setattr__(self, "_path", path)
+        object.__setattr__(self, "_items", dict(items))
+
+    def __getattr__(self, name):
+        try:
+            return self._items[name]
+        except KeyError:
+            raise AttributeError(f"{self._path or 'config'} has no key {name!r}") from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError("the configuration is frozen")
+
+    def __getitem__(self, name):
+        return self._items[name]
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __eq__(self, other):
+        return isinstance(other, Section) and self.to_dict() == other.to_dict()
+
+    def __hash__(self):
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
+
+    def __repr__(self):
+        return f"Section({self._path or 'config'}: {self.to_dict()!r})"
+
+    def to_dict(self) -> dict:
+        def plain(v):
+            if isinstance(v, Section):
+                return v.to_dict()
+            if isinstance(v, tuple):
+                return [plain(x) for x in v]
+            return v
+        return {k: plain(v) for k, v in self._items.items()}
+
+
+class Config(Section):
+    """The whole validated configuration."""
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical JSON form: the build manifest records it."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """A new dict: `over` merged into `base`, mappings recursively, everything else replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _validate(schema: dict, data: Any, path: str) -> dict:
+    if not isinstance(data, dict):
+        raise ConfigError(path, data, "is not a mapping of keys")
+    for key in data:
+        if key not in schema:
+            close = difflib.get_close_matches(str(key), list(schema), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(schema)}"
+            raise ConfigError(f"{path}.{key}" if path else str(key), data[key], f"is an unknown key ({hint})")
+    out = {}
+    for key, rule in schema.items():
+        sub = f"{path}.{key}" if path else key
+        if key not in data:
+            raise ConfigError(sub, None, "is missing")
+        if isinstance(rule, dict):
+            out[key] = Section(sub, _validate(rule, data[key], sub))
+        else:
+            out[key] = rule(sub, data[key])
+    return out
+
+
+def _cross_checks(cfg: Config) -> None:
+    for section in ("acme", "jwk"):
+        c = cfg.ca.claims[section]
+        if int(c.default[:-1]) > int(c.max[:-1]):
+            raise ConfigError(f"ca.claims.{section}.default", c.default,
+                              f"is longer than ca.claims.{section}.max ({c.max})")
+    if cfg.firstboot.mode == "unattended" and cfg.firstboot.answers is None:
+        raise ConfigError("firstboot.answers", None,
+                          "is required when firstboot.mode is unattended (an answers YAML file)")
+
+
+def read_yaml(path: Path, what: str) -> dict:
+    try:
+        text_ = Path(path).read_text()
+    except FileNotFoundError:
+        raise UserError(f"{what}: {str(path)!r} does not exist") from None
+    except OSError as e:
+        raise UserError(f"{what}: {str(path)!r} cannot be read ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text_)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{what}: {str(path)!r}{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{what}: {str(path)!r} is not a YAML mapping of sections")
+    return data
+
+
+def load_config(user_file: str | Path | None = None, overrides: dict | None = None) -> Config:
+    """appliance.yaml, with the user's file and then `overrides` (e.g. {'image': {'base': 'debian'}})
+    deep-merged over it, validated and frozen."""
+    data = read_yaml(DEFAULTS_FILE, "defaults")
+    if user_file is not None:
+        data = deep_merge(data, read_yaml(Path(user_file), "--config"))
+    if overrides:
+        data = deep_merge(data, overrides)
+    cfg = Config("", _validate(SCHEMA, data, ""))
+    _cross_checks(cfg)
+    return cfg
+
+
+def leaf_keys(schema: dict = SCHEMA, prefix: str = "") -> list[str]:
+    """Every dotted key path of the schema, in order (the README reference is checked against it)."""
+    keys = []
+    for k, v in schema.items():
+        p = f"{prefix}.{k}" if prefix else k
+        keys.extend(leaf_keys(v, p) if isinstance(v, dict) else [p])
+    return keys
