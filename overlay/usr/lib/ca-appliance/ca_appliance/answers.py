@@ -1,0 +1,378 @@
+"""The answers to the appliance's first-boot questions: shipped defaults, merging, validation.
+
+Every source of answers (the wizard, an answers file, the unattended sources) ends in
+validate(), so one set of rules decides what a configuration may look like.
+"""
+
+import base64
+import copy
+import ipaddress
+import re
+from pathlib import Path
+
+import yaml
+
+DEFAULTS_RELATIVE_PATH = Path("usr/lib/ca-appliance/defaults.yaml")
+# The defaults.yaml shipped next to this package (the image's, or the repo checkout's).
+PACKAGED_DEFAULTS = Path(__file__).resolve().parent.parent / "defaults.yaml"
+
+KEY_TYPES = ("EC-P256", "EC-P384", "RSA-3072", "RSA-4096")
+ROOT_KEY_MODES = ("keep", "offline")
+NETWORK_MODES = ("dhcp", "static")
+SSH_KEY_TYPES = (
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+# Certificate subjects are "<name> Root CA" / "<name> Intermediate CA"; a CN holds 64 chars.
+MAX_CA_NAME = 64 - len(" Intermediate CA")
+MIN_PASSWORD = 8
+MAX_YEARS = 50
+
+_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_EMAIL_LOCAL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}$")
+_GO_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$")
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+_TRUE_WORDS = ("true", "yes", "y", "on", "1")
+_FALSE_WORDS = ("false", "no", "n", "off", "0")
+
+
+class AnswersError(ValueError):
+    """A bad answer: names the key, the value and what is allowed, in one line."""
+
+    def __init__(self, key, value, message):
+        self.key = key
+        self.value = value
+        self.message = message
+        super().__init__(f"answers error: {key}: {value!r} {message}")
+
+
+def load_defaults(prefix=None):
+    """The shipped defaults: PREFIX's defaults.yaml when it has one, else the packaged one."""
+    path = PACKAGED_DEFAULTS
+    if prefix is not None and (Path(prefix) / DEFAULTS_RELATIVE_PATH).is_file():
+        path = Path(prefix) / DEFAULTS_RELATIVE_PATH
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise AnswersError(str(path), "<file>", f"is not valid YAML: {error}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise AnswersError(str(path), type(loaded).__name__, "must be a YAML mapping")
+    return loaded
+
+
+def deep_merge(base, override):
+    """A new dict: override's values over base's, mappings merged key by key, lists replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+# ---- per-field validators (the wizard calls these one answer at a time) ----
+
+
+def _dns_name_problem(name):
+    """None when name is a valid DNS name (lower case, no trailing dot), else why not."""
+    if not name or len(name) > 253:
+        return "must be 1-253 characters"
+    for label in name.split("."):
+        if not _DNS_LABEL.match(label):
+            return "labels must be 1-63 of a-z, 0-9 and '-', not starting or ending with '-'"
+    if name.rsplit(".", 1)[-1].isdigit():
+        return "must not end in a numeric label"
+    return None
+
+
+def check_fqdn(value, key="hostname"):
+    """A fully qualified host name, lower-cased, without a trailing dot."""
+    allowed = "is not a fully qualified domain name (e.g. ca.lab.example: letters, digits, '-', at least two labels)"
+    if not isinstance(value, str):
+        raise AnswersError(key, value, allowed)
+    name = value.strip().lower().rstrip(".")
+    if "." not in name or _dns_name_problem(name):
+        raise AnswersError(key, value, allowed)
+    return name
+
+
+def check_listen_address(value, key="ca.address"):
+    """A listen address in Go's form: ":443", "0.0.0.0:443", "[::]:443"; a bare port means all addresses."""
+    allowed = "is not a listen address: use ':PORT' or 'IP:PORT' with a port 1-65535 (e.g. ':443')"
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise AnswersError(key, value, allowed)
+    text = str(value).strip()
+    host, separator, port = text.rpartition(":")
+    if not separator:
+        host, port = "", text
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise AnswersError(key, value, allowed)
+    if host:
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        try:
+            address = ipaddress.ip_address(bare)
+        except ValueError:
+            raise AnswersError(key, value, allowed) from None
+        host = f"[{address}]" if address.version == 6 else str(address)
+    return f"{host}:{int(port)}"
+
+
+def check_email(value, key="ca.provisioner"):
+    """An email address (the first provisioner's name, like `step ca init`)."""
+    allowed = "is not an email address (e.g. admin@lab.example)"
+    if not isinstance(value, str):
+        raise AnswersError(key, value, allowed)
+    local, at, domain = value.strip().rpartition("@")
+    domain = domain.lower()
+    if not at or not _EMAIL_LOCAL.match(local) or ".." in local or _dns_name_problem(domain):
+        raise AnswersError(key, value, allowed)
+    return f"{local}@{domain}"
+
+
+def _as_list(value):
+    """Lists stay lists; a comma-separated string (OVF properties, the wizard) becomes one."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def check_dns_names(value, key="ca.dns_names"):
+    """The names and IP addresses the CA is reached at: DNS names or IPs, de-duplicated."""
+    allowed = "must be a list of DNS names and IP addresses (e.g. [ca.lab.example, 192.168.70.10])"
+    value = _as_list(value)
+    if not isinstance(value, list):
+        raise AnswersError(key, value, allowed)
+    names = []
+    for item in value:
+        if not isinstance(item, str):
+            raise AnswersError(key, item, allowed)
+        text = item.strip().lower().rstrip(".")
+        try:
+            text = str(ipaddress.ip_address(text))
+        except ValueError:
+            if _dns_name_problem(text):
+                raise AnswersError(key, item, "is neither a DNS name nor an IP address") from None
+        if text not in names:
+            names.append(text)
+    return names
+
+
+def check_ipv4_cidr(value, key="network.address"):
+    """A host address with its prefix length, e.g. 192.168.70.10/24."""
+    allowed = "is not an IPv4 host address with prefix length (e.g. 192.168.70.10/24)"
+    if not isinstance(value, str) or "/" not in value:
+        raise AnswersError(key, value, allowed)
+    try:
+        interface = ipaddress.IPv4Interface(value.strip())
+    except ValueError:
+        raise AnswersError(key, value, allowed) from None
+    network = interface.network
+    if interface.ip.is_unspecified or (
+        network.prefixlen < 31 and interface.ip in (network.network_address, network.broadcast_address)
+    ):
+        raise AnswersError(key, value, f"{allowed}; not the network or broadcast address")
+    return str(interface)
+
+
+def check_ipv4(value, key):
+    """One IPv4 address (a gateway or a DNS server)."""
+    try:
+        return str(ipaddress.IPv4Address(str(value).strip()))
+    except ValueError:
+        raise AnswersError(key, value, "is not an IPv4 address (e.g. 192.168.70.1)") from None
+
+
+def check_ssh_key(value, key="admin.ssh_authorized_keys"):
+    """One OpenSSH public key line: '<type> <base64> [comment]'."""
+    allowed = f"is not an OpenSSH public key: use '<type> <base64> [comment]' with a type of {', '.join(SSH_KEY_TYPES)}"
+    if not isinstance(value, str) or "\n" in value.strip():
+        raise AnswersError(key, value, allowed)
+    parts = value.strip().split(None, 2)
+    if len(parts) < 2 or parts[0] not in SSH_KEY_TYPES:
+        raise AnswersError(key, value, allowed)
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except ValueError:
+        raise AnswersError(key, value, allowed) from None
+    # The key blob starts with its own type as an SSH string: length (4 bytes) + name.
+    key_type = parts[0].encode()
+    if blob[:4] != len(key_type).to_bytes(4, "big") or blob[4 : 4 + len(key_type)] != key_type:
+        raise AnswersError(key, value, f"{allowed} (the key data does not match its type)")
+    return " ".join(parts)
+
+
+def check_ssh_keys(value, key="admin.ssh_authorized_keys"):
+    """A list of OpenSSH public keys (one string is taken as one key)."""
+    if isinstance(value, str):
+        value = [value] if value.strip() else []
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise AnswersError(key, value, "must be a list of OpenSSH public keys")
+    return [check_ssh_key(item, key) for item in value]
+
+
+def check_password(value, key="ca.password"):
+    """None (generate one) or a one-line password of at least MIN_PASSWORD characters."""
+    if value is None or value == "":
+        return None
+    allowed = f"is not a usable password: at least {MIN_PASSWORD} characters on one line, or null to generate one"
+    if not isinstance(value, str) or len(value) < MIN_PASSWORD or "\n" in value or "\r" in value:
+        # Never echo a password back, even a bad one.
+        raise AnswersError(key, "<hidden>", allowed)
+    return value
+
+
+def check_ca_name(value, key="ca.name"):
+    """The PKI name: certificate subjects are derived from it."""
+    allowed = f"is not a PKI name: 1-{MAX_CA_NAME} printable characters (e.g. Lab CA)"
+    if not isinstance(value, str):
+        raise AnswersError(key, value, allowed)
+    name = " ".join(value.split())
+    if not name or len(name) > MAX_CA_NAME or not name.isprintable():
+        raise AnswersError(key, value, allowed)
+    return name
+
+
+def check_bool(value, key):
+    """A yes/no answer: YAML booleans, or the words OVF properties and people use."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS + _FALSE_WORDS:
+        return value.strip().lower() in _TRUE_WORDS
+    raise AnswersError(key, value, "must be true or false")
+
+
+def check_choice(value, key, choices):
+    if value not in choices:
+        raise AnswersError(key, value, f"must be one of {', '.join(choices)}")
+    return value
+
+
+def check_years(value, key, maximum=MAX_YEARS):
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise AnswersError(key, value, f"must be a whole number of years from 1 to {maximum}")
+    return value
+
+
+def duration_seconds(value):
+    """Seconds in a Go duration string such as "744h" or "1h30m"."""
+    return sum(float(number) * _DURATION_SECONDS[unit] for number, unit in _GO_DURATION_PART.findall(value))
+
+
+def check_duration(value, key):
+    allowed = "is not a Go duration (e.g. 744h, 24h, 90m) greater than zero"
+    if not isinstance(value, str) or not _GO_DURATION.match(value.strip()) or duration_seconds(value) <= 0:
+        raise AnswersError(key, value, allowed)
+    return value.strip()
+
+
+def check_claims(value, key="ca.claims"):
+    """Certificate lifetimes per provisioner kind: {acme|jwk: {default, max}}, default <= max."""
+    if not isinstance(value, dict):
+        raise AnswersError(key, value, "must be a mapping of acme and jwk to {default, max}")
+    claims = {}
+    for kind in ("acme", "jwk"):
+        durations = value.get(kind)
+        if not isinstance(durations, dict):
+            allowed = "must be a mapping with default and max (e.g. {default: 744h, max: 4320h})"
+            raise AnswersError(f"{key}.{kind}", durations, allowed)
+        default = check_duration(durations.get("default"), f"{key}.{kind}.default")
+        maximum = check_duration(durations.get("max"), f"{key}.{kind}.max")
+        if duration_seconds(default) > duration_seconds(maximum):
+            allowed = f"must not be longer than {key}.{kind}.max ({maximum})"
+            raise AnswersError(f"{key}.{kind}.default", default, allowed)
+        claims[kind] = {"default": default, "max": maximum}
+    return claims
+
+
+def check_name_constraints(value, key="ca.name_constraints"):
+    """Permitted names for issued certificates: dns domains and ip networks; empty lists permit all."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise AnswersError(key, value, "must be a mapping with dns and ip lists")
+    domains = []
+    for item in _as_list(value.get("dns") or []):
+        text = item.strip().lower() if isinstance(item, str) else item
+        # A leading dot (".lab.example") means subdomains only, as in X.509 name constraints.
+        if not isinstance(text, str) or _dns_name_problem(text.removeprefix(".")):
+            raise AnswersError(f"{key}.dns", item, "is not a DNS domain (e.g. lab.example or .lab.example)")
+        domains.append(text)
+    networks = []
+    for item in _as_list(value.get("ip") or []):
+        try:
+            networks.append(str(ipaddress.ip_network(str(item).strip())))
+        except ValueError:
+            raise AnswersError(f"{key}.ip", item, "is not an IP network (e.g. 192.168.70.0/24)") from None
+    return {"dns": domains, "ip": networks}
+
+
+def check_network(value, key="network"):
+    """DHCP, or a static IPv4 address/prefix with a gateway and DNS servers."""
+    if value is None:
+        value = {"mode": "dhcp"}
+    if not isinstance(value, dict):
+        raise AnswersError(key, value, "must be a mapping: {mode: dhcp} or {mode: static, address, gateway, dns}")
+    mode = check_choice(value.get("mode", "dhcp"), f"{key}.mode", NETWORK_MODES)
+    if mode == "dhcp":
+        return {"mode": "dhcp"}
+    address = check_ipv4_cidr(value.get("address"), f"{key}.address")
+    gateway = check_ipv4(value.get("gateway"), f"{key}.gateway")
+    subnet = ipaddress.IPv4Interface(address).network
+    if ipaddress.IPv4Address(gateway) not in subnet or gateway == address.split("/")[0]:
+        raise AnswersError(f"{key}.gateway", gateway, f"must be another address inside {subnet}")
+    servers = _as_list(value.get("dns") or [])
+    if not isinstance(servers, list) or not servers:
+        raise AnswersError(f"{key}.dns", value.get("dns"), "must list at least one DNS server address")
+    servers = [check_ipv4(server, f"{key}.dns") for server in servers]
+    return {"mode": "static", "address": address, "gateway": gateway, "dns": servers}
+
+
+def validate(raw, defaults):
+    """A new, complete, normalized answers dict: raw merged over defaults, every value checked."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise AnswersError("(answers)", raw, "must be a mapping of hostname, network, ca, admin")
+    for section in ("ca", "admin"):
+        if section in raw and raw[section] is not None and not isinstance(raw[section], dict):
+            raise AnswersError(section, raw[section], "must be a mapping")
+    # A top-level null (e.g. "network:" left empty) means "use the default".
+    merged = deep_merge(defaults or {}, {key: value for key, value in raw.items() if value is not None})
+    ca = merged.get("ca") or {}
+    admin = merged.get("admin") or {}
+
+    hostname = check_fqdn(merged.get("hostname"), "hostname")
+    root_years = check_years(ca.get("root_years"), "ca.root_years")
+    return {
+        "hostname": hostname,
+        "network": check_network(merged.get("network"), "network"),
+        "ca": {
+            "name": check_ca_name(ca.get("name"), "ca.name"),
+            "dns_names": check_dns_names(ca.get("dns_names") or [], "ca.dns_names") or [hostname],
+            "address": check_listen_address(ca.get("address"), "ca.address"),
+            "provisioner": check_email(ca.get("provisioner"), "ca.provisioner"),
+            "password": check_password(ca.get("password"), "ca.password"),
+            "ssh": check_bool(ca.get("ssh"), "ca.ssh"),
+            "key_type": check_choice(ca.get("key_type"), "ca.key_type", KEY_TYPES),
+            "root_key": check_choice(ca.get("root_key"), "ca.root_key", ROOT_KEY_MODES),
+            "root_years": root_years,
+            # An intermediate must not outlive the root that signs it.
+            "intermediate_years": check_years(ca.get("intermediate_years"), "ca.intermediate_years", root_years),
+            "name_constraints": check_name_constraints(ca.get("name_constraints"), "ca.name_constraints"),
+            "claims": check_claims(ca.get("claims"), "ca.claims"),
+        },
+        "admin": {"ssh_authorized_keys": check_ssh_keys(admin.get("ssh_authorized_keys"), "admin.ssh_authorized_keys")},
+    }
