@@ -1,0 +1,106 @@
+"""Running external commands for the long build steps: logged, optionally echoed, failing clearly.
+
+Every stage of a build gets a Runner bound to one log file. `run()` appends the command and
+its output to that log; with verbose=True it also echoes the command line. A non-zero exit
+raises StepFailed naming the step, the exit status and the log, with the log's last lines.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from image.errors import StepFailed, UserError
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class Runner:
+    def __init__(self, log_path: Path, verbose: bool = False, out=sys.stderr):
+        self.log_path = Path(log_path)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.verbose = verbose
+        self.out = out
+        self.step_name = "build"
+
+    def say(self, message: str) -> None:
+        print(message, file=self.out, flush=True)
+        self._log(f"# {message}\n")
+
+    def _log(self, text: str) -> None:
+        with open(self.log_path, "a") as f:
+            f.write(text)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """A named stage: prints its start and duration; failures inside name it."""
+        previous, self.step_name = self.step_name, name
+        start = time.monotonic()
+        self.say(f"==> {name}")
+        try:
+            yield
+        finally:
+            self.step_name = previous
+        self.say(f"    {name}: done in {time.monotonic() - start:.0f}s")
+
+    def run(self, cmd: Sequence[str | os.PathLike], *, env: dict | None = None, cwd=None,
+            input: bytes | None = None, capture: bool = False, check: bool = True,
+            timeout: float | None = None) -> subprocess.CompletedProcess:
+        """Run cmd, its output appended to the log (or captured and returned with capture=True)."""
+        argv = [str(c) for c in cmd]
+        line = shlex.join(argv)
+        if self.verbose:
+            print(f"    $ {line}", file=self.out, flush=True)
+        self._log(f"$ {line}\n")
+        full_env = None if env is None else {**os.environ, **env}
+        with open(self.log_path, "ab") as logf:
+            try:
+                proc = subprocess.run(
+                    argv, env=full_env, cwd=cwd, input=input, timeout=timeout, check=False,
+                    stdout=subprocess.PIPE if capture else logf, stderr=logf,
+                    stdin=None if input is not None else subprocess.DEVNULL)
+            except FileNotFoundError:
+                raise StepFailed(self.step_name, f"{argv[0]} is not installed", self.log_path) from None
+            except subprocess.TimeoutExpired:
+                raise StepFailed(self.step_name, f"{argv[0]} did not finish within {timeout:.0f}s",
+                                 self.log_path) from None
+        if check and proc.returncode != 0:
+            last = tail(self.log_path, 15)
+            detail = f"{argv[0]} exited with status {proc.returncode}"
+            if last:
+                detail += "\n" + "\n".join("    " + x for x in last.splitlines())
+            raise StepFailed(self.step_name, detail, self.log_path)
+        return proc
+
+    def output(self, cmd: Sequence[str | os.PathLike], **kw) -> str:
+        return self.run(cmd, capture=True, **kw).stdout.decode()
+
+
+def require_tools(tools: dict[str, tuple[str, str]]) -> None:
+    """Fail before any work when host tools are missing. tools: {command: (apt package, dnf package)}."""
+    missing = {cmd: pkgs for cmd, pkgs in tools.items() if shutil.which(cmd) is None}
+    if missing:
+        apt = sorted({p[0] for p in missing.values()})
+        dnf = sorted({p[1] for p in missing.values()})
+        raise UserError(f"missing host tools: {', '.join(sorted(missing))}; install them with "
+                        f"'apt-get install {' '.join(apt)}' or 'dnf install {' '.join(dnf)}'")
+
+
+def require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise UserError(f"{what}: needs root (loop devices and mounts); run it with sudo")

@@ -1,0 +1,107 @@
+"""CA appliance builder: `invoke --list` shows the tasks, `invoke --help TASK` their options.
+
+This file only parses arguments and calls functions in image/. Errors come out as one line:
+exit status 2 for bad input, 1 for a failed step (with the path of its log).
+"""
+import functools
+import sys
+
+from invoke import task
+
+from image.errors import ApplianceError
+
+
+def reports_errors(fn):
+    """Turn the project's errors into one line on stderr and an exit status, never a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ApplianceError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+    return wrapper
+
+
+def _config(config, base=None):
+    from image.config import load_config
+    return load_config(config, {"image": {"base": base}} if base else None)
+
+
+@task(help={"config": "YAML file merged over appliance.yaml",
+            "base": "fedora or debian (default: image.base from the config)",
+            "out": "directory for the kickstart and payload list (default: build/render)"})
+@reports_errors
+def render(c, config=None, base=None, out="build/render"):
+    """Render the Fedora kickstart and the payload list the build will use, and say where."""
+    from image.kickstart import render_to
+    render_to(_config(config, base), out)
+
+
+@task(help={"config": "YAML file merged over appliance.yaml",
+            "base": "fedora (RPMs) or debian (.deb); default: image.base from the config"})
+@reports_errors
+def fetch(c, config=None, base=None):
+    """Download the step-ca and step release packages the base needs into the cache, verified."""
+    from image.artifacts import fetch_artifacts
+    fetch_artifacts(_config(config, base))
+
+
+@task(name="step-ca-from-source", help={"force": "rebuild even when a binary is cached"})
+@reports_errors
+def step_ca_from_source(c, force=False):
+    """Build step-ca from Debian's Go sources (offline) and print the `path` to put in the config."""
+    from image.stepca_source import build_step_ca_from_source
+    path = build_step_ca_from_source(force=force)
+    print(path)
+    print(f"use it with:  artifacts: {{step_ca: {{path: {path}}}, step_cli: {{enabled: false}}}}")
+
+
+@task(help={"format": "qcow2, raw, vmdk or ova; repeat or comma-separate for several "
+                      "(default: image.formats from the config)",
+            "base": "fedora or debian (default: image.base from the config)",
+            "config": "YAML file merged over appliance.yaml",
+            "verbose": "show the commands run"},
+      iterable=["format"])
+@reports_errors
+def build(c, format=None, base=None, config=None, verbose=False):
+    """Build the appliance disk image into dist/ with SHA256SUMS and a manifest."""
+    from image.build import build_appliance
+    formats = [f for item in (format or []) for f in item.split(",") if f]
+    build_appliance(_config(config, base), formats=formats or None, verbose=verbose)
+
+
+@task
+@reports_errors
+def clean(c):
+    """Remove build/ and dist/ (the download cache stays)."""
+    from image.build import clean_outputs
+    clean_outputs()
+
+
+@task(help={"image": "the qcow2 (or raw) image to boot",
+            "answers": "answers YAML for the first boot (default: generated, with a test SSH key)",
+            "interactive": "answer the console wizard over the serial console instead",
+            "accel": "auto, kvm or tcg (auto: KVM only when it really works)",
+            "keep": "leave the VM running and its files in place afterwards",
+            "config": "YAML file merged over appliance.yaml (CPUs, memory)"})
+@reports_errors
+def verify(c, image, answers=None, interactive=False, accel="auto", keep=False, config=None):
+    """Boot an image, let it configure itself, and check it over SSH with testinfra."""
+    from image.verify import verify_image
+    ok = verify_image(_config(config), image=image, answers=answers, interactive=interactive,
+                      accel=accel, keep=keep)
+    sys.exit(0 if ok else 1)
+
+
+@task(help={"image": "a built image to measure (default: build one)",
+            "accel": "auto, kvm or tcg",
+            "out": "JSON file for the results (default: build/bench.json)"})
+@reports_errors
+def bench(c, image=None, accel="auto", out="build/bench.json"):
+    """Measure build time, image size, boot-to-ready and issuance against native step-ca."""
+    from image.bench import run_benchmarks
+    run_benchmarks(image=image, accel=accel, out=out)
