@@ -189,6 +189,7 @@ DURATION = Check("is not a duration in hours (e.g. 744h)", _duration_hours)
 NAME = text(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", "is not a file-name-safe name (letters, digits, . _ -; at most 63)")
 VERSION = text(r"\d+(\.\d+){1,3}", "is not a release version like 0.30.2")
 SHA256 = Check("is not a SHA-256 digest (64 hex digits)", _sha256, optional=True)
+URL = Check("is not an http(s):// or file:// URL", _url)
 LOCAL_PATH = Check("is not an existing file", _existing_file, optional=True)
 
 
@@ -205,15 +206,15 @@ SCHEMA: dict[str, Any] = {
     },
     "fedora": {
         "release": integer(40, 99),
-        "mirror": Check("is not an http(s):// or file:// URL", _url),
+        "mirror": URL,
     },
     "debian": {
         "suite": one_of("bookworm", "trixie"),
-        "mirror": Check("is not an http(s):// or file:// URL", _url),
+        "mirror": URL,
     },
     "artifacts": {
-        "step_ca": {"version": VERSION, "sha256": SHA256, "path": LOCAL_PATH},
-        "step_cli": {"version": VERSION, "sha256": SHA256, "path": LOCAL_PATH, "enabled": boolean()},
+        "step_ca": {"version": VERSION, "url": URL, "sha256": SHA256, "path": LOCAL_PATH},
+        "step_cli": {"version": VERSION, "url": URL, "sha256": SHA256, "path": LOCAL_PATH, "enabled": boolean()},
     },
     "ca": {
         "name": text(r"\S.{0,62}", "is not a PKI name (1 to 64 characters)"),
