@@ -76,8 +76,8 @@ def write_payload_tarball(cfg: Config, dest: Path) -> Path:
         entries[rel] = ("file", content, mode)
     tmp = dest.with_name(dest.name + ".part")
     with open(tmp, "wb") as raw:
-        # gzip mtime 0: identical content gives identical bytes
-        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
+        # no name, mtime 0 in the gzip header: identical content gives identical bytes
+        with gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz, \
                 tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
             for rel in sorted(entries):
                 kind, content, mode = entries[rel]
