@@ -1,0 +1,297 @@
+"""The step-ca and step CLI packages a build installs: downloaded from their releases, verified, cached.
+
+For each artifact in the config (step-ca always, step-cli when artifacts.step_cli.enabled) the base
+needs one file: Fedora an x86_64 RPM, Debian an amd64 .deb. It comes either from the release at
+`{url}/v{version}/{asset}`, checked against that release's checksums.txt (and the config's sha256
+pin, when set), or from a local `path` (a package of the right kind, or an x86-64 ELF step-ca).
+
+Downloads land in cache_dir()/releases/<name>/<version>/ only after they verified, so a cached file
+is always a whole one; it is re-checked against the cached checksums.txt before it is reused.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from image.cache import cache_dir
+from image.config import ConfigError
+from image.errors import StepFailed, UserError
+
+KINDS = ("rpm", "deb", "binary")
+PACKAGE_KIND = {"fedora": "rpm", "debian": "deb"}
+CHECKSUMS_ASSET = "checksums.txt"
+# smallstep's goreleaser/nfpm packages carry package release 1 (packageRelease in .goreleaser.yml).
+PACKAGE_RELEASE = "1"
+USER_AGENT = "ca-appliance-builder"
+DOWNLOAD_TIMEOUT_S = 60
+CHUNK = 256 * 1024
+
+RPM_LEAD_MAGIC = b"\xed\xab\xee\xdb"
+AR_MAGIC = b"!<arch>\n"
+ELF_MAGIC = b"\x7fELF"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str       # 'step-ca' | 'step-cli' (the package name too)
+    version: str    # the release version; 'local' for a `path` artifact
+    kind: str       # 'rpm' | 'deb' | 'binary'
+    path: Path
+    sha256: str
+
+
+def release_asset_name(package: str, version: str, kind: str) -> str:
+    """The file name smallstep publishes in a release (nfpm's conventional names, as of v0.30:
+    step-ca_0.30.2-1_amd64.deb, step-ca-0.30.2-1.x86_64.rpm)."""
+    if kind == "deb":
+        return f"{package}_{version}-{PACKAGE_RELEASE}_amd64.deb"
+    if kind == "rpm":
+        return f"{package}-{version}-{PACKAGE_RELEASE}.x86_64.rpm"
+    raise ValueError(f"no release package of kind {kind!r}")
+
+
+def release_url(base_url: str, version: str, asset: str) -> str:
+    return f"{base_url}/v{version}/{asset}"
+
+
+def fetch_artifacts(cfg, *, progress: bool = True, out=None) -> list[Artifact]:
+    """The packages cfg.image.base needs, verified and cached; local `path` artifacts as they are."""
+    out = sys.stderr if out is None else out
+    wanted = [("step-ca", "step_ca")]
+    if cfg.artifacts.step_cli.enabled:
+        wanted.append(("step-cli", "step_cli"))
+    fetched = []
+    for name, key in wanted:
+        section = cfg.artifacts[key]
+        if section.path is not None:
+            artifact = local_artifact(name, key, section, cfg.image.base)
+            if progress:
+                print(f"{name}: using {artifact.path} ({artifact.kind})", file=out, flush=True)
+        else:
+            artifact = fetch_release_artifact(name, key, section, cfg.image.base, progress=progress, out=out)
+        fetched.append(artifact)
+    return fetched
+
+
+# --- local artifacts
+
+
+def detect_kind(path: Path) -> str | None:
+    """'rpm', 'deb' or 'binary' (an x86-64 ELF executable) from the file's first bytes; None if neither."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(RPM_LEAD_MAGIC):
+        return "rpm"
+    # a .deb is an ar archive whose first member is debian-binary
+    if head.startswith(AR_MAGIC) and head[8:24].rstrip(b" /") == b"debian-binary":
+        return "deb"
+    if (head.startswith(ELF_MAGIC) and len(head) >= 20 and head[4] == 2 and head[5] == 1
+            and int.from_bytes(head[16:18], "little") in (2, 3)       # ET_EXEC, ET_DYN (PIE)
+            and int.from_bytes(head[18:20], "little") == 62):          # EM_X86_64
+        return "binary"
+    return None
+
+
+def _describe_allowed(base: str) -> str:
+    package = "an x86_64 .rpm" if base == "fedora" else "an amd64 .deb"
+    return f"is not {package} or an x86-64 ELF executable (what base {base} can install)"
+
+
+def local_artifact(name: str, key: str, section, base: str) -> Artifact:
+    path_key = f"artifacts.{key}.path"
+    path = Path(section.path)
+    if not path.is_file():
+        raise ConfigError(path_key, section.path, "is not an existing file")
+    try:
+        kind = detect_kind(path)
+    except OSError as e:
+        raise ConfigError(path_key, section.path, f"cannot be read ({e.strerror})") from None
+    if kind not in (PACKAGE_KIND[base], "binary"):
+        found = f"it is {'a .' + kind if kind else 'neither a package nor an x86-64 executable'}; "
+        raise ConfigError(path_key, section.path, found + _describe_allowed(base))
+    digest = sha256_file(path)
+    if section.sha256 is not None and digest != section.sha256:
+        raise ConfigError(path_key, section.path,
+                          f"has sha256 {digest}, but artifacts.{key}.sha256 pins {section.sha256}")
+    return Artifact(name, "local", kind, path, digest)
+
+
+# --- release downloads
+
+
+def release_dir(name: str, version: str) -> Path:
+    return cache_dir() / "releases" / name / version
+
+
+def fetch_release_artifact(name: str, key: str, section, base: str, *, progress: bool, out) -> Artifact:
+    kind = PACKAGE_KIND[base]
+    asset = release_asset_name(name, section.version, kind)
+    where = release_dir(name, section.version)
+    where.mkdir(parents=True, exist_ok=True)
+    step = f"fetch {name}"
+
+    checksums = release_checksums(name, key, section, where, progress=progress, out=out)
+    expected = checksums.get(asset)
+    if expected is None:
+        similar = sorted(n for n in checksums if n.startswith(name) and n.endswith("." + kind))
+        hint = f"its {kind} packages: {', '.join(similar)}" if similar else f"it lists no {name} .{kind}"
+        raise ConfigError(f"artifacts.{key}.version", section.version,
+                          f"has no {asset} in its {CHECKSUMS_ASSET} ({hint})")
+
+    target = where / asset
+    if target.exists():
+        actual = sha256_file(target)
+        if actual == expected:
+            if progress:
+                print(f"{name} {section.version}: cached, verified ({target})", file=out, flush=True)
+        else:
+            if progress:
+                print(f"{name} {section.version}: cached {asset} is damaged, downloading it again",
+                      file=out, flush=True)
+            target.unlink()
+    if not target.exists():
+        actual = download(release_url(section.url, section.version, asset), target, step=step,
+                          version_key=f"artifacts.{key}.version", version=section.version,
+                          expected_sha256=expected, progress=progress, out=out)
+
+    if section.sha256 is not None and actual != section.sha256:
+        target.unlink(missing_ok=True)
+        raise StepFailed(step, f"{asset} does not match artifacts.{key}.sha256: expected sha256 "
+                               f"{section.sha256}, got {actual} (the file was deleted)")
+    return Artifact(name, section.version, kind, target, actual)
+
+
+def release_checksums(name: str, key: str, section, where: Path, *, progress: bool, out) -> dict[str, str]:
+    """{asset: sha256} from the release's checksums.txt, downloaded once per version."""
+    path = where / CHECKSUMS_ASSET
+    if not path.exists():
+        download(release_url(section.url, section.version, CHECKSUMS_ASSET), path, step=f"fetch {name}",
+                 version_key=f"artifacts.{key}.version", version=section.version,
+                 expected_sha256=None, progress=False, out=out)
+    return parse_checksums(path.read_text(errors="replace"))
+
+
+def parse_checksums(text: str) -> dict[str, str]:
+    """sha256sum-style lines: '<64 hex>  <name>' (a '*' before the name marks binary mode)."""
+    sums = {}
+    for line in text.splitlines():
+        parts = line.strip().split(None, 1)
+        if len(parts) == 2 and len(parts[0]) == 64 and all(c in "0123456789abcdefABCDEF" for c in parts[0]):
+            sums[parts[1].lstrip("*").strip()] = parts[0].lower()
+    return sums
+
+
+def download(url: str, target: Path, *, step: str, version_key: str, version: str,
+             expected_sha256: str | None, progress: bool, out) -> str:
+    """Download url to target and return its sha256. The bytes go to a .part file first and only
+    a whole file with the expected digest is moved into place: a failure leaves nothing behind."""
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    fd, part = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            digest, received, length = _stream(request, f, url=url, step=step, version_key=version_key,
+                                               version=version, label=target.name,
+                                               progress=progress, out=out)
+        if length is not None and received != length:
+            raise StepFailed(step, f"download of {url} was cut short: got {received} of {length} bytes")
+        if expected_sha256 is not None and digest != expected_sha256:
+            raise StepFailed(step, f"{target.name} from {url} does not match the release's {CHECKSUMS_ASSET}: "
+                                   f"expected sha256 {expected_sha256}, got {digest} (the file was deleted)")
+        os.replace(part, target)
+    except BaseException:
+        Path(part).unlink(missing_ok=True)
+        raise
+    return digest
+
+
+def _stream(request, f, *, url, step, version_key, version, label, progress, out):
+    host = urlsplit(url).netloc or url
+    try:
+        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            length = response.headers.get("Content-Length")
+            expected = int(length) if length and length.isdigit() else None
+            bar = ProgressBar(label, expected, out) if progress else None
+            h = hashlib.sha256()
+            received = 0
+            while chunk := response.read(CHUNK):
+                f.write(chunk)
+                h.update(chunk)
+                received += len(chunk)
+                if bar:
+                    bar.update(received)
+            if bar:
+                bar.done(received)
+            return h.hexdigest(), received, expected
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            raise UserError(f"config error: {version_key}: {version!r}: {url} does not exist (HTTP 404); "
+                            f"check {version_key} (and the release url next to it)") from None
+        raise StepFailed(step, f"{url}: HTTP {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, FileNotFoundError):  # file:// mirrors
+            raise UserError(f"config error: {version_key}: {version!r}: {url} does not exist; "
+                            f"check {version_key} (and the release url next to it)") from None
+        raise StepFailed(step, f"cannot reach {host} ({_reason(e.reason)}); offline builds can use a local "
+                               f"package or binary in artifacts.step_ca.path (`invoke step-ca-from-source` "
+                               f"builds one)") from None
+    except (OSError, http.client.HTTPException) as e:  # reset, timed out or cut off mid-body
+        raise StepFailed(step, f"download of {url} failed: {_reason(e)}") from None
+
+
+def _reason(reason) -> str:
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror
+    return str(reason) or type(reason).__name__
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1024 * 1024):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ProgressBar:
+    """Percentage and MB on one updating line on a terminal; a line per quarter otherwise (logs)."""
+
+    def __init__(self, label: str, total: int | None, out):
+        self.label, self.total, self.out = label, total, out
+        self.tty = hasattr(out, "isatty") and out.isatty()
+        self.shown = -1
+
+    def _line(self, received: int) -> str:
+        mb = received / 1e6
+        if self.total:
+            return f"{self.label} {100 * received // self.total:3d}% {mb:.1f}/{self.total / 1e6:.1f} MB"
+        return f"{self.label} {mb:.1f} MB"
+
+    def update(self, received: int) -> None:
+        # a terminal redraws on every whole percent; a log gets a line per quarter (or per 10 MB untold)
+        if self.tty:
+            step = 100 * received // self.total if self.total else received // 100_000
+        else:
+            step = 4 * received // self.total if self.total else received // 10_000_000
+        if step == self.shown:
+            return
+        self.shown = step
+        if self.tty:
+            self.out.write("\r" + self._line(received))
+            self.out.flush()
+        elif not self.total or step < 4:
+            print(self._line(received), file=self.out, flush=True)
+
+    def done(self, received: int) -> None:
+        if self.tty:
+            self.out.write("\r" + self._line(received) + "\n")
+        else:
+            print(self._line(received), file=self.out)
+        self.out.flush()
