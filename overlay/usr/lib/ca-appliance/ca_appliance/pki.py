@@ -1,0 +1,173 @@
+"""The CA's keys and certificates, made with `cryptography` in memory; nothing here touches disk.
+
+Root: self-signed, pathlen 1. Intermediate: signed by the root, pathlen 0, optionally with
+X.509 name constraints. Keys are serialized as encrypted PKCS#8 (PBES2, AES-256-CBC), which
+step-ca's pemutil reads with the password it is started with.
+"""
+import datetime
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+KEY_TYPES = {
+    "EC-P256": lambda: ec.generate_private_key(ec.SECP256R1()),
+    "EC-P384": lambda: ec.generate_private_key(ec.SECP384R1()),
+    "RSA-3072": lambda: rsa.generate_private_key(public_exponent=65537, key_size=3072),
+    "RSA-4096": lambda: rsa.generate_private_key(public_exponent=65537, key_size=4096),
+}
+# Same leeway as step: a certificate valid from "now" is refused by a client a second behind.
+BACKDATE = datetime.timedelta(minutes=1)
+DAYS_PER_YEAR = 365
+
+
+def generate_key(key_type):
+    try:
+        return KEY_TYPES[key_type]()
+    except KeyError:
+        raise ValueError(f"unknown key type {key_type!r}: use one of {', '.join(KEY_TYPES)}") from None
+
+
+def _signature_hash(key):
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+def _ca_certificate(subject, subject_key, issuer, issuer_key, years, path_length, constraints=None,
+                    issuer_cert=None, now=None):
+    now = now or datetime.datetime.now(datetime.UTC)
+    public_key = subject_key.public_key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + datetime.timedelta(days=DAYS_PER_YEAR * years))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                          data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                          encipher_only=False, decipher_only=False),
+            critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+    if issuer_cert is not None:
+        ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+    if constraints is not None:
+        builder = builder.add_extension(constraints, critical=True)
+    return builder.sign(issuer_key, _signature_hash(issuer_key))
+
+
+def name_constraints(dns_domains, ip_networks):
+    """X.509 NameConstraints permitting only these DNS domains and IP networks; None when both are empty.
+
+    A permitted DNS subtree also permits the domain's subdomains (RFC 5280 4.2.1.10). When only
+    one kind is listed, the other kind is left unconstrained.
+    """
+    permitted = [x509.DNSName(domain) for domain in dns_domains]
+    permitted += [x509.IPAddress(ipaddress.ip_network(network)) for network in ip_networks]
+    if not permitted:
+        return None
+    return x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None)
+
+
+def name_permitted(name, dns_domains, ip_networks):
+    """Whether a SAN (DNS name or IP) falls within the name constraints (empty lists: no constraint)."""
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        if not dns_domains:
+            return True
+        for domain in dns_domains:
+            if domain.startswith("."):
+                if name.endswith(domain):
+                    return True
+            elif name == domain or name.endswith("." + domain):
+                return True
+        return False
+    if not ip_networks:
+        return True
+    return any(address in ipaddress.ip_network(network) for network in ip_networks)
+
+
+@dataclass
+class CAMaterial:
+    """Everything setup writes about the PKI, serialized (PEM bytes, OpenSSH text)."""
+    root_cert_pem: bytes
+    root_key_pem: bytes          # encrypted PKCS#8
+    intermediate_cert_pem: bytes
+    intermediate_key_pem: bytes  # encrypted PKCS#8
+    root_fingerprint: str        # SHA-256 of the root's DER, hex, as `step certificate fingerprint`
+    intermediate_not_after: datetime.datetime
+    ssh_host_key_pem: bytes = None
+    ssh_host_pub: str = None
+    ssh_user_key_pem: bytes = None
+    ssh_user_pub: str = None
+
+
+def encrypted_pem(key, password):
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.BestAvailableEncryption(password.encode("utf-8")))
+
+
+def fingerprint(cert):
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def openssh_public(key, comment):
+    line = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                         serialization.PublicFormat.OpenSSH).decode("ascii")
+    return f"{line} {comment}\n"
+
+
+def create_ca(name, password, *, key_type="EC-P256", root_years=10, intermediate_years=5,
+              permitted_dns=(), permitted_ip=(), ssh=False):
+    """A new root, intermediate and (with ssh) SSH host and user CA keys, all under `password`."""
+    root_key = generate_key(key_type)
+    intermediate_key = generate_key(key_type)
+    root_subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, name),
+                              x509.NameAttribute(NameOID.COMMON_NAME, f"{name} Root CA")])
+    intermediate_subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, name),
+                                      x509.NameAttribute(NameOID.COMMON_NAME, f"{name} Intermediate CA")])
+    root = _ca_certificate(root_subject, root_key, root_subject, root_key, root_years, path_length=1)
+    intermediate = _ca_certificate(
+        intermediate_subject, intermediate_key, root_subject, root_key, intermediate_years, path_length=0,
+        constraints=name_constraints(permitted_dns, permitted_ip), issuer_cert=root)
+    pem = serialization.Encoding.PEM
+    material = CAMaterial(
+        root_cert_pem=root.public_bytes(pem),
+        root_key_pem=encrypted_pem(root_key, password),
+        intermediate_cert_pem=intermediate.public_bytes(pem),
+        intermediate_key_pem=encrypted_pem(intermediate_key, password),
+        root_fingerprint=fingerprint(root),
+        intermediate_not_after=not_after(intermediate),
+    )
+    if ssh:
+        # step ca init makes the SSH CA keys EC P-256 whatever the X.509 key type.
+        host_key = ec.generate_private_key(ec.SECP256R1())
+        user_key = ec.generate_private_key(ec.SECP256R1())
+        material.ssh_host_key_pem = encrypted_pem(host_key, password)
+        material.ssh_host_pub = openssh_public(host_key, f"{name} SSH host CA")
+        material.ssh_user_key_pem = encrypted_pem(user_key, password)
+        material.ssh_user_pub = openssh_public(user_key, f"{name} SSH user CA")
+    return material
+
+
+def load_certificate(path):
+    with open(path, "rb") as handle:
+        return x509.load_pem_x509_certificate(handle.read())
+
+
+def not_after(cert):
+    """not_valid_after as an aware datetime on both cryptography 38 and the newest."""
+    value = getattr(cert, "not_valid_after_utc", None)
+    return value if value is not None else cert.not_valid_after.replace(tzinfo=datetime.UTC)

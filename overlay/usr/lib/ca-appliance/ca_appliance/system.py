@@ -1,0 +1,124 @@
+"""The steps that change the running system: user, ownership, hostname, network, firewall,
+trust store, service. `--no-system` skips every one of them; the files they would describe
+(firewalld service, /etc/issue.d) are written by apply under the prefix either way.
+"""
+import os
+import pwd
+import shutil
+import subprocess
+from pathlib import Path
+
+from .errors import StepFailed
+from .layout import SERVICE, STEP_USER
+
+NM_CONNECTION = "ca-appliance"
+TRUST_ANCHORS = {
+    # tool that rebuilds the bundle: where it reads extra anchors from
+    "update-ca-trust": Path("/etc/pki/ca-trust/source/anchors/ca-appliance-root.crt"),
+    "update-ca-certificates": Path("/usr/local/share/ca-certificates/ca-appliance-root.crt"),
+}
+
+
+def run(step, argv, check=True):
+    """Run a command; a non-zero exit is StepFailed naming the step and the command's own words."""
+    try:
+        result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    except FileNotFoundError:
+        raise StepFailed(step, f"{argv[0]} is not installed") from None
+    if check and result.returncode != 0:
+        output = " ".join(result.stdout.split())[-300:]
+        raise StepFailed(step, f"`{' '.join(argv)}` exited {result.returncode}: {output}")
+    return result
+
+
+def ensure_step_user():
+    """The unprivileged account step-ca runs as (the unit's User=), created when missing."""
+    try:
+        return pwd.getpwnam(STEP_USER)
+    except KeyError:
+        pass
+    nologin = shutil.which("nologin") or "/usr/sbin/nologin"
+    run("create user step", ["useradd", "--system", "--user-group", "--home-dir", "/var/lib/step-ca",
+                             "--no-create-home", "--shell", nologin, "--comment", "step-ca", STEP_USER])
+    return pwd.getpwnam(STEP_USER)
+
+
+def chown_tree(root, user):
+    """Give a tree to user (uid/gid from pwd); symlinks are not followed."""
+    for directory, dirnames, filenames in os.walk(root):
+        os.lchown(directory, user.pw_uid, user.pw_gid)
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(directory, name), user.pw_uid, user.pw_gid)
+
+
+def set_hostname(hostname):
+    run("set hostname", ["hostnamectl", "set-hostname", hostname])
+
+
+def configure_network(network):
+    """DHCP leaves NetworkManager's automatic profile alone; static replaces it with our own."""
+    if network["mode"] != "static":
+        return
+    device = run("find network device", ["nmcli", "-g", "DEVICE,TYPE", "device"]).stdout
+    ethernet = [line.split(":")[0] for line in device.splitlines() if line.endswith(":ethernet")]
+    if not ethernet:
+        raise StepFailed("configure network", "NetworkManager lists no ethernet device")
+    run("configure network", ["nmcli", "connection", "delete", NM_CONNECTION], check=False)
+    run("configure network", [
+        "nmcli", "connection", "add", "type", "ethernet", "con-name", NM_CONNECTION, "ifname", ethernet[0],
+        "ipv4.method", "manual", "ipv4.addresses", network["address"], "ipv4.gateway", network["gateway"],
+        "ipv4.dns", ",".join(network["dns"]), "ipv6.method", "auto", "connection.autoconnect", "yes",
+        "connection.autoconnect-priority", "100"])
+    run("configure network", ["nmcli", "connection", "up", NM_CONNECTION])
+
+
+def open_firewall():
+    """Open the CA port through the step-ca firewalld service (apply wrote it with the right port)."""
+    if shutil.which("firewall-cmd") is None:
+        return "firewalld is not installed: open the CA port yourself"
+    if run("open firewall", ["firewall-cmd", "--state"], check=False).returncode != 0:
+        run("open firewall", ["firewall-cmd", "--permanent", "--add-service=step-ca"])
+        return "firewalld is not running: step-ca added to the permanent configuration"
+    run("open firewall", ["firewall-cmd", "--reload"])
+    run("open firewall", ["firewall-cmd", "--permanent", "--add-service=step-ca"])
+    run("open firewall", ["firewall-cmd", "--add-service=step-ca"])
+    return None
+
+
+def install_trust_anchor(root_cert_path):
+    """Put the root in the system trust store (Fedora: update-ca-trust, Debian: update-ca-certificates)."""
+    for tool, anchor in TRUST_ANCHORS.items():
+        if shutil.which(tool):
+            anchor.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root_cert_path, anchor)
+            os.chmod(anchor, 0o644)
+            run("install root in trust store", [tool] if tool == "update-ca-certificates" else [tool, "extract"])
+            return anchor
+    raise StepFailed("install root in trust store", "neither update-ca-trust nor update-ca-certificates is installed")
+
+
+def service_state():
+    return run("service state", ["systemctl", "is-active", SERVICE], check=False).stdout.strip() or "unknown"
+
+
+def stop_service():
+    """Stop step-ca; True when it was running (so the caller starts it again)."""
+    was_active = service_state() in ("active", "activating", "reloading")
+    if was_active:
+        run("stop step-ca", ["systemctl", "stop", SERVICE])
+    return was_active
+
+
+def start_service(restart=False):
+    run("start step-ca", ["systemctl", "daemon-reload"])
+    run("start step-ca", ["systemctl", "enable", SERVICE])
+    try:
+        run("start step-ca", ["systemctl", "restart" if restart else "start", SERVICE])
+    except StepFailed as error:
+        raise StepFailed("start step-ca", error.detail, log="journalctl -u step-ca") from None
+
+
+def refresh_console_issue():
+    """Make gettys on the console re-read /etc/issue; harmless when none is running."""
+    if shutil.which("agetty"):
+        run("refresh console", ["agetty", "--reload"], check=False)
