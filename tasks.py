@@ -37,8 +37,9 @@ def _config(config, base=None):
 @reports_errors
 def render(c, config=None, base=None, out="build/render"):
     """Render the Fedora kickstart and the payload list the build will use, and say where."""
+    cfg = _config(config, base)
     from image.kickstart import render_to
-    render_to(_config(config, base), out)
+    render_to(cfg, out)
 
 
 @task(help={"config": "YAML file merged over appliance.yaml",
@@ -46,8 +47,9 @@ def render(c, config=None, base=None, out="build/render"):
 @reports_errors
 def fetch(c, config=None, base=None):
     """Download the step-ca and step release packages the base needs into the cache, verified."""
+    cfg = _config(config, base)
     from image.artifacts import fetch_artifacts
-    fetch_artifacts(_config(config, base))
+    fetch_artifacts(cfg)
 
 
 @task(name="step-ca-from-source", help={"force": "rebuild even when a binary is cached"})
@@ -69,9 +71,10 @@ def step_ca_from_source(c, force=False):
 @reports_errors
 def build(c, format=None, base=None, config=None, verbose=False):
     """Build the appliance disk image into dist/ with SHA256SUMS and a manifest."""
-    from image.build import build_appliance
+    cfg = _config(config, base)
     formats = [f for item in (format or []) for f in item.split(",") if f]
-    build_appliance(_config(config, base), formats=formats or None, verbose=verbose)
+    from image.build import build_appliance
+    build_appliance(cfg, formats=formats or None, verbose=verbose)
 
 
 @task
@@ -91,8 +94,9 @@ def clean(c):
 @reports_errors
 def verify(c, image, answers=None, interactive=False, accel="auto", keep=False, config=None):
     """Boot an image, let it configure itself, and check it over SSH with testinfra."""
+    cfg = _config(config)
     from image.verify import verify_image
-    ok = verify_image(_config(config), image=image, answers=answers, interactive=interactive,
+    ok = verify_image(cfg, image=image, answers=answers, interactive=interactive,
                       accel=accel, keep=keep)
     sys.exit(0 if ok else 1)
 
