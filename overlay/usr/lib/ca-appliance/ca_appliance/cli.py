@@ -63,8 +63,13 @@ def gather_answers(args):
         return validated, f"answers-file ({Path(args.answers).resolve()})"
     from . import sources, wizard  # the console's modules, needed only without --answers
 
-    found = sources.find_unattended(prefix=args.prefix)
     interactive = sys.stdin.isatty()
+    try:
+        found = sources.find_unattended(prefix=args.prefix)
+    except answers.AnswersError as error:  # a source is there but unreadable: ask instead
+        if not interactive:
+            raise UserError(f"{error} (no console to ask instead)") from None
+        return wizard.run_wizard(defaults, error=str(error)), "wizard (after an unreadable unattended source)"
     if found is not None:
         raw, source = found
         try:
