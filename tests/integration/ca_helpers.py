@@ -1,0 +1,137 @@
+"""Helpers for the guest CA tool's integration tests: the CLI run as the appliance runs it
+(/usr/bin/python3: Debian 12's cryptography 38 and jwcrypto 1.1) and a real step-ca process.
+"""
+import json
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CA_APPLIANCE = REPO / "overlay/usr/sbin/ca-appliance"
+GUEST_PYTHON = "/usr/bin/python3"
+PASSWORD = "integration-test-password-0123456789"
+HEALTH_TIMEOUT = 60
+
+
+def guest_python_ready():
+    """None when /usr/bin/python3 has the guest's libraries, else why not."""
+    if not Path(GUEST_PYTHON).exists():
+        return f"{GUEST_PYTHON} is missing"
+    probe = subprocess.run([GUEST_PYTHON, "-c", "import cryptography, yaml, jwcrypto"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"{GUEST_PYTHON} lacks python3-cryptography/python3-yaml/python3-jwcrypto: {probe.stderr.strip()}"
+    return None
+
+
+def run_cli(*args, check=True, input_text=None, env=None):
+    """Run the guest CLI as the appliance does (distro python3, stdin not a terminal)."""
+    result = subprocess.run([GUEST_PYTHON, str(CA_APPLIANCE), *map(str, args)], capture_output=True, text=True,
+                            input=input_text if input_text is not None else "", env=env, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"ca-appliance {' '.join(map(str, args))} exited {result.returncode}:\n"
+                             f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def answers_for(port, **ca_overrides):
+    """Answers for a loopback CA: reached as localhost and 127.0.0.1 on `port`."""
+    ca = {"name": "Integration CA", "dns_names": ["localhost", "127.0.0.1"], "address": f"127.0.0.1:{port}",
+          "provisioner": "admin@test.example", "password": PASSWORD, "ssh": True}
+    ca.update(ca_overrides)
+    return {"hostname": "ca.test.example", "network": {"mode": "dhcp"}, "ca": ca}
+
+
+class CA:
+    """A CA set up by the CLI under `prefix` (nothing outside it is touched: --no-system)."""
+
+    def __init__(self, prefix, port, answers):
+        self.prefix = Path(prefix)
+        self.port = port
+        self.answers = answers
+        self.steppath = self.prefix / "etc/step-ca"
+        self.ca_json = self.steppath / "config/ca.json"
+        self.root = self.steppath / "certs/root_ca.crt"
+        self.intermediate = self.steppath / "certs/intermediate_ca.crt"
+        self.password_file = self.steppath / "password.txt"
+        self.url = f"https://localhost:{port}"
+        self.setup_output = None
+
+    def setup(self, *extra, check=True):
+        answers_file = self.prefix.parent / f"{self.prefix.name}-answers.yaml"
+        answers_file.write_text(yaml.safe_dump(self.answers))
+        result = run_cli("setup", "--answers", answers_file, "--prefix", self.prefix, "--no-system", *extra,
+                         check=check)
+        self.setup_output = result
+        return result
+
+    @property
+    def config(self):
+        return json.loads(self.ca_json.read_text())
+
+    def provisioner(self, kind):
+        return next(p for p in self.config["authority"]["provisioners"] if p["type"] == kind)
+
+    def ssl_context(self):
+        return ssl.create_default_context(cafile=str(self.root))
+
+
+class StepCA:
+    """A running step-ca for a CA; always stopped by stop(), its log kept for failures."""
+
+    def __init__(self, binary, ca, log_path):
+        self.binary, self.ca, self.log_path = binary, ca, Path(log_path)
+        self.process = None
+
+    def start(self):
+        self.log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [str(self.binary), "--password-file", str(self.ca.password_file), str(self.ca.ca_json)],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=self.ca.prefix, start_new_session=True)
+        deadline = time.monotonic() + HEALTH_TIMEOUT
+        context = self.ca.ssl_context()
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(f"step-ca exited {self.process.returncode} at start:\n{self.log_text()}")
+            try:
+                with urllib.request.urlopen(f"{self.ca.url}/health", context=context, timeout=2) as response:
+                    if json.load(response).get("status") == "ok":
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"step-ca not healthy within {HEALTH_TIMEOUT}s:\n{self.log_text()}")
+            time.sleep(0.2)
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        if getattr(self, "log", None):
+            self.log.close()
+            self.log = None
+
+    def log_text(self):
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else "(no log)"
+
+
+def openssl_verify(root, intermediate, leaf_pem_path):
+    """openssl verify of a leaf against root + intermediate; returns the CompletedProcess."""
+    return subprocess.run(["openssl", "verify", "-CAfile", str(root), "-untrusted", str(intermediate),
+                           str(leaf_pem_path)], capture_output=True, text=True)

@@ -1,0 +1,188 @@
+"""`ca-appliance setup` and `status` as an admin meets them: the files, their modes, the refusals."""
+import json
+import stat
+import subprocess
+
+import pytest
+from ca_helpers import CA, PASSWORD, answers_for, free_port, run_cli
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+
+def mode(path):
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_layout_and_modes_are_step_ca_inits(make_ca):
+    ca = make_ca()
+    steppath = ca.steppath
+    for name in ("config/ca.json", "config/defaults.json", "certs/root_ca.crt", "certs/intermediate_ca.crt",
+                 "certs/ssh_host_ca_key.pub", "certs/ssh_user_ca_key.pub"):
+        assert (steppath / name).is_file(), name
+    for name in ("root_ca_key", "intermediate_ca_key", "ssh_host_ca_key", "ssh_user_ca_key"):
+        assert mode(steppath / "secrets" / name) == 0o600, name
+    assert mode(steppath / "secrets") == 0o700
+    assert mode(ca.password_file) == 0o400
+    assert ca.password_file.read_text() == PASSWORD
+    assert (ca.prefix / "var/lib/step-ca/db").is_dir()
+    assert mode(ca.prefix / "var/lib/step-ca/db") == 0o700
+
+
+def test_every_path_in_ca_json_is_under_the_prefix(make_ca):
+    ca = make_ca()
+    config = ca.config
+    paths = [config["root"], config["crt"], config["key"], config["db"]["dataSource"],
+             config["ssh"]["hostKey"], config["ssh"]["userKey"]]
+    for path in paths:
+        assert path.startswith(str(ca.prefix) + "/"), path
+    defaults = json.loads((ca.steppath / "config/defaults.json").read_text())
+    assert defaults["ca-url"] == ca.url
+    assert defaults["root"] == str(ca.root)
+
+
+def test_provisioners_and_claims(make_ca):
+    config = make_ca().config
+    kinds = [(p["type"], p["name"]) for p in config["authority"]["provisioners"]]
+    assert kinds == [("JWK", "admin@test.example"), ("ACME", "acme"), ("X5C", "x5c"), ("SSHPOP", "sshpop")]
+    jwk, acme = config["authority"]["provisioners"][:2]
+    assert jwk["claims"] == {"defaultTLSCertDuration": "744h", "maxTLSCertDuration": "8760h", "enableSSHCA": True}
+    assert acme["claims"] == {"defaultTLSCertDuration": "744h", "maxTLSCertDuration": "4320h"}
+    assert acme["challenges"] == ["http-01", "dns-01", "tls-alpn-01"]
+    assert config["db"]["type"] == "badgerv2"
+
+
+def test_ssh_off_leaves_out_ssh_keys_and_sshpop(make_ca):
+    ca = make_ca(ssh=False)
+    config = ca.config
+    assert "ssh" not in config
+    assert [p["type"] for p in config["authority"]["provisioners"]] == ["JWK", "ACME", "X5C"]
+    assert not (ca.steppath / "secrets/ssh_host_ca_key").exists()
+
+
+def test_intermediate_is_pathlen_0_under_a_10_year_root(make_ca):
+    ca = make_ca()
+    root = x509.load_pem_x509_certificate(ca.root.read_bytes())
+    intermediate = x509.load_pem_x509_certificate(ca.intermediate.read_bytes())
+    constraints = intermediate.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert constraints.ca and constraints.path_length == 0
+    assert (root.not_valid_after_utc - root.not_valid_before_utc).days in range(3650, 3653)
+    assert (intermediate.not_valid_after_utc - intermediate.not_valid_before_utc).days in range(1825, 1827)
+    assert intermediate.issuer == root.subject
+    result = subprocess.run(["openssl", "verify", "-CAfile", str(ca.root), str(ca.intermediate)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_keys_are_encrypted_with_the_password(make_ca):
+    ca = make_ca()
+    key_pem = (ca.steppath / "secrets/intermediate_ca_key").read_bytes()
+    assert b"ENCRYPTED PRIVATE KEY" in key_pem
+    with pytest.raises((TypeError, ValueError)):
+        serialization.load_pem_private_key(key_pem, password=None)
+    assert serialization.load_pem_private_key(key_pem, password=PASSWORD.encode())
+
+
+@pytest.mark.parametrize("key_type, check", [
+    ("EC-P384", lambda key: isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp384r1"),
+    ("RSA-3072", lambda key: isinstance(key, rsa.RSAPublicKey) and key.key_size == 3072),
+])
+def test_other_key_types_load_in_step_ca(make_ca, serve, key_type, check):
+    ca = make_ca(key_type=key_type)
+    assert check(x509.load_pem_x509_certificate(ca.intermediate.read_bytes()).public_key())
+    serve(ca)  # step-ca decrypts the intermediate key and answers /health
+
+
+def test_second_setup_refuses_without_force(make_ca):
+    ca = make_ca()
+    before = ca.root.read_bytes()
+    result = ca.setup(check=False)
+    assert result.returncode == 2
+    assert "already configured" in result.stderr and "--force" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert ca.root.read_bytes() == before
+
+
+def test_force_replaces_the_ca_after_a_timestamped_backup(make_ca):
+    ca = make_ca()
+    old_root = ca.root.read_bytes()
+    result = ca.setup("--force")
+    backups = list((ca.prefix / "var/backups/ca-appliance").glob("ca-appliance-*.tar.gz"))
+    assert len(backups) == 1, result.stdout
+    assert mode(backups[0]) == 0o600
+    assert ca.root.read_bytes() != old_root
+    assert str(backups[0]) in result.stdout
+
+
+def test_status_reports_what_an_admin_needs(make_ca):
+    ca = make_ca()
+    fingerprint = next(line.split(":", 1)[1].strip() for line in ca.setup_output.stdout.splitlines()
+                       if "Root fingerprint" in line)
+    out = run_cli("status", "--prefix", ca.prefix).stdout
+    assert fingerprint in out
+    assert f"{ca.url}/acme/acme/directory" in out
+    assert "admin@test.example (JWK), acme (ACME), x5c (X5C), sshpop (SSHPOP)" in out
+    assert "intermediate expires:" in out
+    assert "answers-file" in out
+    assert "step CLI:" in out
+
+
+def test_status_without_a_ca_says_to_run_setup(tmp_path):
+    result = run_cli("status", "--prefix", tmp_path, check=False)
+    assert result.returncode == 2
+    assert "ca-appliance setup" in result.stderr
+
+
+def test_bad_answers_exit_2_with_one_line_and_write_nothing(tmp_path):
+    port = free_port()
+    ca = CA(tmp_path / "ca", port, answers_for(port, address="127.0.0.1:70000"))
+    result = ca.setup(check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("answers error: ca.address: '127.0.0.1:70000'")
+    assert not ca.prefix.exists() or not any(ca.prefix.iterdir())
+
+
+def test_dns_names_outside_the_name_constraints_are_refused(tmp_path):
+    port = free_port()
+    ca = CA(tmp_path / "ca", port, answers_for(port, name_constraints={"dns": ["lab.example"], "ip": []}))
+    result = ca.setup(check=False)
+    assert result.returncode == 2
+    assert "'localhost' is outside ca.name_constraints" in result.stderr
+    assert not ca.ca_json.exists()
+
+
+def test_a_failed_setup_leaves_the_previous_ca(make_ca):
+    ca = make_ca()
+    before = {p: p.read_bytes() for p in ca.steppath.rglob("*") if p.is_file()}
+    (ca.prefix / "var/lib").chmod(0o755)
+    # /var/lib/step-ca's parent replaced by a file: staging the new database must fail.
+    data_parent = ca.prefix / "var/lib"
+    data_parent.rename(ca.prefix / "var/lib.moved")
+    data_parent.write_text("not a directory")
+    result = ca.setup("--force", check=False)
+    assert result.returncode == 1
+    assert "setup (" in result.stderr and "previous state was left as it was" in result.stderr
+    after = {p: p.read_bytes() for p in ca.steppath.rglob("*") if p.is_file()}
+    assert after == before
+    assert not [p for p in (ca.prefix / "etc").iterdir() if p.name.startswith(".step-ca")]
+
+
+def test_offline_root_key_is_shown_once_and_not_kept(make_ca, tmp_path):
+    ca = make_ca(root_key="offline")
+    assert not (ca.steppath / "secrets/root_ca_key").exists()
+    out = ca.setup_output.stdout
+    assert "-----BEGIN ENCRYPTED PRIVATE KEY-----" in out
+    pem = out[out.index("-----BEGIN"):out.index("-----END ENCRYPTED PRIVATE KEY-----") + 35].encode()
+    root_key = serialization.load_pem_private_key(pem, password=PASSWORD.encode())
+    root = x509.load_pem_x509_certificate(ca.root.read_bytes())
+    assert root_key.public_key().public_numbers() == root.public_key().public_numbers()
+    assert "offline" in run_cli("status", "--prefix", ca.prefix).stdout
+
+
+def test_generated_password_is_long_and_shown_once(tmp_path):
+    port = free_port()
+    ca = CA(tmp_path / "ca", port, answers_for(port, password=None))
+    out = ca.setup().stdout
+    password = ca.password_file.read_text()
+    assert len(password) >= 32
+    assert out.count(password) == 1
