@@ -34,6 +34,14 @@ USER_AGENT = "ca-appliance-builder"
 DOWNLOAD_TIMEOUT_S = 60
 CHUNK = 256 * 1024
 
+# what to do without the network, per artifact: the error for an unreachable release says it
+OFFLINE_HINT = {
+    "step_ca": "offline builds can use a local package or binary in artifacts.step_ca.path "
+               "(`invoke step-ca-from-source` builds one) with artifacts.step_cli.enabled: false",
+    "step_cli": "offline builds can use a local package in artifacts.step_cli.path, "
+                "or go without the step CLI: artifacts.step_cli.enabled: false",
+}
+
 RPM_LEAD_MAGIC = b"\xed\xab\xee\xdb"
 AR_MAGIC = b"!<arch>\n"
 ELF_MAGIC = b"\x7fELF"
@@ -159,7 +167,7 @@ def fetch_release_artifact(name: str, key: str, section, base: str, *, progress:
             target.unlink()
     if not target.exists():
         actual = download(release_url(section.url, section.version, asset), target, step=step,
-                          version_key=f"artifacts.{key}.version", version=section.version,
+                          key=key, version=section.version,
                           expected_sha256=expected, progress=progress, out=out)
 
     if section.sha256 is not None and actual != section.sha256:
@@ -174,7 +182,7 @@ def release_checksums(name: str, key: str, section, where: Path, *, progress: bo
     path = where / CHECKSUMS_ASSET
     if not path.exists():
         download(release_url(section.url, section.version, CHECKSUMS_ASSET), path, step=f"fetch {name}",
-                 version_key=f"artifacts.{key}.version", version=section.version,
+                 key=key, version=section.version,
                  expected_sha256=None, progress=False, out=out)
     return parse_checksums(path.read_text(errors="replace"))
 
@@ -189,7 +197,7 @@ def parse_checksums(text: str) -> dict[str, str]:
     return sums
 
 
-def download(url: str, target: Path, *, step: str, version_key: str, version: str,
+def download(url: str, target: Path, *, step: str, key: str, version: str,
              expected_sha256: str | None, progress: bool, out) -> str:
     """Download url to target and return its sha256. The bytes go to a .part file first and only
     a whole file with the expected digest is moved into place: a failure leaves nothing behind."""
@@ -197,7 +205,7 @@ def download(url: str, target: Path, *, step: str, version_key: str, version: st
     fd, part = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as f:
-            digest, received, length = _stream(request, f, url=url, step=step, version_key=version_key,
+            digest, received, length = _stream(request, f, url=url, step=step, key=key,
                                                version=version, label=target.name,
                                                progress=progress, out=out)
         if length is not None and received != length:
@@ -212,8 +220,9 @@ def download(url: str, target: Path, *, step: str, version_key: str, version: st
     return digest
 
 
-def _stream(request, f, *, url, step, version_key, version, label, progress, out):
+def _stream(request, f, *, url, step, key, version, label, progress, out):
     host = urlsplit(url).netloc or url
+    version_key = f"artifacts.{key}.version"
     try:
         with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
             length = response.headers.get("Content-Length")
@@ -239,9 +248,7 @@ def _stream(request, f, *, url, step, version_key, version, label, progress, out
         if isinstance(e.reason, FileNotFoundError):  # file:// mirrors
             raise UserError(f"config error: {version_key}: {version!r}: {url} does not exist; "
                             f"check {version_key} (and the release url next to it)") from None
-        raise StepFailed(step, f"cannot reach {host} ({_reason(e.reason)}); offline builds can use a local "
-                               f"package or binary in artifacts.step_ca.path (`invoke step-ca-from-source` "
-                               f"builds one)") from None
+        raise StepFailed(step, f"cannot reach {host} ({_reason(e.reason)}); {OFFLINE_HINT[key]}") from None
     except (OSError, http.client.HTTPException) as e:  # reset, timed out or cut off mid-body
         raise StepFailed(step, f"download of {url} failed: {_reason(e)}") from None
 

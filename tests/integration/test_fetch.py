@@ -223,15 +223,29 @@ def test_matching_pin_is_accepted(server, cache):
     assert artifact.sha256 == digest
 
 
-def test_unreachable_server_points_at_offline_builds(cache):
+def closed_port():
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_points_at_offline_builds(cache):
+    port = closed_port()
     cfg = load_config(overrides={"artifacts": {"step_ca": {"url": f"http://127.0.0.1:{port}/certificates"}}})
     with pytest.raises(StepFailed) as e:
         fetch_artifacts(cfg, progress=False)
     msg = str(e.value)
-    assert f"127.0.0.1:{port}" in msg and "artifacts.step_ca.path" in msg and "invoke step-ca-from-source" in msg
+    assert f"cannot reach 127.0.0.1:{port}" in msg and "\n" not in msg
+    assert "artifacts.step_ca.path" in msg and "invoke step-ca-from-source" in msg
+    assert "artifacts.step_cli.enabled: false" in msg
+
+
+def test_unreachable_step_cli_release_says_how_to_do_without(server, cache):
+    server.publish("certificates", "step-ca", CA_VERSION, "rpm")
+    port = closed_port()
+    with pytest.raises(StepFailed) as e:
+        fetch_artifacts(config(server, step_cli={"url": f"http://127.0.0.1:{port}/cli"}), progress=False)
+    assert "artifacts.step_cli.path" in str(e.value) and "artifacts.step_cli.enabled: false" in str(e.value)
 
 
 # --- through the real CLI
