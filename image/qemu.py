@@ -1,0 +1,280 @@
+"""Booting an appliance image under QEMU for `invoke verify` (and anything else that needs a VM).
+
+The user's image is never written: the VM boots a qcow2 overlay backed by it. Networking is
+QEMU's user mode with host forwards on free loopback ports, so nothing needs root or a bridge.
+The serial console is a unix socket (attach with pexpect to type into it) that QEMU also logs
+to a file, whether or not anyone is attached. `VM` is a context manager that always kills QEMU
+and removes its files on exit, unless `keep` asks to leave both for a person to look at.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from image.errors import StepFailed, UserError
+from image.runner import tail
+
+# SMBIOS strings are fine for a few KiB; bigger credentials go through fw_cfg instead.
+SMBIOS_CREDENTIAL_MAX = 4096
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+QEMU_TOOLS = {"qemu-system-x86_64": ("qemu-system-x86", "qemu-system-x86"),
+              "qemu-img": ("qemu-utils", "qemu-img")}
+
+
+def resolve_accel(requested: str):
+    """The accelerator for 'auto'|'kvm'|'tcg' and why (an image.accel.AccelChoice: .accel, .reason)."""
+    from image.accel import choose_accel  # lazily: only booting needs it
+    return choose_accel(requested)
+
+
+def free_port(host: str = "127.0.0.1", taken: Iterable[int] = ()) -> int:
+    """A TCP port nobody listens on right now (the kernel picks it; `taken` ones are skipped)."""
+    taken = set(taken)
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in taken:
+            return port
+    raise StepFailed("pick free ports", f"no free TCP port on {host}")
+
+
+def smbios_credential(name: str, data: bytes) -> str:
+    """The -smbios argument passing `data` as the systemd credential `name` (binary form: base64,
+    so any YAML survives, and base64 has no commas for QEMU's option parser to trip over)."""
+    return f"type=11,value=io.systemd.credential.binary:{name}={base64.b64encode(data).decode()}"
+
+
+def _opt(value: str | os.PathLike) -> str:
+    """A value inside a QEMU -opt list: commas are doubled."""
+    return str(value).replace(",", ",,")
+
+
+@dataclass
+class QemuSpec:
+    """Everything the QEMU command line is made from (kept apart so it is unit-testable)."""
+    disk: Path                                        # the overlay QEMU writes to
+    cpus: int
+    memory_mb: int
+    accel: str                                        # 'kvm' | 'tcg'
+    serial_socket: Path
+    serial_log: Path
+    pidfile: Path
+    hostfwds: Mapping[int, int] = field(default_factory=dict)    # host port -> guest port
+    guestfwds: Mapping[tuple[str, int], str] = field(default_factory=dict)  # (guest ip, port) -> host cmd
+    credentials: Mapping[str, bytes] = field(default_factory=dict)
+    credential_dir: Path | None = None                # where fw_cfg credential files go
+    uefi_vars: Path | None = None                     # a writable OVMF_VARS copy: boot UEFI; None: BIOS
+
+
+def qemu_command(spec: QemuSpec) -> list[str]:
+    if spec.accel not in ("kvm", "tcg"):
+        raise ValueError(f"accel must be kvm or tcg, not {spec.accel!r}")
+    netdev = ["user", "id=net0"]
+    netdev += [f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in spec.hostfwds.items()]
+    netdev += [f"guestfwd=tcp:{ip}:{port}-cmd:{_opt(cmd)}" for (ip, port), cmd in spec.guestfwds.items()]
+    cmd = [
+        "qemu-system-x86_64",
+        "-name", "ca-appliance-verify",
+        "-machine", "q35",
+        "-accel", spec.accel,
+        "-cpu", "host" if spec.accel == "kvm" else "max",
+        "-smp", str(spec.cpus),
+        "-m", str(spec.memory_mb),
+        "-display", "none", "-monitor", "none", "-parallel", "none",
+        "-pidfile", str(spec.pidfile),
+        # writeback (the default) honours the guest's flushes, so a SIGKILL loses no synced data
+        "-drive", f"file={_opt(spec.disk)},format=qcow2,if=virtio,cache=writeback",
+        "-netdev", ",".join(netdev),
+        "-device", "virtio-net-pci,netdev=net0",
+        "-device", "virtio-rng-pci",  # first boot generates keys: don't let it starve for entropy
+        "-chardev", f"socket,id=serial0,path={_opt(spec.serial_socket)},server=on,wait=off,"
+                    f"logfile={_opt(spec.serial_log)},logappend=on",
+        "-serial", "chardev:serial0",
+    ]
+    if spec.uefi_vars is not None:
+        cmd += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={_opt(OVMF_CODE)}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={_opt(spec.uefi_vars)}"]
+    for name, data in spec.credentials.items():
+        if len(smbios_credential(name, data)) <= SMBIOS_CREDENTIAL_MAX:
+            cmd += ["-smbios", smbios_credential(name, data)]
+        else:
+            if spec.credential_dir is None:
+                raise ValueError(f"credential {name} is too big for SMBIOS and no credential_dir is set")
+            path = spec.credential_dir / name
+            cmd += ["-fw_cfg", f"name=opt/io.systemd.credentials/{name},file={_opt(path)}"]
+    return cmd
+
+
+class VM:
+    """One appliance VM booted from an overlay of `image`.
+
+    ports: name -> guest TCP port to forward from a free loopback port (`vm.ports[name]` is the
+    host side). guestfwds: (guest ip, port) -> host shell command run per connection (its stdio
+    is the connection). credentials: systemd credentials (name -> bytes).
+    """
+
+    def __init__(self, image: str | Path, workdir: str | Path, *, cpus: int, memory_mb: int, accel: str,
+                 ports: Mapping[str, int] | None = None,
+                 guestfwds: Mapping[tuple[str, int], str] | None = None,
+                 credentials: Mapping[str, bytes] | None = None,
+                 uefi: bool = False, keep: bool = False, say=print):
+        self.image = Path(image).resolve()
+        self.workdir = Path(workdir)
+        self.keep = keep
+        self.say = say
+        self.proc: subprocess.Popen | None = None
+        self.guest_ports = dict(ports or {"ssh": 22})
+        self.ports: dict[str, int] = {}
+        for name in self.guest_ports:
+            self.ports[name] = free_port(taken=self.ports.values())
+        self.spec = QemuSpec(
+            disk=self.workdir / "overlay.qcow2", cpus=cpus, memory_mb=memory_mb, accel=accel,
+            serial_socket=self.workdir / "serial.sock", serial_log=self.workdir / "serial.log",
+            pidfile=self.workdir / "qemu.pid",
+            hostfwds={self.ports[n]: p for n, p in self.guest_ports.items()},
+            guestfwds=dict(guestfwds or {}), credentials=dict(credentials or {}),
+            credential_dir=self.workdir / "credentials",
+            uefi_vars=self.workdir / "OVMF_VARS.fd" if uefi else None)
+        self.qemu_log = self.workdir / "qemu.log"
+
+    @property
+    def serial_log(self) -> Path:
+        return self.spec.serial_log
+
+    # ---- lifecycle
+
+    def create_overlay(self) -> None:
+        """A fresh qcow2 overlay on the image: the image itself is only ever read."""
+        if not self.image.is_file():
+            raise UserError(f"--image: {str(self.image)!r} does not exist (give a built .qcow2)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        fmt = image_format(self.image)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(self.image), "-F", fmt,
+                        str(self.spec.disk)], check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if self.spec.uefi_vars is not None:
+            shutil.copyfile(OVMF_VARS, self.spec.uefi_vars)
+        if self.spec.credentials:
+            self.spec.credential_dir.mkdir(mode=0o700, exist_ok=True)
+            for name, data in self.spec.credentials.items():
+                (self.spec.credential_dir / name).write_bytes(data)
+
+    def start(self) -> None:
+        """Boot (the overlay is created on the first start and kept across restarts)."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("the VM is already running")
+        if not self.spec.disk.exists():
+            self.create_overlay()
+        self.spec.serial_socket.unlink(missing_ok=True)
+        cmd = qemu_command(self.spec)
+        with open(self.qemu_log, "a") as log:
+            log.write(f"$ {shlex.join(cmd)}\n")
+            log.flush()
+            try:
+                # its own session: a Ctrl-C in the terminal reaches us, and we stop QEMU ourselves
+                self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                             start_new_session=True)
+            except FileNotFoundError:
+                raise UserError("qemu-system-x86_64 is not installed; install it with "
+                                "'apt-get install qemu-system-x86 qemu-utils'") from None
+        deadline = time.monotonic() + 30
+        while not self.spec.serial_socket.exists():
+            self.check_alive("start QEMU")
+            if time.monotonic() > deadline:
+                raise StepFailed("start QEMU", "no serial console socket after 30s", self.qemu_log)
+            time.sleep(0.1)
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self, step: str) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            detail = f"qemu exited with status {self.proc.returncode}"
+            last = tail(self.qemu_log, 10)
+            raise StepFailed(step, detail + ("\n" + last if last else ""), self.qemu_log)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Stop QEMU now (SIGKILL: as if the power was cut) and wait for it to be gone."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def close(self) -> None:
+        if self.keep and self.is_running():
+            self.say(f"VM left running (--keep): qemu pid {self.proc.pid}, files in {self.workdir}\n"
+                     f"  ssh:     ssh -p {self.ports.get('ssh')} -o StrictHostKeyChecking=no ADMIN@127.0.0.1\n"
+                     f"  console: socat -,rawer UNIX-CONNECT:{self.spec.serial_socket}\n"
+                     f"  stop:    kill {self.proc.pid}")
+            return
+        self.kill()
+        if not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> VM:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- talking to the guest
+
+    def console(self, timeout: float = 60, logfile=None):
+        """A pexpect session on the serial console (closing it leaves QEMU logging on its own)."""
+        from pexpect import fdpexpect
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(self.spec.serial_socket))
+        session = fdpexpect.fdspawn(sock, timeout=timeout, encoding="utf-8", codec_errors="replace",
+                                    logfile=logfile)
+        session._verify_socket = sock  # keep the socket alive as long as the session
+        return session
+
+    def serial_tail(self, lines: int = 30) -> str:
+        return tail(self.serial_log, lines)
+
+    def wait_for_ssh(self, user: str, key_file: Path, timeout: float = 300):
+        """A connected paramiko SSHClient as `user`, once the guest lets that key in."""
+        import paramiko
+        deadline = time.monotonic() + timeout
+        last_error = "no answer"
+        while time.monotonic() < deadline:
+            self.check_alive("wait for SSH")
+            client = paramiko.SSHClient()
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            try:
+                client.connect("127.0.0.1", port=self.ports["ssh"], username=user, key_filename=str(key_file),
+                               timeout=10, banner_timeout=30, auth_timeout=30, allow_agent=False,
+                               look_for_keys=False)
+                return client
+            except (OSError, paramiko.SSHException, EOFError) as e:
+                last_error = f"{type(e).__name__}: {e}"
+                client.close()
+                time.sleep(3)
+        raise StepFailed("wait for SSH",
+                         f"no SSH login as {user} on 127.0.0.1:{self.ports['ssh']} within {timeout:.0f}s "
+                         f"(last: {last_error}); serial console, last lines:\n{self.serial_tail()}",
+                         self.serial_log)
+
+
+def image_format(path: Path) -> str:
+    """qcow2 or raw, from the file's first bytes (qemu-img refuses to guess for backing files)."""
+    with open(path, "rb") as f:
+        return "qcow2" if f.read(4) == b"QFI\xfb" else "raw"

@@ -1,0 +1,161 @@
+"""The QEMU layer without booting anything: command line, credential encoding, ports, overlay."""
+import base64
+import socket
+import subprocess
+
+import pytest
+
+from image.errors import UserError
+from image.qemu import SMBIOS_CREDENTIAL_MAX, VM, QemuSpec, free_port, image_format, qemu_command, smbios_credential
+
+
+def spec(tmp_path, **kw):
+    base = dict(disk=tmp_path / "overlay.qcow2", cpus=2, memory_mb=4096, accel="tcg",
+                serial_socket=tmp_path / "serial.sock", serial_log=tmp_path / "serial.log",
+                pidfile=tmp_path / "qemu.pid", credential_dir=tmp_path / "cred")
+    base.update(kw)
+    return QemuSpec(**base)
+
+
+def option(cmd, flag):
+    """Every value given to `flag` in a command line."""
+    return [cmd[i + 1] for i, arg in enumerate(cmd) if arg == flag]
+
+
+def test_cpus_memory_and_accel_come_from_the_spec(tmp_path):
+    cmd = qemu_command(spec(tmp_path, cpus=3, memory_mb=2048, accel="tcg"))
+    assert option(cmd, "-smp") == ["3"]
+    assert option(cmd, "-m") == ["2048"]
+    assert option(cmd, "-accel") == ["tcg"]
+    assert option(cmd, "-display") == ["none"]
+
+
+def test_kvm_uses_the_host_cpu(tmp_path):
+    cmd = qemu_command(spec(tmp_path, accel="kvm"))
+    assert option(cmd, "-accel") == ["kvm"] and option(cmd, "-cpu") == ["host"]
+
+
+def test_an_accelerator_other_than_kvm_or_tcg_is_refused(tmp_path):
+    with pytest.raises(ValueError):
+        qemu_command(spec(tmp_path, accel="auto"))
+
+
+def test_the_vm_boots_the_overlay_never_the_image(tmp_path):
+    drives = option(qemu_command(spec(tmp_path)), "-drive")
+    assert drives == [f"file={tmp_path / 'overlay.qcow2'},format=qcow2,if=virtio,cache=writeback"]
+
+
+def test_forwards_listen_on_loopback_only(tmp_path):
+    cmd = qemu_command(spec(tmp_path, hostfwds={40022: 22, 40443: 443},
+                            guestfwds={("10.0.2.100", 80): "socat - TCP:127.0.0.1:40080"}))
+    (netdev,) = option(cmd, "-netdev")
+    parts = netdev.split(",")
+    assert parts[:2] == ["user", "id=net0"]
+    assert "hostfwd=tcp:127.0.0.1:40022-:22" in parts
+    assert "hostfwd=tcp:127.0.0.1:40443-:443" in parts
+    assert "guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:40080" in parts
+
+
+def test_commas_in_paths_are_escaped_for_qemu(tmp_path):
+    weird = tmp_path / "a,b"
+    cmd = qemu_command(spec(tmp_path, disk=weird / "overlay.qcow2"))
+    assert option(cmd, "-drive")[0].startswith(f"file={tmp_path}/a,,b/overlay.qcow2,format=qcow2")
+
+
+def test_serial_console_is_a_socket_that_qemu_also_logs(tmp_path):
+    cmd = qemu_command(spec(tmp_path))
+    (chardev,) = option(cmd, "-chardev")
+    assert chardev.startswith("socket,id=serial0,")
+    assert f"path={tmp_path / 'serial.sock'}" in chardev.split(",")
+    assert f"logfile={tmp_path / 'serial.log'}" in chardev.split(",")
+    assert "server=on" in chardev and "wait=off" in chardev
+    assert option(cmd, "-serial") == ["chardev:serial0"]
+
+
+def test_a_small_credential_goes_in_as_smbios_type_11_base64(tmp_path):
+    answers = b"hostname: ca.verify.test\nca: {name: 'Verify, CA'}\n"
+    cmd = qemu_command(spec(tmp_path, credentials={"ca-appliance.answers": answers}))
+    (smbios,) = option(cmd, "-smbios")
+    prefix = "type=11,value=io.systemd.credential.binary:ca-appliance.answers="
+    assert smbios.startswith(prefix)
+    assert base64.b64decode(smbios[len(prefix):]) == answers
+    assert smbios == smbios_credential("ca-appliance.answers", answers)
+    assert not option(cmd, "-fw_cfg")
+
+
+def test_a_big_credential_goes_in_through_fw_cfg(tmp_path):
+    big = b"x" * SMBIOS_CREDENTIAL_MAX
+    cmd = qemu_command(spec(tmp_path, credentials={"ca-appliance.answers": big}))
+    assert not option(cmd, "-smbios")
+    assert option(cmd, "-fw_cfg") == [
+        f"name=opt/io.systemd.credentials/ca-appliance.answers,file={tmp_path / 'cred' / 'ca-appliance.answers'}"]
+
+
+def test_uefi_adds_the_firmware_and_a_private_vars_copy(tmp_path):
+    cmd = qemu_command(spec(tmp_path, uefi_vars=tmp_path / "VARS.fd"))
+    drives = option(cmd, "-drive")
+    assert any("if=pflash" in d and "readonly=on" in d for d in drives)
+    assert any(d.endswith(f"file={tmp_path / 'VARS.fd'}") for d in drives)
+    assert not any("pflash" in d for d in option(qemu_command(spec(tmp_path)), "-drive"))
+
+
+def test_free_port_is_bindable_and_avoids_taken_ones():
+    first = free_port()
+    second = free_port(taken=[first])
+    assert first != second
+    for port in (first, second):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+
+
+def test_vm_picks_distinct_host_ports_for_each_forward(tmp_path):
+    vm = VM(tmp_path / "img.qcow2", tmp_path / "vm", cpus=1, memory_mb=1024, accel="tcg",
+            ports={"ssh": 22, "ca": 443, "http": 80})
+    assert len(set(vm.ports.values())) == 3
+    assert vm.spec.hostfwds == {vm.ports["ssh"]: 22, vm.ports["ca"]: 443, vm.ports["http"]: 80}
+
+
+def test_overlay_is_backed_by_the_image_which_stays_unchanged(tmp_path):
+    image = tmp_path / "appliance.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True)
+    before = image.read_bytes()
+    vm = VM(image, tmp_path / "vm", cpus=1, memory_mb=1024, accel="tcg",
+            credentials={"ca-appliance.answers": b"hostname: x.test\n"})
+    vm.create_overlay()
+    info = subprocess.run(["qemu-img", "info", "--output=json", str(vm.spec.disk)],
+                          check=True, capture_output=True, text=True).stdout
+    assert f'"backing-filename": "{image}"' in info and '"backing-filename-format": "qcow2"' in info
+    assert (vm.spec.credential_dir / "ca-appliance.answers").read_bytes() == b"hostname: x.test\n"
+    assert image.read_bytes() == before
+    vm.close()
+    assert not (tmp_path / "vm").exists()
+
+
+def test_a_raw_image_is_named_raw_for_the_overlay(tmp_path):
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(b"\0" * 4096)
+    assert image_format(raw) == "raw"
+
+
+def test_a_missing_image_is_a_user_error_naming_it(tmp_path):
+    vm = VM(tmp_path / "nope.qcow2", tmp_path / "vm", cpus=1, memory_mb=1024, accel="tcg")
+    with pytest.raises(UserError, match="nope.qcow2"):
+        vm.create_overlay()
+
+
+def test_a_qemu_that_cannot_start_fails_the_step_with_its_log(tmp_path):
+    """A real QEMU that cannot open its disk (the image went away under the overlay): the error
+    names the step and carries QEMU's own words."""
+    from image.errors import StepFailed
+    image = tmp_path / "appliance.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True)
+    vm = VM(image, tmp_path / "vm", cpus=1, memory_mb=1024, accel="tcg")
+    vm.create_overlay()
+    image.unlink()
+    with vm, pytest.raises(StepFailed) as failure:
+        vm.start()          # may already notice; if not, the next look at QEMU does
+        vm.proc.wait(timeout=60)
+        vm.check_alive("boot")
+    assert "qemu exited with status 1" in str(failure.value)
+    assert "appliance.qcow2" in str(failure.value)
+    assert not vm.is_running()
