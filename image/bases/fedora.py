@@ -1,0 +1,432 @@
+"""Fedora Server base: Anaconda installs the appliance onto a raw disk, driven by our kickstart.
+
+No root and no host package manager: the installer's kernel and initrd come from the mirror's
+Server tree (images/pxeboot/, checked against the tree's .treeinfo checksums, cached), the
+kickstart and the payload ride on an ISO labelled OEMDRV written in Python, and QEMU (KVM when
+usable, else TCG) runs the installer until the kickstart powers the VM off. Progress comes from
+the serial console; Anaconda's own log comes out through its virtio-serial log port, and our
+report %post sends the release, the package list and a success marker through another one.
+
+A file:// mirror (a local copy of the tree) is served to the installer over loopback HTTP,
+since the VM cannot read host paths.
+"""
+from __future__ import annotations
+
+import configparser
+import contextlib
+import functools
+import hashlib
+import http.server
+import os
+import re
+import shlex
+import subprocess
+import tarfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from image.cache import cache_dir
+from image.config import Config
+from image.errors import StepFailed, UserError
+from image.iso import write_volume_iso
+from image.kickstart import (
+    KICKSTART_NAME,
+    OEMDRV_LABEL,
+    PAYLOAD_NAME,
+    PAYLOAD_UNITS,
+    RESULT_PORT,
+    SUCCESS_MARKER,
+    artifact_volume_file,
+    render_kickstart,
+    tree_url,
+)
+from image.runner import Runner, tail
+
+REQUIRED_TOOLS = {"qemu-system-x86_64": ("qemu-system-x86", "qemu-system-x86"),
+                  "qemu-img": ("qemu-utils", "qemu-img")}
+NEEDS_ROOT = False
+
+BOOT_FILES = ("images/pxeboot/vmlinuz", "images/pxeboot/initrd.img")
+ANACONDA_MIN_MEMORY_MB = 2048       # Anaconda's stage2 lives in RAM; less and it fails oddly
+ANACONDA_LOG_PORT = "org.fedoraproject.anaconda.log.0"  # Anaconda forwards its logs here when present
+QEMU_HOST_ADDRESS = "10.0.2.2"      # the host as QEMU's user-mode network shows it to the guest
+# A whole Server install: minutes with KVM, hours under TCG emulation.
+INSTALL_TIMEOUT_S = {"kvm": 90 * 60, "tcg": 8 * 3600}
+FATAL_GRACE_S = 30                   # after a fatal console line, let the logs flush, then stop
+DOWNLOAD_TIMEOUT_S = 60
+
+
+# --- the installer's kernel and initrd, verified against the tree's .treeinfo
+
+
+def parse_treeinfo(text: str, source: str = ".treeinfo") -> dict[str, tuple[str, str]]:
+    """{path in the tree: (algorithm, hex digest)} from the [checksums] section
+    ('images/pxeboot/vmlinuz = sha256:<hex>')."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # paths are case-sensitive
+    try:
+        parser.read_string(text, source=source)
+    except configparser.Error as e:
+        raise StepFailed("fetch installer", f"{source} is not a treeinfo file ({' '.join(str(e).split())})") from None
+    if not parser.has_section("checksums"):
+        raise StepFailed("fetch installer", f"{source} has no [checksums] section")
+    sums = {}
+    for path, value in parser.items("checksums"):
+        algorithm, _, digest = value.strip().partition(":")
+        sums[path] = (algorithm.lower(), digest.lower())
+    return sums
+
+
+def _fetch(url: str, target: Path, *, expected_sha256: str | None = None) -> str:
+    """Download url to target (whole and verified, or not at all); returns its sha256."""
+    host = urlsplit(url).netloc or url
+    part = target.with_name(target.name + ".part")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "ca-appliance-builder"})
+        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response, open(part, "wb") as f:
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+                digest.update(chunk)
+    except urllib.error.HTTPError as e:
+        part.unlink(missing_ok=True)
+        if e.code == 404:
+            raise UserError(f"config error: fedora.release/fedora.mirror: {url} does not exist (HTTP 404); "
+                            f"the mirror needs releases/<release>/Server/x86_64/os/") from None
+        raise StepFailed("fetch installer", f"{url}: HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError) as e:
+        part.unlink(missing_ok=True)
+        reason = getattr(e, "reason", None) or e
+        if isinstance(reason, FileNotFoundError):
+            raise UserError(f"config error: fedora.mirror: {url} does not exist") from None
+        raise StepFailed("fetch installer", f"cannot reach {host} ({reason}); the fedora base installs from "
+                                            f"fedora.mirror over the network: point it at a reachable mirror or "
+                                            f"a local copy (file:///path), or build with base debian") from None
+    actual = digest.hexdigest()
+    if expected_sha256 is not None and actual != expected_sha256:
+        part.unlink(missing_ok=True)
+        raise StepFailed("fetch installer", f"{url} does not match the tree's .treeinfo: expected sha256 "
+                                            f"{expected_sha256}, got {actual} (the file was deleted)")
+    os.replace(part, target)
+    return actual
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_boot_files(tree: str, release: int, *, say=print) -> tuple[Path, Path]:
+    """The tree's pxeboot kernel and initrd, verified against its .treeinfo, cached per release."""
+    tree = tree.rstrip("/") + "/"
+    where = cache_dir() / "fedora" / str(release)
+    treeinfo = where / "treeinfo"
+    _fetch(tree + ".treeinfo", treeinfo)   # small, and the one thing that says what is current
+    sums = parse_treeinfo(treeinfo.read_text(errors="replace"), tree + ".treeinfo")
+    paths = []
+    for rel in BOOT_FILES:
+        if rel not in sums:
+            raise StepFailed("fetch installer", f"{tree}.treeinfo lists no checksum for {rel}")
+        algorithm, expected = sums[rel]
+        if algorithm != "sha256":
+            raise StepFailed("fetch installer", f"{tree}.treeinfo gives {rel} a {algorithm} checksum; "
+                                                f"only sha256 is trusted")
+        target = where / Path(rel).name
+        if target.is_file() and _sha256_file(target) == expected:
+            say(f"    {rel}: cached, verified ({target})")
+        else:
+            say(f"    {rel}: downloading from {tree}")
+            _fetch(tree + rel, target, expected_sha256=expected)
+        paths.append(target)
+    return paths[0], paths[1]
+
+
+@contextlib.contextmanager
+def guest_visible_mirror(mirror: str) -> Iterator[str]:
+    """The mirror URL as the installer VM can use it: http(s) as is, file:// served over loopback
+    HTTP (QEMU's user network shows the host's 127.0.0.1 as 10.0.2.2)."""
+    if not mirror.startswith("file://"):
+        yield mirror
+        return
+    root = urlsplit(mirror).path
+    if not Path(root).is_dir():
+        raise UserError(f"config error: fedora.mirror: {mirror!r} is not a directory")
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=root))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{QEMU_HOST_ADDRESS}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --- the QEMU command line (a pure function: tests compare it whole)
+
+
+def _qemu_value(path) -> str:
+    """A path inside a QEMU -drive/-chardev option: a comma is written twice."""
+    return str(path).replace(",", ",,")
+
+
+def anaconda_kernel_args(tree: str) -> str:
+    return " ".join([
+        f"inst.stage2={tree}",                              # the runtime image; packages: the kickstart's url
+        f"inst.ks=hd:LABEL={OEMDRV_LABEL}:/{KICKSTART_NAME}",  # explicit: a missing volume fails, not prompts
+        "inst.text",
+        "console=ttyS0,115200n8",
+        "rd.emergency=reboot",                              # dracut failure ends QEMU (-no-reboot) at once
+    ])
+
+
+def anaconda_qemu_command(cfg: Config, *, kernel: Path, initrd: Path, iso: Path, disk: Path, serial_log: Path,
+                          installer_log: Path, result_log: Path, accel: str, tree: str) -> list[str]:
+    """QEMU running Anaconda from the tree's pxeboot kernel onto the raw disk, OEMDRV as a CD."""
+    return [
+        "qemu-system-x86_64",
+        "-name", "ca-appliance-anaconda",
+        "-machine", "q35",
+        "-accel", accel,
+        "-cpu", "host" if accel == "kvm" else "max",
+        "-smp", str(cfg.image.cpus),
+        "-m", str(max(cfg.image.memory_mb, ANACONDA_MIN_MEMORY_MB)),
+        "-display", "none",
+        "-monitor", "none",
+        "-serial", f"file:{serial_log}",
+        "-no-reboot",
+        "-kernel", str(kernel),
+        "-initrd", str(initrd),
+        "-append", anaconda_kernel_args(tree),
+        "-drive", f"file={_qemu_value(disk)},format=raw,if=virtio,cache=unsafe",
+        "-drive", f"file={_qemu_value(iso)},format=raw,media=cdrom,readonly=on",
+        "-netdev", "user,id=net0",
+        "-device", "virtio-net-pci,netdev=net0",
+        "-object", "rng-random,id=rng0,filename=/dev/urandom",
+        "-device", "virtio-rng-pci,rng=rng0",
+        "-device", "virtio-serial-pci",
+        "-chardev", f"file,id=anaconda-log,path={_qemu_value(installer_log)}",
+        "-device", f"virtserialport,chardev=anaconda-log,name={ANACONDA_LOG_PORT}",
+        "-chardev", f"file,id=install-result,path={_qemu_value(result_log)}",
+        "-device", f"virtserialport,chardev=install-result,name={RESULT_PORT}",
+    ]
+
+
+# --- following the install on the serial console
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]")
+_PACKAGE = re.compile(r"Installing (\S+) \((\d+)/(\d+)\)")
+_DOWNLOAD = re.compile(r"Downloading (\d+) RPMs.*?\((\d+)%\) done")
+# Anaconda's progress steps, as its text UI prints them.
+STAGES = (
+    "Starting automated install", "Setting up the installation environment", "Configuring storage",
+    "Creating disklabel", "Running pre-installation scripts", "Running pre-installation tasks",
+    "Starting package installation process", "Downloading packages",
+    "Preparing transaction from installation source", "Configuring installed system",
+    "Writing network configuration", "Creating users", "Configuring addons", "Generating initramfs",
+    "Storing configuration files and kickstarts", "Running post-installation scripts",
+    "Installation complete", "ca-appliance:",
+)
+# Lines after which the installer never finishes on its own.
+FATAL = (
+    "Kernel panic", "An unknown error has occurred", "The installation was stopped due to an error",
+    "There was an error running the kickstart script", "Entering emergency mode",
+    "Not enough space in file systems", "Error checking software selection",
+    "Error populating transaction", "Traceback (most recent call last)",
+)
+
+
+class InstallProgress:
+    """Turns serial console lines into a few progress lines: each stage once, package
+    installs and downloads every tenth."""
+
+    def __init__(self):
+        self.seen_stages: set[str] = set()
+        self.package_tenth = -1
+        self.download_tenth = -1
+        self.fatal: str | None = None
+
+    def feed(self, raw_line: str) -> str | None:
+        line = _ANSI.sub("", raw_line).strip()
+        if not line:
+            return None
+        for marker in FATAL:
+            if marker in line:
+                self.fatal = self.fatal or line
+                return f"installer: {line}"
+        if m := _PACKAGE.search(line):
+            done, total = int(m.group(2)), int(m.group(3))
+            tenth = 10 * done // total if total else 0
+            if tenth != self.package_tenth:
+                self.package_tenth = tenth
+                return f"installing packages: {done}/{total} ({m.group(1)})"
+            return None
+        if m := _DOWNLOAD.search(line):
+            tenth = int(m.group(2)) // 10
+            if tenth != self.download_tenth:
+                self.download_tenth = tenth
+                return f"downloading {m.group(1)} packages: {m.group(2)}%"
+            return None
+        for stage in STAGES:
+            if line.startswith(stage) and line not in self.seen_stages:
+                self.seen_stages.add(line)
+                return line
+        return None
+
+
+def run_installer(cmd: list[str], *, serial_log: Path, installer_log: Path, timeout: float, runner: Runner,
+                  poll_s: float = 2.0) -> None:
+    """Run QEMU until it exits, reporting progress from the serial log; StepFailed (with the tail
+    of the installer's log) on a fatal console line, a non-zero exit or the timeout. QEMU never
+    outlives this call."""
+    progress = InstallProgress()
+    with open(runner.log_path, "a") as log:
+        log.write(f"$ {shlex.join(cmd)}\n")
+    if runner.verbose:
+        runner.say(f"    $ {shlex.join(cmd)}")
+    serial_log.touch()
+    deadline = time.monotonic() + timeout
+    fatal_at = None
+    pending = b""
+    with open(runner.log_path, "ab") as qemu_out, open(serial_log, "rb") as serial:
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=qemu_out, stderr=qemu_out)
+        except FileNotFoundError:
+            raise StepFailed(runner.step_name, f"{cmd[0]} is not installed", runner.log_path) from None
+        try:
+            while True:
+                exited = proc.poll() is not None
+                pending += serial.read()
+                *lines, pending = re.split(rb"\r\n|\r|\n", pending)
+                for line in lines:
+                    message = progress.feed(line.decode(errors="replace"))
+                    if message:
+                        runner.say(f"    {message}")
+                if exited:
+                    break
+                if progress.fatal and fatal_at is None:
+                    fatal_at = time.monotonic()
+                if fatal_at is not None and time.monotonic() - fatal_at > FATAL_GRACE_S:
+                    raise _installer_failed(runner, f"the installer stopped: {progress.fatal}",
+                                            serial_log, installer_log)
+                if time.monotonic() > deadline:
+                    raise _installer_failed(runner, f"the installer did not finish within {timeout:.0f}s",
+                                            serial_log, installer_log)
+                time.sleep(poll_s)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    if proc.returncode != 0:
+        raise _installer_failed(runner, f"qemu exited with status {proc.returncode}", serial_log, installer_log)
+    if progress.fatal:
+        raise _installer_failed(runner, f"the installer stopped: {progress.fatal}", serial_log, installer_log)
+
+
+def _installer_failed(runner: Runner, reason: str, serial_log: Path, installer_log: Path) -> StepFailed:
+    log = installer_log if installer_log.exists() and installer_log.stat().st_size else serial_log
+    last = tail(log, 25)
+    detail = f"{reason}; serial console: {serial_log}"
+    if last:
+        detail += f"\n    last lines of {log}:\n" + "\n".join("    " + x for x in last.splitlines())
+    return StepFailed(runner.step_name, detail, log)
+
+
+def read_install_result(result_log: Path) -> tuple[str, list[str]] | None:
+    """(release, ["name version", ...]) from the report %post, or None without its success marker."""
+    try:
+        lines = result_log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    if SUCCESS_MARKER not in lines:
+        return None
+    release, packages = "", []
+    for line in lines[:lines.index(SUCCESS_MARKER)]:
+        if line.startswith("release: "):
+            release = line.removeprefix("release: ").strip()
+        elif line.strip():
+            packages.append(line.strip())
+    return release, packages
+
+
+def check_payload_units(payload: Path) -> None:
+    """The units the kickstart enables must be in the payload: better now than after the install."""
+    try:
+        with tarfile.open(payload) as tar:
+            names = set(tar.getnames())
+    except (OSError, tarfile.TarError) as e:
+        raise StepFailed("check payload", f"{payload} cannot be read ({e})") from None
+    missing = [u for u in PAYLOAD_UNITS if f"etc/systemd/system/{u}" not in names
+               and f"usr/lib/systemd/system/{u}" not in names]
+    if missing:
+        raise StepFailed("check payload", f"{payload} lacks {', '.join(missing)} (the overlay's units, which "
+                                          f"the kickstart enables)")
+
+
+# --- the base interface
+
+
+def build_raw(cfg: Config, *, workdir: Path, runner: Runner, artifacts: list, payload: Path):
+    """Install Fedora Server with Anaconda onto workdir/fedora-<release>.raw."""
+    from image.accel import choose_accel
+    from image.bases import BaseResult
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    release = cfg.fedora.release
+    check_payload_units(payload)
+    volume_files = [artifact_volume_file(a) for a in artifacts]
+    choice = choose_accel(os.environ.get("CA_APPLIANCE_ACCEL", "auto"))
+    runner.say(f"    accelerator: {choice.accel} ({choice.reason})")
+
+    with runner.step(f"fetch the Fedora {release} installer"):
+        kernel, initrd = fetch_boot_files(tree_url(cfg.fedora.mirror, release), release,
+                                          say=runner.say)
+
+    with guest_visible_mirror(cfg.fedora.mirror) as mirror:
+        tree = tree_url(mirror, release)
+        with runner.step("write the OEMDRV volume"):
+            kickstart = workdir / KICKSTART_NAME
+            kickstart.write_text(render_kickstart(cfg, volume_files, mirror=mirror))
+            files = {KICKSTART_NAME: kickstart, PAYLOAD_NAME: Path(payload)}
+            files.update({f.name: f.source for f in volume_files})
+            iso = write_volume_iso(workdir / "oemdrv.iso", files, OEMDRV_LABEL)
+
+        disk = workdir / f"fedora-{release}.raw"
+        disk.unlink(missing_ok=True)
+        runner.run(["qemu-img", "create", "-f", "raw", disk, f"{cfg.image.disk_gb}G"])
+        serial_log, installer_log, result_log = (workdir / "anaconda-serial.log", workdir / "anaconda.log",
+                                                 workdir / "install-result.txt")
+        for f in (serial_log, installer_log, result_log):
+            f.unlink(missing_ok=True)
+        timeout = float(os.environ.get("CA_APPLIANCE_INSTALL_TIMEOUT", INSTALL_TIMEOUT_S[choice.accel]))
+        with runner.step(f"install Fedora Server {release} with Anaconda ({choice.accel}; "
+                         f"serial log {serial_log})"):
+            cmd = anaconda_qemu_command(cfg, kernel=kernel, initrd=initrd, iso=iso, disk=disk,
+                                        serial_log=serial_log, installer_log=installer_log,
+                                        result_log=result_log, accel=choice.accel, tree=tree)
+            run_installer(cmd, serial_log=serial_log, installer_log=installer_log, timeout=timeout, runner=runner)
+            result = read_install_result(result_log)
+            if result is None:
+                raise _installer_failed(runner, "the installer powered off without reporting success "
+                                                f"({result_log} has no {SUCCESS_MARKER!r})",
+                                        serial_log, installer_log)
+    release_name, packages = result
+    return BaseResult(raw=disk, release=release_name or f"Fedora Server {release}", packages=packages)
