@@ -1,0 +1,146 @@
+"""ca.json/defaults.json generation and the all-or-nothing apply, under the newest libraries."""
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+GUEST_LIB = Path(__file__).resolve().parents[2] / "overlay/usr/lib/ca-appliance"
+sys.path.insert(0, str(GUEST_LIB))
+
+from ca_appliance import answers, apply, cajson, staging  # noqa: E402
+from ca_appliance.errors import StepFailed, UserError  # noqa: E402
+from ca_appliance.layout import Layout  # noqa: E402
+
+
+def validated(**ca):
+    base = {"name": "Unit CA", "dns_names": ["ca.lab.example", "192.168.70.10"], "address": ":443",
+            "provisioner": "admin@lab.example", "password": "unit-test-password", "ssh": True}
+    base.update(ca)
+    return answers.validate({"hostname": "ca.lab.example", "ca": base}, answers.load_defaults())
+
+
+@pytest.mark.parametrize("address, names, url", [
+    (":443", ["ca.lab.example"], "https://ca.lab.example"),
+    ("127.0.0.1:8443", ["ca.lab.example", "127.0.0.1"], "https://ca.lab.example:8443"),
+    (":9000", ["fd00::1"], "https://[fd00::1]:9000"),
+])
+def test_ca_url_and_acme_directory(address, names, url):
+    ca = {"address": address, "dns_names": names}
+    assert cajson.ca_url(ca) == url
+    assert cajson.acme_directory_url(ca) == url + "/acme/acme/directory"
+
+
+def test_ca_json_fields_for_step_ca(tmp_path):
+    ca = validated()["ca"]
+    layout = Layout(tmp_path)
+    config = cajson.ca_json(ca, layout, b"ROOT PEM", {"kid": "k"}, "jwe")
+    assert config["root"] == str(tmp_path / "etc/step-ca/certs/root_ca.crt")
+    assert config["key"] == str(tmp_path / "etc/step-ca/secrets/intermediate_ca_key")
+    assert config["db"] == {"type": "badgerv2", "dataSource": str(tmp_path / "var/lib/step-ca/db"),
+                            "badgerFileLoadingMode": ""}
+    assert config["dnsNames"] == ["ca.lab.example", "192.168.70.10"]
+    assert config["ssh"]["hostKey"].endswith("secrets/ssh_host_ca_key")
+    assert "tls" not in config  # step-ca's defaults fit RSA and EC intermediates alike
+    jwk, acme, x5c, sshpop = config["authority"]["provisioners"]
+    assert (jwk["type"], jwk["name"], jwk["encryptedKey"]) == ("JWK", "admin@lab.example", "jwe")
+    assert jwk["claims"]["enableSSHCA"] is True
+    assert acme["claims"] == {"defaultTLSCertDuration": "744h", "maxTLSCertDuration": "4320h"}
+    assert x5c["roots"] == "Uk9PVCBQRU0="  # base64 of the PEM bundle: Go's []byte
+    assert sshpop == {"type": "SSHPOP", "name": "sshpop", "claims": {"enableSSHCA": True}}
+
+
+def test_claims_follow_the_answers(tmp_path):
+    ca = validated(claims={"acme": {"default": "24h", "max": "48h"}, "jwk": {"default": "1h", "max": "2h"}})["ca"]
+    jwk, acme = cajson.ca_json(ca, Layout(tmp_path), b"x", {}, "")["authority"]["provisioners"][:2]
+    assert acme["claims"] == {"defaultTLSCertDuration": "24h", "maxTLSCertDuration": "48h"}
+    assert jwk["claims"]["maxTLSCertDuration"] == "2h"
+
+
+def test_defaults_json(tmp_path):
+    ca = validated(address=":8443")["ca"]
+    assert cajson.defaults_json(ca, Layout(tmp_path), "abc") == {
+        "ca-url": "https://ca.lab.example:8443", "ca-config": str(tmp_path / "etc/step-ca/config/ca.json"),
+        "fingerprint": "abc", "root": str(tmp_path / "etc/step-ca/certs/root_ca.crt")}
+
+
+def test_generated_password():
+    password = apply.generate_password()
+    assert len(password) >= 32 and set(password) <= set(apply.PASSWORD_ALPHABET)
+    assert apply.generate_password() != password
+
+
+def test_firewalld_service_carries_the_configured_port():
+    assert '<port protocol="tcp" port="8443"/>' in apply.firewalld_service_xml(8443)
+
+
+def snapshot(root):
+    return {p.relative_to(root): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def test_swap_failure_puts_every_old_tree_back(tmp_path, monkeypatch):
+    first, second = tmp_path / "a/tree", tmp_path / "b/tree"
+    for tree in (first, second):
+        tree.mkdir(parents=True)
+        (tree / "old").write_text("old")
+    before = snapshot(tmp_path)
+    stage = staging.Staging()
+    for tree in (first, second):
+        (stage.stage_dir(tree) / "new").write_text("new")
+    real_rename, calls = os.rename, []
+
+    def rename(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 4:  # the second tree's staged -> final
+            raise KeyboardInterrupt
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(staging.os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        stage.swap()
+    monkeypatch.setattr(staging.os, "rename", real_rename)
+    assert snapshot(tmp_path) == before
+
+
+def test_interrupted_setup_leaves_the_previous_ca(tmp_path, monkeypatch):
+    layout = Layout(tmp_path)
+    apply.setup(validated(), "test", layout, use_system=False, out=io.StringIO())
+    before = snapshot(tmp_path)
+    real_write = apply._write_step_tree
+
+    def interrupted(*args, **kwargs):
+        real_write(*args, **kwargs)
+        raise KeyboardInterrupt  # Ctrl-C with the new tree half staged
+
+    monkeypatch.setattr(apply, "_write_step_tree", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        apply.setup(validated(), "test", layout, use_system=False, force=True, out=io.StringIO())
+    after = snapshot(tmp_path)
+    # Only the --force backup (written before staging) is new.
+    assert {path for path in after if path not in before} <= {
+        p for p in after if str(p).startswith("var/backups")}
+    assert {path: data for path, data in after.items() if not str(path).startswith("var/backups")} == before
+
+
+def test_setup_twice_refuses_without_force(tmp_path):
+    layout = Layout(tmp_path)
+    apply.setup(validated(), "test", layout, use_system=False, out=io.StringIO())
+    with pytest.raises(UserError, match="--force"):
+        apply.setup(validated(), "test", layout, use_system=False, out=io.StringIO())
+
+
+def test_state_records_the_answers_source(tmp_path):
+    layout = Layout(tmp_path)
+    apply.setup(validated(), "caseed", layout, use_system=False, out=io.StringIO())
+    state = json.loads(layout.state_file.read_text())
+    assert state["answers_source"] == "caseed"
+    assert state["acme_directory"] == "https://ca.lab.example/acme/acme/directory"
+
+
+def test_an_os_error_while_staging_is_a_step_failure_naming_the_step(tmp_path):
+    (tmp_path / "var").write_text("a file where /var should be")
+    with pytest.raises(StepFailed, match=r"setup \(stage files\).*left as it was"):
+        apply.setup(validated(), "test", Layout(tmp_path), use_system=False, out=io.StringIO())
+    assert not (tmp_path / "etc/step-ca").exists()

@@ -1,0 +1,232 @@
+"""The guest's PKI and JOSE code under the newest libraries (the venv's cryptography and jwcrypto);
+the integration tests run the same code under Debian 12's. The provisioner key's JWE is checked
+against jwcrypto and against step's own Go code (go.step.sm/crypto/jose)."""
+import datetime
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jwcrypto.jwa
+import jwcrypto.jwe
+import jwcrypto.jwk
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+GUEST_LIB = Path(__file__).resolve().parents[2] / "overlay/usr/lib/ca-appliance"
+sys.path.insert(0, str(GUEST_LIB))
+
+from ca_appliance import jose, pki  # noqa: E402
+
+PASSWORD = "unit-test-password"
+jwcrypto.jwa.default_max_pbkdf2_iterations = 200000  # step's 100000 rounds
+
+
+@pytest.fixture(scope="module")
+def ec_material():
+    return pki.create_ca("Unit CA", PASSWORD, ssh=True)
+
+
+def load(pem):
+    return x509.load_pem_x509_certificate(pem)
+
+
+def test_pbes2_jwe_opens_with_jwcrypto_and_says_what_it_is():
+    key = ec.generate_private_key(ec.SECP256R1())
+    compact = jose.encrypted_private_jwk(key, PASSWORD)
+    jwe = jwcrypto.jwe.JWE()
+    jwe.deserialize(compact, key=jwcrypto.jwk.JWK.from_password(PASSWORD))
+    assert jwe.jose_header == {"alg": "PBES2-HS256+A128KW", "enc": "A256GCM", "cty": "jwk+json",
+                               "p2c": 100000, "p2s": jwe.jose_header["p2s"]}
+    opened = jwcrypto.jwk.JWK.from_json(jwe.payload)
+    assert opened.thumbprint() == jose.public_jwk(key)["kid"]
+    assert int.from_bytes(jose.b64url_decode(opened["d"]), "big") == key.private_numbers().private_value
+
+
+def test_pbes2_jwe_from_jwcrypto_opens_here_and_wrong_password_does_not():
+    jwe = jwcrypto.jwe.JWE(b'{"kty":"oct"}', protected={"alg": "PBES2-HS256+A128KW", "enc": "A256GCM",
+                                                        "p2c": 100000, "cty": "jwk+json"})
+    jwe.add_recipient(jwcrypto.jwk.JWK.from_password(PASSWORD))
+    compact = jwe.serialize(compact=True)
+    header, plaintext = jose.decrypt_pbes2(compact, PASSWORD)
+    assert plaintext == b'{"kty":"oct"}' and header["p2c"] == 100000
+    with pytest.raises(ValueError, match="does not open"):
+        jose.decrypt_pbes2(compact, "not the password")
+
+
+def test_public_jwk_matches_jwcrypto_thumbprint_and_is_public_only():
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = jose.public_jwk(key)
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert jwk["kid"] == jwcrypto.jwk.JWK.from_pem(pem).thumbprint()
+    assert set(jwk) == {"use", "kty", "kid", "crv", "alg", "x", "y"}
+    assert (jwk["alg"], jwk["crv"], jwk["use"]) == ("ES256", "P-256", "sig")
+
+
+GO_JOSE_PROGRAM = """
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+
+	"go.step.sm/crypto/jose"
+)
+
+func main() {
+	password := []byte(os.Args[2])
+	if os.Args[1] == "encrypt" {
+		jwk, err := jose.GenerateJWK("EC", "P-256", "ES256", "sig", "", 0)
+		if err == nil {
+			var jwe *jose.JSONWebEncryption
+			if jwe, err = jose.EncryptJWK(jwk, password); err == nil {
+				var s string
+				s, err = jwe.CompactSerialize()
+				fmt.Print(s)
+			}
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
+	data, _ := io.ReadAll(os.Stdin)
+	enc, err := jose.ParseEncrypted(string(data))
+	if err == nil {
+		var out []byte
+		if out, err = enc.Decrypt(password); err == nil {
+			os.Stdout.Write(out)
+			return
+		}
+	}
+	fmt.Fprintln(os.Stderr, err)
+	os.Exit(1)
+}
+"""
+GO_JOSE_SOURCES = Path("/usr/share/gocode/src/go.step.sm/crypto/jose")
+
+
+@pytest.fixture(scope="module")
+def go_jose(tmp_path_factory):
+    """A tiny program on step's own JOSE package (golang-step-crypto-dev, which step-ca's sources pull in)."""
+    if not GO_JOSE_SOURCES.is_dir() or subprocess.run(["which", "go"], capture_output=True).returncode != 0:
+        pytest.skip("go.step.sm/crypto sources or the Go toolchain are missing (make test installs them)")
+    from image.cache import cache_dir
+
+    work = tmp_path_factory.mktemp("gojose")
+    (work / "main.go").write_text(GO_JOSE_PROGRAM)
+    env = dict(os.environ, GO111MODULE="off", GOPATH="/usr/share/gocode", GOFLAGS="",
+               GOCACHE=str(cache_dir() / "source" / "gocache"))
+    build = subprocess.run(["go", "build", "-o", str(work / "gojose"), str(work / "main.go")], env=env,
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    return work / "gojose"
+
+
+def test_step_decrypts_our_encrypted_key(go_jose):
+    key = ec.generate_private_key(ec.SECP256R1())
+    opened = subprocess.run([str(go_jose), "decrypt", PASSWORD], input=jose.encrypted_private_jwk(key, PASSWORD),
+                            capture_output=True, text=True)
+    assert opened.returncode == 0, opened.stderr
+    assert json.loads(opened.stdout)["d"] == jose.private_jwk(key)["d"]
+    wrong = subprocess.run([str(go_jose), "decrypt", "nope"], input=jose.encrypted_private_jwk(key, PASSWORD),
+                           capture_output=True, text=True)
+    assert wrong.returncode != 0
+
+
+def test_we_decrypt_steps_encrypted_key(go_jose):
+    made = subprocess.run([str(go_jose), "encrypt", PASSWORD], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    header, plaintext = jose.decrypt_pbes2(made.stdout, PASSWORD)
+    assert (header["cty"], header["p2c"]) == ("jwk+json", 100000)
+    assert json.loads(plaintext)["kty"] == "EC"
+
+
+def test_root_and_intermediate(ec_material):
+    root, intermediate = load(ec_material.root_cert_pem), load(ec_material.intermediate_cert_pem)
+    assert root.subject == root.issuer and intermediate.issuer == root.subject
+    intermediate.verify_directly_issued_by(root)
+    assert root.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length == 1
+    assert intermediate.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length == 0
+    usage = intermediate.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.key_cert_sign and usage.crl_sign and not usage.digital_signature
+    with pytest.raises(x509.ExtensionNotFound):
+        intermediate.extensions.get_extension_for_class(x509.NameConstraints)
+    assert ec_material.root_fingerprint == root.fingerprint(hashes.SHA256()).hex()
+
+
+def test_keys_are_encrypted_pkcs8_under_the_password(ec_material):
+    for pem in (ec_material.root_key_pem, ec_material.intermediate_key_pem, ec_material.ssh_host_key_pem,
+                ec_material.ssh_user_key_pem):
+        assert pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        serialization.load_pem_private_key(pem, password=PASSWORD.encode())
+    intermediate_key = serialization.load_pem_private_key(ec_material.intermediate_key_pem, PASSWORD.encode())
+    assert intermediate_key.public_key() == load(ec_material.intermediate_cert_pem).public_key()
+
+
+def test_ssh_ca_public_keys_are_openssh_lines(ec_material):
+    for line in (ec_material.ssh_host_pub, ec_material.ssh_user_pub):
+        assert line.startswith("ecdsa-sha2-nistp256 ")
+        serialization.load_ssh_public_key(" ".join(line.split()[:2]).encode())
+    assert ec_material.ssh_host_pub != ec_material.ssh_user_pub
+
+
+def test_no_ssh_keys_without_ssh():
+    assert pki.create_ca("Unit CA", PASSWORD).ssh_host_key_pem is None
+
+
+@pytest.mark.parametrize("key_type, expected", [
+    ("EC-P384", lambda k: isinstance(k, ec.EllipticCurvePublicKey) and k.curve.name == "secp384r1"),
+    ("RSA-3072", lambda k: isinstance(k, rsa.RSAPublicKey) and k.key_size == 3072),
+    ("RSA-4096", lambda k: isinstance(k, rsa.RSAPublicKey) and k.key_size == 4096),
+])
+def test_key_types(key_type, expected):
+    material = pki.create_ca("Unit CA", PASSWORD, key_type=key_type)
+    root, intermediate = load(material.root_cert_pem), load(material.intermediate_cert_pem)
+    assert expected(root.public_key()) and expected(intermediate.public_key())
+    intermediate.verify_directly_issued_by(root)
+
+
+def test_unknown_key_type_is_refused():
+    with pytest.raises(ValueError, match="EC-P256"):
+        pki.generate_key("DSA-1024")
+
+
+def test_lifetimes_are_configurable():
+    material = pki.create_ca("Unit CA", PASSWORD, root_years=3, intermediate_years=2)
+    root, intermediate = load(material.root_cert_pem), load(material.intermediate_cert_pem)
+    minute = datetime.timedelta(minutes=1)
+    assert root.not_valid_after_utc - root.not_valid_before_utc == datetime.timedelta(days=3 * 365) + minute
+    assert intermediate.not_valid_after_utc - intermediate.not_valid_before_utc == \
+        datetime.timedelta(days=2 * 365) + minute
+    assert material.intermediate_not_after == intermediate.not_valid_after_utc
+
+
+def test_name_constraints_on_the_intermediate():
+    material = pki.create_ca("Unit CA", PASSWORD, permitted_dns=["lab.example"], permitted_ip=["192.168.70.0/24"])
+    extension = load(material.intermediate_cert_pem).extensions.get_extension_for_class(x509.NameConstraints)
+    assert extension.critical
+    assert extension.value.permitted_subtrees == [x509.DNSName("lab.example"),
+                                                  x509.IPAddress(ipaddress.ip_network("192.168.70.0/24"))]
+    assert extension.value.excluded_subtrees is None
+
+
+@pytest.mark.parametrize("name, permitted", [
+    ("lab.example", True), ("ca.lab.example", True), ("badlab.example", False), ("other.example", False),
+    ("192.168.70.10", True), ("192.168.71.10", False),
+])
+def test_name_permitted(name, permitted):
+    assert pki.name_permitted(name, ["lab.example"], ["192.168.70.0/24"]) is permitted
+
+
+def test_leading_dot_means_subdomains_only_and_empty_means_anything():
+    assert not pki.name_permitted("lab.example", [".lab.example"], [])
+    assert pki.name_permitted("ca.lab.example", [".lab.example"], [])
+    assert pki.name_permitted("anything.example", [], ["10.0.0.0/8"])
+    assert pki.name_permitted("172.16.0.1", ["lab.example"], [])
