@@ -207,3 +207,15 @@ def test_ctrl_c_before_apply_leaves_nothing_under_the_prefix(tmp_path, stop_at):
     assert finish(child) == 130
     assert files_under(prefix) == []
 
+
+def test_end_of_input_stops_like_ctrl_c(tmp_path):
+    prefix = tmp_path / "root"
+    prefix.mkdir()
+    child = start_setup(prefix)
+    answer(child, "Host name of this appliance (fully qualified) [", "ca.lab.example")
+    child.expect_exact("Network: dhcp or static? [dhcp]: ")
+    child.sendeof()
+    child.expect_exact("interrupted; nothing was changed")
+    assert finish(child) == 130
+    assert files_under(prefix) == []
+

@@ -39,6 +39,14 @@ class _Console:
         self.output = output
         self.getpass = getpass
 
+    def read(self, reader, prompt):
+        """One reply; end of input (Ctrl-D, a closed console) stops the wizard the way Ctrl-C does."""
+        try:
+            return reader(prompt)
+        except EOFError:
+            self.say("")
+            raise KeyboardInterrupt from None
+
     def say(self, text=""):
         print(text, file=self.output, flush=True)
 
@@ -49,7 +57,7 @@ class _Console:
         while True:
             prompt = f"{question} [{shown}]: " if shown not in (None, "") else f"{question}: "
             self.output.flush()
-            reply = self.input(prompt).strip()
+            reply = self.read(self.input, prompt).strip()
             value = reply if reply else default
             if value in (None, ""):
                 self.say("  An answer is needed here.")
@@ -182,7 +190,7 @@ def _ask_password(console, previous):
         return None
     while True:
         hint = "Enter: keep the one typed before" if previous else "Enter: generate one after all"
-        first = console.getpass(f"  Password [{hint}]: ")
+        first = console.read(console.getpass, f"  Password [{hint}]: ")
         if not first:
             return previous
         try:
@@ -190,7 +198,7 @@ def _ask_password(console, previous):
         except AnswersError as error:
             console.refuse(error)
             continue
-        if console.getpass("  Password again: ") != first:
+        if console.read(console.getpass, "  Password again: ") != first:
             console.say("  The two passwords differ. Please try again.")
             continue
         return first
