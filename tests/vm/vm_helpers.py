@@ -1,0 +1,45 @@
+"""Helpers the checks in tests/vm share (a module of its own: `conftest` is not importable by name
+when several test directories are collected together)."""
+import re
+import ssl
+import subprocess
+import urllib.request
+from pathlib import Path
+
+# The name certbot asks a certificate for; the guest resolves it to QEMU's guestfwd address.
+CHALLENGE_NAME = "client.verify.test"
+
+
+def fetch_root(ca_url: str) -> bytes:
+    """/roots.pem without trusting anything yet (that is what the fingerprint comparison is for)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with urllib.request.urlopen(f"{ca_url}/roots.pem", context=context, timeout=60) as response:
+        return response.read()
+
+
+def status_text(host) -> str:
+    result = host.run("ca-appliance status")
+    assert result.rc == 0, f"ca-appliance status exited {result.rc}: {result.stderr or result.stdout}"
+    return result.stdout
+
+
+def fingerprint_in(status: str) -> str:
+    """The root fingerprint `ca-appliance status` prints (hex, colons or not), lower-case, no colons."""
+    match = re.search(r"root fingerprint[^:\n]*:\s*([0-9A-Fa-f:]{64,95})", status)
+    assert match, f"`ca-appliance status` prints no root fingerprint:\n{status}"
+    return match.group(1).replace(":", "").lower()
+
+
+def certbot_certonly(certbot, target, name, *extra):
+    """A certificate for `name` over http-01: certbot's standalone server listens where the guest's
+    challenge connections arrive (QEMU guestfwd -> socat -> 127.0.0.1:challenge_port)."""
+    return certbot("certonly", "--standalone", "-d", name, "--agree-tos", "--register-unsafely-without-email",
+                   "--http-01-address", "127.0.0.1", "--http-01-port", str(target.challenge_port),
+                   "--cert-name", name, *extra)
+
+
+def openssl_verify(root: Path, chain: Path, leaf: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["openssl", "verify", "-CAfile", str(root), "-untrusted", str(chain), str(leaf)],
+                          capture_output=True, text=True)
