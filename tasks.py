@@ -66,15 +66,18 @@ def step_ca_from_source(c, force=False):
                       "(default: image.formats from the config)",
             "base": "fedora or debian (default: image.base from the config)",
             "config": "YAML file merged over appliance.yaml",
-            "verbose": "show the commands run"},
+            "verbose": "show the commands run",
+            "sign": "sign the OVA: PEM RSA private key (unencrypted); needs --cert",
+            "cert": "sign the OVA: PEM certificate of the --sign key, shipped in the .cert"},
       iterable=["format"])
 @reports_errors
-def build(c, format=None, base=None, config=None, verbose=False):
+def build(c, format=None, base=None, config=None, verbose=False, sign=None, cert=None):
     """Build the appliance disk image into dist/ with SHA256SUMS and a manifest."""
     cfg = _config(config, base)
     formats = [f for item in (format or []) for f in item.split(",") if f]
+    signing = {"sign_key": sign, "sign_cert": cert} if sign or cert else {}
     from image.build import build_appliance
-    build_appliance(cfg, formats=formats or None, verbose=verbose)
+    build_appliance(cfg, formats=formats or None, verbose=verbose, **signing)
 
 
 @task
