@@ -271,11 +271,17 @@ def manifest_text(digests: dict[str, str]) -> str:
     return "".join(f"SHA256({name})= {digest}\n" for name, digest in digests.items())
 
 
-def signature_text(mf_name: str, mf_bytes: bytes, sign_key: Path, sign_cert: Path) -> str:
-    """The .cert: `SHA256(<mf>)= <hex RSA-SHA256 signature of the manifest>` then the PEM certificate."""
+@dataclass(frozen=True)
+class Signer:
+    key: object    # an RSA private key (cryptography)
+    cert: object   # its X.509 certificate
+
+
+def load_signer(sign_key, sign_cert) -> Signer:
+    """The OVA signing key and certificate, checked (call it before a build: bad input fails fast)."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
     def read(path, what):
         try:
@@ -295,8 +301,16 @@ def signature_text(mf_name: str, mf_bytes: bytes, sign_key: Path, sign_cert: Pat
         raise UserError(f"--cert: {str(sign_cert)!r} is not a PEM X.509 certificate") from None
     if cert.public_key().public_numbers() != key.public_key().public_numbers():
         raise UserError(f"--cert: {str(sign_cert)!r} does not belong to the key {str(sign_key)!r}")
-    signature = key.sign(mf_bytes, padding.PKCS1v15(), hashes.SHA256())
-    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    return Signer(key, cert)
+
+
+def signature_text(mf_name: str, mf_bytes: bytes, signer: Signer) -> str:
+    """The .cert: `SHA256(<mf>)= <hex RSA-SHA256 signature of the manifest>` then the PEM certificate."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    signature = signer.key.sign(mf_bytes, padding.PKCS1v15(), hashes.SHA256())
+    pem = signer.cert.public_bytes(serialization.Encoding.PEM).decode()
     return f"SHA256({mf_name})= {signature.hex()}\n{pem}"
 
 
@@ -330,6 +344,7 @@ def write_ova(cfg, disk: Path, out: Path, runner, sign_key=None, sign_cert=None)
     disk, out = Path(disk), Path(out)
     if (sign_key is None) != (sign_cert is None):
         raise UserError("--sign and --cert: give both (the RSA key and its certificate) or neither")
+    signer = load_signer(sign_key, sign_cert) if sign_key is not None else None
     stem = cfg.image.name
     names = {"ovf": f"{stem}.ovf", "mf": f"{stem}.mf", "vmdk": f"{stem}-disk1.vmdk", "cert": f"{stem}.cert"}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -343,8 +358,8 @@ def write_ova(cfg, disk: Path, out: Path, runner, sign_key=None, sign_cert=None)
         mf = manifest_text({names[k]: sha256_file(paths[k]) for k in ("ovf", "vmdk")})
         paths["mf"].write_text(mf)
         order = ["ovf", "mf", "vmdk"]
-        if sign_key is not None:
-            paths["cert"].write_text(signature_text(names["mf"], mf.encode(), sign_key, sign_cert))
+        if signer is not None:
+            paths["cert"].write_text(signature_text(names["mf"], mf.encode(), signer))
             order.append("cert")
         with _atomic_path(out) as tmp, open(tmp, "wb") as f:
             write_tar(f, [(names[k], paths[k]) for k in order], mtime=int(time.time()))

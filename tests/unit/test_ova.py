@@ -247,7 +247,7 @@ def make_signer(tmp_path, key=None):
 def test_signature_file_is_the_manifest_signature_then_the_certificate(tmp_path):
     key_path, cert_path, cert = make_signer(tmp_path)
     mf = b"SHA256(a.ovf)= " + b"ab" * 32 + b"\n"
-    text = ova.signature_text("a.mf", mf, key_path, cert_path)
+    text = ova.signature_text("a.mf", mf, ova.load_signer(key_path, cert_path))
     first, pem = text.split("\n", 1)
     m = re.fullmatch(r"SHA256\(a\.mf\)= ([0-9a-f]+)", first)
     assert m, first
@@ -260,13 +260,29 @@ def test_signing_refuses_a_certificate_of_another_key_and_non_rsa_keys(tmp_path)
     (tmp_path / "other").mkdir()
     _, other_cert, _ = make_signer(tmp_path / "other")
     with pytest.raises(UserError, match="does not belong to the key"):
-        ova.signature_text("a.mf", b"x", key_path, other_cert)
+        ova.load_signer(key_path, other_cert)
     (tmp_path / "ec").mkdir()
     ec_key, ec_cert, _ = make_signer(tmp_path / "ec", ec.generate_private_key(ec.SECP256R1()))
     with pytest.raises(UserError, match="not an RSA key"):
-        ova.signature_text("a.mf", b"x", ec_key, ec_cert)
+        ova.load_signer(ec_key, ec_cert)
     with pytest.raises(UserError, match="cannot be read"):
-        ova.signature_text("a.mf", b"x", tmp_path / "missing.key", other_cert)
+        ova.load_signer(tmp_path / "missing.key", other_cert)
+
+
+def test_bad_signing_input_fails_before_any_disk_work(tmp_path):
+    key_path, _, _ = make_signer(tmp_path)
+    (tmp_path / "other").mkdir()
+    _, other_cert, _ = make_signer(tmp_path / "other")
+    # runner=None: reaching qemu-img would be an AttributeError, not this UserError
+    with pytest.raises(UserError, match="--cert: .* does not belong"):
+        ova.write_ova(config(), tmp_path / "d.qcow2", tmp_path / "x.ova", runner=None,
+                      sign_key=key_path, sign_cert=other_cert)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
+    with pytest.raises(UserError, match="--sign: .* not an unencrypted PEM private key"):
+        ova.load_signer(encrypted, other_cert)
 
 
 def test_write_ova_wants_key_and_certificate_together(tmp_path):
