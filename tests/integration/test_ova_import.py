@@ -7,6 +7,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import tarfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -201,3 +202,22 @@ def test_a_missing_disk_is_a_user_error(tmp_path, cfg):
     with pytest.raises(UserError, match="does not exist"):
         ova.write_ova(cfg, tmp_path / "nope.qcow2", tmp_path / "dist" / "x.ova", Runner(tmp_path / "log"))
     assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
+
+
+@pytest.mark.slow
+@needs_virt_v2v
+def test_real_appliance_image_exports_and_imports(tmp_path):
+    """The Debian appliance image itself (built once by tests/image_fixture.py, ~minutes; the export
+    adds a streamOptimized compression pass over the used blocks)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from image_fixture import ensure_debian_test_image
+
+    image = Path(ensure_debian_test_image())
+    cfg = load_config(overrides={"image": {"base": "debian"}})
+    out = ova.write_ova(cfg, image, tmp_path / "dist" / "appliance.ova", Runner(tmp_path / "ova.log"))
+    result = subprocess.run(["virt-v2v", "-i", "ova", str(out), "--print-source"], capture_output=True,
+                            text=True, env={**os.environ, "LIBGUESTFS_BACKEND": "direct"}, timeout=1800)
+    assert result.returncode == 0, result.stderr
+    assert re.search(rf"source name: {cfg.image.name}$", result.stdout, re.M), result.stdout
+    files = members(out, tmp_path / "x")
+    run("qemu-img", "compare", "-F", "vmdk", image, files[f"{cfg.image.name}-disk1.vmdk"])
