@@ -60,7 +60,9 @@ OVF_ENV_ANSWERS = {
 }
 OVF_ENV_NOTHING_SET = """<Environment xmlns="http://schemas.dmtf.org/ovf/environment/1"
      xmlns:oe="http://schemas.dmtf.org/ovf/environment/1">
-  <PropertySection><Property oe:key="ca-appliance.hostname" oe:value=""/></PropertySection></Environment>"""
+  <PropertySection><Property oe:key="ca-appliance.hostname" oe:value=""/>
+    <Property oe:key="ca-appliance.network.mode" oe:value="dhcp"/>
+    <Property oe:key="ca-appliance.ca.address" oe:value=":443"/></PropertySection></Environment>"""
 
 
 @pytest.fixture(autouse=True)
@@ -193,7 +195,8 @@ def test_first_source_found_wins_in_the_documented_order(tmp_path, monkeypatch):
 @needs_loop_devices
 @needs_xorriso
 def test_ovf_environment_without_values_is_not_a_source(tmp_path):
-    # vSphere passes every declared property, empty when the admin set none: the wizard must still run.
+    # vSphere passes every declared property with the OVA's defaults filled in, and the hostname
+    # (which has none) empty when the admin answered nothing: the next source or the wizard must run.
     write(tmp_path / "etc/ca-appliance/answers.yaml", "hostname: baked.lab.example\n")
     with iso_volume(tmp_path, "OVFENV", {"ovf-env.xml": OVF_ENV_NOTHING_SET}):
         assert find_unattended(tmp_path)[1] == "baked"

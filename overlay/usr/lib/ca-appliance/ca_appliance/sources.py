@@ -104,8 +104,9 @@ def _find_ovf_environment(root):
             raw = parse_ovf_env(text)
         except ElementTree.ParseError as error:
             raise SourceError(where, "<xml>", f"is not a readable OVF environment: {error}") from None
-        # vSphere lists every declared property, empty when not set: no values, no answers.
-        if raw:
+        # vSphere lists every declared property with its default filled in; the OVA leaves only
+        # the hostname without a default, so a hostname is what says the deployer answered.
+        if raw.get("hostname"):
             return raw
     return None
 
