@@ -144,3 +144,15 @@ def test_an_os_error_while_staging_is_a_step_failure_naming_the_step(tmp_path):
     with pytest.raises(StepFailed, match=r"setup \(stage files\).*left as it was"):
         apply.setup(validated(), "test", Layout(tmp_path), use_system=False, out=io.StringIO())
     assert not (tmp_path / "etc/step-ca").exists()
+
+
+def test_chown_tree_gives_every_file_to_the_user(tmp_path):
+    import pwd
+
+    from ca_appliance import system
+
+    (tmp_path / "tree/secrets").mkdir(parents=True)
+    (tmp_path / "tree/secrets/key").write_text("k")
+    nobody = pwd.getpwnam("nobody")
+    system.chown_tree(tmp_path / "tree", nobody)
+    assert {p.stat().st_uid for p in [tmp_path / "tree", *(tmp_path / "tree").rglob("*")]} == {nobody.pw_uid}

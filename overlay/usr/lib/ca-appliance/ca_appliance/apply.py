@@ -123,7 +123,7 @@ def setup(answers, source, layout, *, use_system=True, force=False, root_key_out
     step_user = system.ensure_step_user() if use_system else None
     was_running = False
     staging = Staging()
-    current = "stage files"
+    current = "stop step-ca"
     try:
         if use_system:
             was_running = system.stop_service() if layout.is_configured() else False
@@ -175,6 +175,8 @@ def _restart_previous(use_system, was_running):
 
 
 def _system_steps(answers, layout, restart, out):
+    system.restore_selinux_labels(layout.steppath, layout.data_dir, layout.state_dir, layout.firewalld_service,
+                                  layout.issue_file)
     system.set_hostname(answers["hostname"])
     system.configure_network(answers["network"])
     note = system.open_firewall()

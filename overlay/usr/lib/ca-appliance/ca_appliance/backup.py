@@ -150,5 +150,6 @@ def restore(layout, archive_path, use_system=True, out=None):
             raise StepFailed("restore", f"{error}; the previous state was left as it was") from None
         raise
     if run_service:
+        system.restore_selinux_labels(layout.steppath, layout.data_dir, layout.state_dir)
         system.start_service(restart=True)
     return manifest["root_fingerprint"]

@@ -51,6 +51,12 @@ def chown_tree(root, user):
             os.lchown(os.path.join(directory, name), user.pw_uid, user.pw_gid)
 
 
+def restore_selinux_labels(*paths):
+    """Fedora: files renamed into place keep their staging labels; give them their policy's."""
+    if shutil.which("restorecon"):
+        run("restore SELinux labels", ["restorecon", "-R", *map(str, paths)], check=False)
+
+
 def set_hostname(hostname):
     run("set hostname", ["hostnamectl", "set-hostname", hostname])
 
