@@ -265,7 +265,7 @@ def test_parse_ovf_env_keeps_ssh_keys_and_words_as_given():
     }
 
 
-def test_parse_ovf_env_without_properties_is_empty():
-    assert parse_ovf_env(OVF_ENV_NOTHING_SET) == {}
+def test_parse_ovf_env_skips_empty_properties():
+    assert parse_ovf_env(OVF_ENV_NOTHING_SET) == {"network": {"mode": "dhcp"}, "ca": {"address": ":443"}}
     assert parse_ovf_env('<Environment xmlns="http://schemas.dmtf.org/ovf/environment/1"/>') == {}
 
