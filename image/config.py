@@ -212,6 +212,9 @@ SCHEMA: dict[str, Any] = {
         "suite": one_of("bookworm", "trixie"),
         "mirror": URL,
     },
+    "ova": {
+        "virtual_system_type": text(r"vmx-\d{1,2}", "is not a VMware hardware version like vmx-13"),
+    },
     "artifacts": {
         "step_ca": {"version": VERSION, "url": URL, "sha256": SHA256, "path": LOCAL_PATH},
         "step_cli": {"version": VERSION, "url": URL, "sha256": SHA256, "path": LOCAL_PATH, "enabled": boolean()},

@@ -28,7 +28,6 @@ from pathlib import Path
 from image.errors import UserError
 
 # ESXi 6.5 and later. Candidate config key: ova.virtual_system_type (requested from the lead).
-VIRTUAL_SYSTEM_TYPE = "vmx-13"
 # VMware's "guest managed" marker: tools come from the distribution (open-vm-tools).
 VMWARE_TOOLS_VERSION = "2147483647"
 NETWORK_NAME = "VM Network"
@@ -228,7 +227,7 @@ def build_descriptor(cfg, *, vmdk_name: str, vmdk_size: int, capacity: int) -> s
     _sub(hw, _o("Info"), "Virtual hardware requirements")
     system = _sub(hw, _o("System"))
     for tag, value in (("ElementName", "Virtual Hardware Family"), ("InstanceID", 0),
-                       ("VirtualSystemIdentifier", name), ("VirtualSystemType", VIRTUAL_SYSTEM_TYPE)):
+                       ("VirtualSystemIdentifier", name), ("VirtualSystemType", cfg.ova.virtual_system_type)):
         _sub(system, f"{{{VSSD_NS}}}{tag}", value)
     cpus, memory = cfg.image.cpus, cfg.image.memory_mb
     _item(hw, [("AllocationUnits", "hertz * 10^6"), ("Description", "Number of virtual CPUs"),
