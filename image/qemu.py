@@ -259,9 +259,11 @@ class VM:
             self.check_alive("wait for SSH")
             client = paramiko.SSHClient()
             client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            # QEMU accepts on the forwarded port even before sshd runs: bound each try by what is left
+            patience = max(5.0, min(30.0, deadline - time.monotonic()))
             try:
                 client.connect("127.0.0.1", port=self.ports["ssh"], username=user, key_filename=str(key_file),
-                               timeout=10, banner_timeout=30, auth_timeout=30, allow_agent=False,
+                               timeout=10, banner_timeout=patience, auth_timeout=patience, allow_agent=False,
                                look_for_keys=False)
                 return client
             except (OSError, paramiko.SSHException, EOFError) as e:

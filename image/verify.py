@@ -10,6 +10,7 @@ serial log, the journal and step-ca's log are kept under build/verify-logs/<time
 from __future__ import annotations
 
 import datetime
+import os
 import re
 import secrets
 import shlex
@@ -37,8 +38,9 @@ CREDENTIAL_NAME = "ca-appliance.answers"
 # connection to a socat on the host that relays it to certbot's standalone server.
 CHALLENGE_IP = "10.0.2.100"
 GUEST_IP = "10.0.2.15"          # QEMU user networking always leases this address
-DEFAULT_SSH_TIMEOUT = 300
-DEFAULT_READY_TIMEOUT = 900
+# Seconds; TCG on a busy machine is slow, so both can be raised (or lowered) from the environment.
+DEFAULT_SSH_TIMEOUT = float(os.environ.get("CA_VERIFY_SSH_TIMEOUT", 300))
+DEFAULT_READY_TIMEOUT = float(os.environ.get("CA_VERIFY_READY_TIMEOUT", 900))
 
 _current: Target | None = None
 
@@ -61,6 +63,7 @@ class Target:
     ssh_timeout: float = DEFAULT_SSH_TIMEOUT
     ready_timeout: float = DEFAULT_READY_TIMEOUT
     boot_times: dict = field(default_factory=dict)
+    ssh_reached: bool = False          # SSH worked at least once (so the journal can be fetched)
     _host: object = None
 
     @property
@@ -113,6 +116,7 @@ class Target:
         start = time.monotonic()
         client = self.vm.wait_for_ssh(self.user, self.key_file, self.ssh_timeout)
         ssh_at = time.monotonic() - start
+        self.ssh_reached = True
         try:
             _, out, _ = client.exec_command("sudo systemctl is-system-running --wait", timeout=self.ready_timeout)
             state = out.read().decode().strip()
@@ -234,7 +238,7 @@ def wizard_script(answers: dict, wrong_hostname: str = "not a host name!") -> li
     return script
 
 
-def answer_wizard(vm: VM, answers: dict, log_to: Path, timeout: float = DEFAULT_SSH_TIMEOUT) -> None:
+def answer_wizard(vm: VM, answers: dict, log_to: Path, timeout: float = DEFAULT_SSH_TIMEOUT, say=print) -> None:
     """Type the answers into the first-boot wizard on the serial console."""
     import pexpect
     log_to.parent.mkdir(parents=True, exist_ok=True)
@@ -248,6 +252,8 @@ def answer_wizard(vm: VM, answers: dict, log_to: Path, timeout: float = DEFAULT_
                     raise StepFailed("answer the console wizard",
                                      f"no prompt matching {pattern!r} within {timeout:.0f}s; console, last lines:\n"
                                      f"{vm.serial_tail()}", log_to) from None
+                if pattern.startswith("Not accepted"):
+                    say("wizard: a wrong answer was refused and asked again")
                 if console.match.group(0).startswith("Apply?"):
                     reply = "y"  # the admin key question did not come: the review did
                 time.sleep(0.5)  # a person reads before typing
@@ -316,7 +322,7 @@ def collect_logs(target: Target | None, vm: VM, say=print) -> Path:
     for src in (vm.serial_log, vm.qemu_log):
         if src.exists():
             shutil.copyfile(src, out / src.name)
-    if target is not None and vm.is_running():
+    if target is not None and target.ssh_reached and vm.is_running():
         commands = {"journal.txt": "journalctl -b --no-pager",
                     "step-ca.log": "journalctl -b -u step-ca --no-pager",
                     "firstboot.log": "journalctl -b -u ca-appliance-firstboot --no-pager",
@@ -380,7 +386,7 @@ def verify_image(cfg: Config, *, image, answers=None, interactive=False, accel="
             started = time.monotonic()
             vm.start()
             if interactive:
-                answer_wizard(vm, first_boot, log_to=VERIFY_DIR / "wizard-session.log")
+                answer_wizard(vm, first_boot, log_to=VERIFY_DIR / "wizard-session.log", say=say)
             target.wait_ready("first boot")
             ssh_at, ready_at, state = target.boot_times["first boot"]
             say(f"first boot: SSH after {ssh_at:.0f}s, boot finished ({state}) after "
