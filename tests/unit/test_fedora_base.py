@@ -1,0 +1,326 @@
+"""Fedora base, everything short of a real Anaconda run (no Fedora mirror is reachable here):
+the QEMU command line, the OEMDRV ISO read back, .treeinfo checks against a tree served on
+loopback HTTP, progress from serial lines, and the failure paths with a real QEMU."""
+import functools
+import hashlib
+import http.server
+import io
+import os
+import subprocess
+import tarfile
+import threading
+import urllib.request
+from pathlib import Path
+
+import pycdlib
+import pytest
+
+from image.artifacts import Artifact
+from image.bases import fedora
+from image.config import load_config
+from image.errors import StepFailed, UserError
+from image.iso import write_volume_iso
+from image.kickstart import OEMDRV_LABEL, PAYLOAD_NAME, SUCCESS_MARKER, artifact_volume_file, render_kickstart
+from image.payload import write_payload_tarball
+from image.runner import Runner
+
+TREE = "http://mirror.example/pub/fedora/linux/releases/45/Server/x86_64/os/"
+
+
+def test_anaconda_qemu_command_line_exactly(tmp_path):
+    cfg = load_config()
+    w = tmp_path
+    cmd = fedora.anaconda_qemu_command(
+        cfg, kernel=w / "vmlinuz", initrd=w / "initrd.img", iso=w / "oemdrv.iso", disk=w / "a,b.raw",
+        serial_log=w / "serial.log", installer_log=w / "anaconda.log", result_log=w / "result.txt",
+        accel="tcg", tree=TREE)
+    assert cmd == [
+        "qemu-system-x86_64", "-name", "ca-appliance-anaconda", "-machine", "q35", "-accel", "tcg",
+        "-cpu", "max", "-smp", "2", "-m", "4096", "-display", "none", "-monitor", "none",
+        "-serial", f"file:{w}/serial.log", "-no-reboot",
+        "-kernel", f"{w}/vmlinuz", "-initrd", f"{w}/initrd.img",
+        "-append", f"inst.stage2={TREE} inst.ks=hd:LABEL=OEMDRV:/ks.cfg inst.text console=ttyS0,115200n8 "
+                   "rd.emergency=reboot",
+        "-drive", f"file={w}/a,,b.raw,format=raw,if=virtio,cache=unsafe",
+        "-drive", f"file={w}/oemdrv.iso,format=raw,media=cdrom,readonly=on",
+        "-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0",
+        "-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0",
+        "-device", "virtio-serial-pci",
+        "-chardev", f"file,id=anaconda-log,path={w}/anaconda.log",
+        "-device", "virtserialport,chardev=anaconda-log,name=org.fedoraproject.anaconda.log.0",
+        "-chardev", f"file,id=install-result,path={w}/result.txt",
+        "-device", "virtserialport,chardev=install-result,name=org.ca-appliance.install-result.0",
+    ]
+
+
+def test_kvm_uses_the_host_cpu_and_memory_never_below_anacondas_minimum(tmp_path):
+    cfg = load_config(overrides={"image": {"memory_mb": 1024}})
+    cmd = fedora.anaconda_qemu_command(
+        cfg, kernel=tmp_path / "k", initrd=tmp_path / "i", iso=tmp_path / "o", disk=tmp_path / "d",
+        serial_log=tmp_path / "s", installer_log=tmp_path / "a", result_log=tmp_path / "r", accel="kvm", tree=TREE)
+    assert cmd[cmd.index("-accel") + 1] == "kvm" and cmd[cmd.index("-cpu") + 1] == "host"
+    assert cmd[cmd.index("-m") + 1] == "2048"
+
+
+# --- the OEMDRV volume
+
+
+def test_oemdrv_iso_reads_back_complete_and_byte_identical(tmp_path):
+    cfg = load_config()
+    payload = write_payload_tarball(cfg, tmp_path / PAYLOAD_NAME)
+    binary = tmp_path / "step-ca-build"
+    binary.write_bytes(os.urandom(3 * 1024 * 1024 + 17))   # bigger than one extent, odd length
+    artifact = Artifact("step-ca", "local", "binary", binary, hashlib.sha256(binary.read_bytes()).hexdigest())
+    vf = artifact_volume_file(artifact)
+    ks = tmp_path / "ks.cfg"
+    ks.write_text(render_kickstart(cfg, [vf]))
+    files = {"ks.cfg": ks, PAYLOAD_NAME: payload, vf.name: binary}
+    iso_path = write_volume_iso(tmp_path / "oemdrv.iso", files, OEMDRV_LABEL)
+
+    iso = pycdlib.PyCdlib()
+    iso.open(str(iso_path))
+    try:
+        assert iso.pvd.volume_identifier.decode().strip() == "OEMDRV"
+        names = sorted(c.rock_ridge.name().decode() for c in iso.list_children(rr_path="/")
+                       if c.rock_ridge and c.file_identifier() not in (b".", b".."))
+        assert names == sorted(files)
+        for name, source in files.items():
+            for key in ("rr_path", "joliet_path"):
+                out = io.BytesIO()
+                iso.get_file_from_iso_fp(out, **{key: f"/{name}"})
+                assert out.getvalue() == source.read_bytes(), f"{name} via {key}"
+    finally:
+        iso.close()
+    # what udev sees, and so what /dev/disk/by-label/OEMDRV and dracut's LABEL=OEMDRV find
+    probe = subprocess.run(["blkid", "-p", "-o", "export", str(iso_path)], capture_output=True, text=True)
+    assert "TYPE=iso9660" in probe.stdout and "LABEL=OEMDRV" in probe.stdout, probe.stdout + probe.stderr
+
+
+def test_iso_refuses_a_missing_source(tmp_path):
+    with pytest.raises(StepFailed, match="does not exist"):
+        write_volume_iso(tmp_path / "x.iso", {"ks.cfg": tmp_path / "nope"}, OEMDRV_LABEL)
+    assert not (tmp_path / "x.iso").exists()
+
+
+# --- .treeinfo and the boot files, from a tree on a loopback HTTP server
+
+
+class Tree:
+    def __init__(self, root: Path, release: int = 45):
+        self.root = root
+        self.dir = root / f"releases/{release}/Server/x86_64/os"
+        (self.dir / "images/pxeboot").mkdir(parents=True)
+        self.kernel = os.urandom(200_000)
+        self.initrd = os.urandom(300_000)
+        (self.dir / "images/pxeboot/vmlinuz").write_bytes(self.kernel)
+        (self.dir / "images/pxeboot/initrd.img").write_bytes(self.initrd)
+        self.write_treeinfo()
+
+    def write_treeinfo(self, **override):
+        sums = {"images/pxeboot/vmlinuz": "sha256:" + hashlib.sha256(self.kernel).hexdigest(),
+                "images/pxeboot/initrd.img": "sha256:" + hashlib.sha256(self.initrd).hexdigest(),
+                "images/install.img": "sha256:" + "0" * 64}
+        sums.update(override)
+        body = "".join(f"{k} = {v}\n" for k, v in sums.items() if v is not None)
+        (self.dir / ".treeinfo").write_text(
+            "[header]\ntype = productmd.treeinfo\nversion = 1.2\n\n[release]\nname = Fedora\nshort = Fedora\n"
+            "version = 45\n\n[images-x86_64]\nkernel = images/pxeboot/vmlinuz\ninitrd = images/pxeboot/initrd.img\n\n"
+            f"[checksums]\n{body}")
+
+
+@pytest.fixture
+def served_tree(tmp_path):
+    tree = Tree(tmp_path / "mirror")
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(tree.root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    tree.mirror = f"http://127.0.0.1:{server.server_address[1]}"
+    tree.requests = requests
+    yield tree
+    server.shutdown()
+    server.server_close()
+
+
+def test_parse_treeinfo_reads_the_checksums_section():
+    sums = fedora.parse_treeinfo("[checksums]\nimages/pxeboot/vmlinuz = sha256:ABCDEF\nImages/X = sha512:00\n")
+    assert sums == {"images/pxeboot/vmlinuz": ("sha256", "abcdef"), "Images/X": ("sha512", "00")}
+    with pytest.raises(StepFailed, match="no \\[checksums\\] section"):
+        fedora.parse_treeinfo("[header]\nversion = 1.2\n")
+
+
+def test_boot_files_are_fetched_verified_and_then_reused_from_the_cache(served_tree, tmp_path, monkeypatch):
+    monkeypatch.setenv("CA_APPLIANCE_CACHE", str(tmp_path / "cache"))
+    tree = fedora.tree_url(served_tree.mirror, 45)
+    kernel, initrd = fedora.fetch_boot_files(tree, 45, say=lambda m: None)
+    assert kernel.read_bytes() == served_tree.kernel and initrd.read_bytes() == served_tree.initrd
+    assert kernel.parent == tmp_path / "cache" / "fedora" / "45"
+    served_tree.requests.clear()
+    said = []
+    assert fedora.fetch_boot_files(tree, 45, say=said.append) == (kernel, initrd)
+    assert [p for p in served_tree.requests if "pxeboot" in p] == []    # only .treeinfo again
+    assert all("cached, verified" in m for m in said)
+
+
+def test_checksum_mismatch_fails_and_leaves_nothing(served_tree, tmp_path, monkeypatch):
+    monkeypatch.setenv("CA_APPLIANCE_CACHE", str(tmp_path / "cache"))
+    served_tree.write_treeinfo(**{"images/pxeboot/initrd.img": "sha256:" + "ab" * 32})
+    with pytest.raises(StepFailed) as e:
+        fedora.fetch_boot_files(fedora.tree_url(served_tree.mirror, 45), 45, say=lambda m: None)
+    assert "initrd.img does not match the tree's .treeinfo" in str(e.value)
+    assert "ab" * 32 in str(e.value) and hashlib.sha256(served_tree.initrd).hexdigest() in str(e.value)
+    cached = tmp_path / "cache" / "fedora" / "45"
+    assert not (cached / "initrd.img").exists() and not list(cached.glob("*.part"))
+
+
+def test_a_cached_file_that_no_longer_matches_is_downloaded_again(served_tree, tmp_path, monkeypatch):
+    monkeypatch.setenv("CA_APPLIANCE_CACHE", str(tmp_path / "cache"))
+    tree = fedora.tree_url(served_tree.mirror, 45)
+    kernel, _ = fedora.fetch_boot_files(tree, 45, say=lambda m: None)
+    kernel.write_bytes(b"damaged")
+    kernel, _ = fedora.fetch_boot_files(tree, 45, say=lambda m: None)
+    assert kernel.read_bytes() == served_tree.kernel
+
+
+def test_treeinfo_without_a_boot_file_checksum_fails(served_tree, tmp_path, monkeypatch):
+    monkeypatch.setenv("CA_APPLIANCE_CACHE", str(tmp_path / "cache"))
+    served_tree.write_treeinfo(**{"images/pxeboot/vmlinuz": None})
+    with pytest.raises(StepFailed, match="lists no checksum for images/pxeboot/vmlinuz"):
+        fedora.fetch_boot_files(fedora.tree_url(served_tree.mirror, 45), 45, say=lambda m: None)
+
+
+def test_a_release_the_mirror_lacks_is_a_user_error(served_tree, tmp_path, monkeypatch):
+    monkeypatch.setenv("CA_APPLIANCE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(UserError, match="HTTP 404"):
+        fedora.fetch_boot_files(fedora.tree_url(served_tree.mirror, 46), 46, say=lambda m: None)
+
+
+def test_unreachable_mirror_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("CA_APPLIANCE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(StepFailed, match="cannot reach 127.0.0.1:9 .*fedora.mirror"):
+        fedora.fetch_boot_files("http://127.0.0.1:9/os/", 45, say=lambda m: None)
+
+
+def test_file_mirror_is_served_to_the_guest_over_http(tmp_path):
+    tree = Tree(tmp_path / "mirror")
+    with fedora.guest_visible_mirror(f"file://{tree.root}") as url:
+        assert url.startswith("http://10.0.2.2:")
+        host_side = url.replace("10.0.2.2", "127.0.0.1") + "/releases/45/Server/x86_64/os/images/pxeboot/vmlinuz"
+        assert urllib.request.urlopen(host_side, timeout=10).read() == tree.kernel
+    with fedora.guest_visible_mirror("https://mirror.example/fedora") as url:
+        assert url == "https://mirror.example/fedora"
+
+
+# --- following the install
+
+
+def test_progress_lines_from_anacondas_text_output():
+    progress = fedora.InstallProgress()
+    lines = ["\x1b[0;32mStarting automated install\x1b[0m.......", "Configuring storage",
+             "Configuring storage", "Downloading 500 RPMs, 10 MiB / 800 MiB (1%) done.",
+             "Downloading 500 RPMs, 12 MiB / 800 MiB (1%) done.",
+             "Downloading 500 RPMs, 90 MiB / 800 MiB (11%) done."]
+    lines += [f"Installing pkg{i}.x86_64 ({i}/500)" for i in range(1, 501)]
+    lines += ["Configuring pkg1.x86_64", "Running post-installation scripts", "random noise"]
+    shown = [m for line in lines if (m := progress.feed(line))]
+    assert shown[0] == "Starting automated install......."
+    assert shown.count("Configuring storage") == 1
+    assert "downloading 500 packages: 1%" in shown and "downloading 500 packages: 11%" in shown
+    package_lines = [m for m in shown if m.startswith("installing packages")]
+    assert package_lines[0] == "installing packages: 1/500 (pkg1.x86_64)"
+    assert package_lines[-1] == "installing packages: 500/500 (pkg500.x86_64)"
+    assert len(package_lines) == 11
+    assert shown[-1] == "Running post-installation scripts"
+    assert progress.fatal is None
+    panic = "[  12.3] Kernel panic - not syncing: VFS"
+    assert progress.feed(panic) == f"installer: {panic}"
+    assert progress.fatal.startswith("[  12.3] Kernel panic")
+
+
+def test_install_result_needs_the_success_marker(tmp_path):
+    result = tmp_path / "result.txt"
+    result.write_text("release: Fedora Linux 45 (Server Edition)\nbash 5.3.0-1.fc45\nstep-ca 0.30.2-1\n")
+    assert fedora.read_install_result(result) is None
+    result.write_text(result.read_text() + SUCCESS_MARKER + "\n")
+    assert fedora.read_install_result(result) == ("Fedora Linux 45 (Server Edition)",
+                                                  ["bash 5.3.0-1.fc45", "step-ca 0.30.2-1"])
+    assert fedora.read_install_result(tmp_path / "missing") is None
+
+
+def test_installer_timeout_stops_qemu_and_shows_the_log_tail(tmp_path):
+    runner = Runner(tmp_path / "build.log")
+    serial, installer = tmp_path / "serial.log", tmp_path / "anaconda.log"
+    pidfile = tmp_path / "qemu.pid"
+    # A real QEMU that never finishes: no disk, no kernel; SeaBIOS waits for a boot device.
+    cmd = ["qemu-system-x86_64", "-accel", "tcg", "-m", "64", "-display", "none", "-monitor", "none",
+           "-serial", f"file:{serial}", "-no-reboot", "-pidfile", str(pidfile), "-boot", "menu=off"]
+    installer.write_text("INFO anaconda: line one\nERROR anaconda: the real reason\n")
+    with pytest.raises(StepFailed) as e:
+        fedora.run_installer(cmd, serial_log=serial, installer_log=installer, timeout=3, runner=runner, poll_s=0.5)
+    message = str(e.value)
+    assert "did not finish within 3s" in message
+    assert "the real reason" in message and str(installer) in message
+    # QEMU really ran, and is gone
+    pid = int(pidfile.read_text())
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_qemu_that_cannot_start_is_a_failed_step(tmp_path):
+    runner = Runner(tmp_path / "build.log")
+    cmd = ["qemu-system-x86_64", "-accel", "tcg", "-display", "none", "-no-such-option"]
+    with pytest.raises(StepFailed, match="qemu exited with status 1"):
+        fedora.run_installer(cmd, serial_log=tmp_path / "serial.log", installer_log=tmp_path / "anaconda.log",
+                             timeout=60, runner=runner, poll_s=0.2)
+
+
+def payload_with(tmp_path, members):
+    path = tmp_path / "payload.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for name in members:
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    return path
+
+
+def test_payload_must_bring_the_units_the_kickstart_enables(tmp_path):
+    complete = payload_with(tmp_path, ["etc/systemd/system/step-ca.service",
+                                       "etc/systemd/system/ca-appliance-firstboot.service"])
+    fedora.check_payload_units(complete)
+    lacking = payload_with(tmp_path, ["etc/systemd/system/step-ca.service"])
+    with pytest.raises(StepFailed, match="lacks ca-appliance-firstboot.service"):
+        fedora.check_payload_units(lacking)
+
+
+def test_build_raw_runs_the_whole_chain_up_to_qemu(served_tree, tmp_path, monkeypatch):
+    """Everything but Anaconda for real: fetch + verify, OEMDRV ISO, raw disk, QEMU. The served
+    'kernel' is random bytes, so QEMU refuses it and build_raw must say so with the logs."""
+    monkeypatch.setenv("CA_APPLIANCE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CA_APPLIANCE_ACCEL", "tcg")
+    cfg = load_config(overrides={"fedora": {"mirror": served_tree.mirror}, "image": {"disk_gb": 4}})
+    payload = payload_with(tmp_path, ["etc/systemd/system/step-ca.service",
+                                      "etc/systemd/system/ca-appliance-firstboot.service"])
+    binary = tmp_path / "step-ca"
+    binary.write_bytes(b"\x7fELF" + os.urandom(100))
+    artifact = Artifact("step-ca", "local", "binary", binary, hashlib.sha256(binary.read_bytes()).hexdigest())
+    runner = Runner(tmp_path / "build.log")
+    with pytest.raises(StepFailed) as e:
+        fedora.build_raw(cfg, workdir=tmp_path / "work", runner=runner, artifacts=[artifact], payload=payload)
+    assert "qemu exited with status" in str(e.value)
+    work = tmp_path / "work"
+    assert (work / "fedora-45.raw").stat().st_size == 4 * 1024 ** 3
+    ks = (work / "ks.cfg").read_text()
+    assert f"url --url={served_tree.mirror}/releases/45/Server/x86_64/os/" in ks
+    iso = pycdlib.PyCdlib()
+    iso.open(str(work / "oemdrv.iso"))
+    try:
+        out = io.BytesIO()
+        iso.get_file_from_iso_fp(out, rr_path="/step-ca")
+        assert out.getvalue() == binary.read_bytes()
+    finally:
+        iso.close()
+    assert "qemu-system-x86_64" in (tmp_path / "build.log").read_text()
