@@ -1,0 +1,340 @@
+"""The Debian base: a minimal Debian rootfs from mmdebstrap, made into a BIOS-bootable raw disk.
+
+Offline-capable (any Debian mirror, file:// included) and needs no VM: the rootfs is
+bootstrapped into a directory, configured in place (payload, artifacts, users, units), then
+turned into the disk's ext4 file system without mounting it (image.disk).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+import uuid as uuidlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from image.bases import BaseResult
+from image.cache import cache_dir
+from image.config import Config
+from image.disk import create_disk, install_grub_bios, make_ext4_from_dir, remove_tree
+from image.errors import StepFailed, UserError
+from image.runner import Runner
+
+REQUIRED_TOOLS = {
+    "mmdebstrap": ("mmdebstrap", "mmdebstrap"),
+    "sfdisk": ("fdisk", "util-linux"),
+    "losetup": ("mount", "util-linux"),
+    "mkfs.ext4": ("e2fsprogs", "e2fsprogs"),
+    "e2fsck": ("e2fsprogs", "e2fsprogs"),
+    "grub-install": ("grub2-common", "grub2-tools"),
+    "systemctl": ("systemd", "systemd"),
+    "tar": ("tar", "tar"),
+}
+NEEDS_ROOT = True
+# grub-install --target=i386-pc needs the BIOS modules, which no command stands for
+GRUB_BIOS_MODULES = Path("/usr/lib/grub/i386-pc")
+
+FILES_DIR = Path(__file__).resolve().parent / "debian_files"   # base-specific files laid into the rootfs
+ROOT_LABEL = "root"
+
+PACKAGES = (
+    "linux-image-amd64", "initramfs-tools", "systemd", "systemd-sysv", "dbus",
+    "network-manager", "firewalld", "openssh-server", "chrony", "sudo", "ca-certificates", "curl",
+    "python3", "python3-cryptography", "python3-jwcrypto", "python3-yaml",
+    "qemu-guest-agent", "open-vm-tools", "grub-pc", "cloud-guest-utils", "e2fsprogs",
+    "iproute2", "less",
+)
+# Keep the image lean: no manuals, docs (licences stay) or translations.
+DPKG_EXCLUDES = (
+    "path-exclude=/usr/share/man/*", "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/doc/*", "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/locale/*", "path-include=/usr/share/locale/locale.alias",
+    "path-exclude=/usr/share/lintian/*",
+)
+UNITS = (   # enabled in every image; each must exist
+    "NetworkManager.service", "firewalld.service", "ssh.service", "chrony.service",
+    "open-vm-tools.service", "serial-getty@ttyS0.service",
+    "ca-appliance-growroot.service", "ca-appliance-ssh-hostkeys.service",
+)
+GUEST_UNITS = ("step-ca.service", "ca-appliance-firstboot.service")   # from the payload (overlay)
+KERNEL_CMDLINE = "ro console=tty0 console=ttyS0,115200n8"
+
+
+def check_host() -> None:
+    """What REQUIRED_TOOLS cannot express; called before any work."""
+    if not (GRUB_BIOS_MODULES / "modinfo.sh").exists():
+        raise UserError(f"missing host files: {GRUB_BIOS_MODULES} (GRUB's BIOS modules); install them with "
+                        "'apt-get install grub-pc-bin' or 'dnf install grub2-pc-modules'")
+
+
+def apt_cache_dir(cfg: Config) -> Path:
+    """Downloaded .debs kept between builds, so a second build downloads (almost) nothing."""
+    return cache_dir() / "debian" / cfg.debian.suite / "archives"
+
+
+def sources(cfg: Config) -> list[str]:
+    suite, mirror = cfg.debian.suite, cfg.debian.mirror
+    lines = [f"deb {mirror} {suite} main", f"deb {mirror} {suite}-updates main"]
+    # security updates live beside the official mirror; a private mirror carries its own
+    if re.fullmatch(r"https?://deb\.debian\.org/debian", mirror):
+        lines.append(f"deb {mirror}-security {suite}-security main")
+    return lines
+
+
+def mmdebstrap_command(cfg: Config, rootfs: Path, debs: list[Path], used_debs_list: Path) -> list[str]:
+    cache = apt_cache_dir(cfg)
+    cmd = ["mmdebstrap", "--mode=root", "--variant=minbase", "--components=main",
+           "--include=" + ",".join(PACKAGES),
+           # keep every .deb downloaded this time in the chroot, to be copied out to the cache
+           "--skip=essential/unlink",
+           "--aptopt=Acquire::Retries \"3\"",
+           f"--setup-hook=mkdir -p '{cache}' \"$1\"/var/cache/apt/archives",
+           f"--setup-hook=sync-in '{cache}' /var/cache/apt/archives/",
+           # the driver hook must be in place before the kernel's postinst builds the initramfs
+           "--essential-hook=mkdir -p \"$1\"/etc/initramfs-tools/hooks",
+           f"--essential-hook=copy-in '{FILES_DIR}/etc/initramfs-tools/hooks/ca-appliance-drivers' "
+           "/etc/initramfs-tools/hooks/"]
+    cmd += [f"--dpkgopt={opt}" for opt in DPKG_EXCLUDES]
+    for deb in debs:   # local step-ca / step .debs: apt resolves their dependencies
+        cmd += [f"--customize-hook=copy-in '{deb}' /tmp/",
+                f"--customize-hook=chroot \"$1\" apt-get install -y --no-install-recommends '/tmp/{deb.name}'",
+                f"--customize-hook=rm -f \"$1\"/tmp/'{deb.name}'"]
+    cmd += [f"--customize-hook=sync-out /var/cache/apt/archives '{cache}'",
+            f"--customize-hook=ls \"$1\"/var/cache/apt/archives > '{used_debs_list}'"]
+    if cfg.debian.mirror.startswith("file://"):
+        cmd.append("--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount")
+    cmd += [cfg.debian.suite, str(rootfs)] + sources(cfg)
+    return cmd
+
+
+def prune_apt_cache(cfg: Config, used_debs_list: Path) -> None:
+    """Drop cached .debs this build no longer used (superseded versions), so the cache stays bounded."""
+    try:
+        used = set(used_debs_list.read_text().split())
+    except OSError:
+        return
+    for deb in apt_cache_dir(cfg).glob("*.deb"):
+        if deb.name not in used:
+            deb.unlink()
+
+
+@contextmanager
+def echo_progress(runner: Runner, prefix: str = "I: ") -> Iterator[None]:
+    """Show mmdebstrap's phase lines ("I: installing ...") from the log while it runs."""
+    stop = threading.Event()
+    start = runner.log_path.stat().st_size if runner.log_path.exists() else 0
+
+    def follow():
+        pos = start
+        while not stop.is_set():
+            stop.wait(1.0)
+            try:
+                with open(runner.log_path, "rb") as f:
+                    f.seek(pos)
+                    chunk = f.read()
+            except OSError:
+                continue
+            complete = chunk[:chunk.rfind(b"\n") + 1]
+            pos += len(complete)
+            for line in complete.decode(errors="replace").splitlines():
+                if line.startswith(prefix):
+                    print(f"    {line[len(prefix):]}", file=runner.out, flush=True)
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _install_file(src: Path, dest: Path, mode: int) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
+    os.chown(dest, 0, 0)
+    os.chmod(dest, mode)
+
+
+def _write(dest: Path, text: str, mode: int = 0o644) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(text)
+    os.chmod(dest, mode)
+
+
+def lay_base_files(rootfs: Path) -> None:
+    """The Debian base's own files (growroot, SSH host keys, drivers, GRUB defaults)."""
+    for src in sorted(FILES_DIR.rglob("*")):
+        if src.is_file():
+            mode = 0o755 if os.stat(src).st_mode & 0o111 else 0o644
+            _install_file(src, rootfs / src.relative_to(FILES_DIR), mode)
+
+
+def install_binaries(rootfs: Path, artifacts: list) -> None:
+    """kind 'binary' artifacts (CI: step-ca built from Debian's Go sources) go to /usr/bin."""
+    names = {"step-ca": "step-ca", "step-cli": "step"}
+    for art in artifacts:
+        if art.kind == "binary":
+            _install_file(Path(art.path), rootfs / "usr/bin" / names[art.name], 0o755)
+
+
+def check_artifact_kinds(artifacts: list) -> list[Path]:
+    """The .debs to install; an RPM cannot go into a Debian image."""
+    for art in artifacts:
+        if art.kind not in ("deb", "binary"):
+            raise UserError(f"artifacts: {art.name} is a {art.kind!r} package ({art.path}); "
+                            "the debian base takes a .deb or a binary")
+    return [Path(a.path) for a in artifacts if a.kind == "deb"]
+
+
+def chroot(runner: Runner, rootfs: Path, *cmd: str, input: bytes | None = None) -> None:
+    runner.run(["chroot", str(rootfs), *cmd], input=input)
+
+
+def create_users(cfg: Config, rootfs: Path, runner: Runner) -> None:
+    """Root locked; `step` system user for step-ca; the admin from the config, with sudo."""
+    chroot(runner, rootfs, "passwd", "--lock", "root")
+    chroot(runner, rootfs, "useradd", "--system", "--user-group", "--home-dir", "/var/lib/step-ca",
+           "--shell", "/usr/sbin/nologin", "step")
+    chroot(runner, rootfs, "install", "-d", "-o", "step", "-g", "step", "-m", "0750", "/var/lib/step-ca")
+    admin = cfg.admin.user
+    chroot(runner, rootfs, "useradd", "--create-home", "--user-group", "--groups", "sudo",
+           "--shell", "/bin/bash", admin)
+    if cfg.admin.password_hash:
+        # chpasswd reads the hash on stdin: it never appears in a command line or the log
+        chroot(runner, rootfs, "chpasswd", "--encrypted", input=f"{admin}:{cfg.admin.password_hash}\n".encode())
+    ssh_dir = f"/home/{admin}/.ssh"
+    chroot(runner, rootfs, "install", "-d", "-o", admin, "-g", admin, "-m", "0700", ssh_dir)
+    keys = "".join(k + "\n" for k in cfg.admin.ssh_authorized_keys)
+    _write(rootfs / ssh_dir.lstrip("/") / "authorized_keys", keys, 0o600)
+    chroot(runner, rootfs, "chown", f"{admin}:{admin}", f"{ssh_dir}/authorized_keys")
+    # without a password, sudo could never be used: the SSH key is the admin's only credential then
+    rule = "ALL=(ALL:ALL) ALL" if cfg.admin.password_hash else "ALL=(ALL:ALL) NOPASSWD: ALL"
+    sudoers = rootfs / "etc/sudoers.d/ca-appliance-admin"
+    _write(sudoers, f"# the appliance's admin (admin.user in the build config)\n{admin} {rule}\n", 0o440)
+    chroot(runner, rootfs, "visudo", "--check", "--file", "/etc/sudoers.d/ca-appliance-admin")
+
+
+def unit_exists(rootfs: Path, unit: str) -> bool:
+    template = re.sub(r"@[^.]+\.", "@.", unit)
+    return any((rootfs / d / name).exists()
+               for d in ("etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system")
+               for name in (unit, template))
+
+
+def enable_units(rootfs: Path, runner: Runner) -> list[str]:
+    present_guest_units = [u for u in GUEST_UNITS if unit_exists(rootfs, u)]
+    for unit in set(GUEST_UNITS) - set(present_guest_units):
+        runner.say(f"    note: the payload has no {unit} yet; not enabled")
+    units = list(UNITS) + present_guest_units
+    runner.run(["systemctl", f"--root={rootfs}", "enable", *units])
+    return units
+
+
+def remove_machine_secrets(rootfs: Path) -> None:
+    """Nothing that must be unique per appliance is baked: each one makes its own at first boot."""
+    for key in (rootfs / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    _write(rootfs / "etc/machine-id", "", 0o444)
+    dbus_id = rootfs / "var/lib/dbus/machine-id"
+    if dbus_id.exists() and not dbus_id.is_symlink():
+        dbus_id.unlink()
+    for leftover in ("var/lib/systemd/random-seed", "etc/resolv.conf"):
+        path = rootfs / leftover
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+    for cached in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        for item in (rootfs / cached).glob("*"):
+            if item.is_file():
+                item.unlink()
+    for stale in (rootfs / "var/cache/apt").glob("*.bin"):
+        stale.unlink()
+
+
+def kernel_version(rootfs: Path) -> str:
+    kernels = sorted((rootfs / "boot").glob("vmlinuz-*"))
+    if len(kernels) != 1 or not (rootfs / "boot" / kernels[0].name.replace("vmlinuz", "initrd.img")).exists():
+        raise StepFailed("debian: configure", f"expected one kernel and its initrd in /boot, found "
+                         f"{[k.name for k in kernels]}")
+    return kernels[0].name.removeprefix("vmlinuz-")
+
+
+def write_boot_config(cfg: Config, rootfs: Path, root_uuid: str) -> None:
+    """fstab and grub.cfg by file system UUID (no grub-mkconfig: it probes devices a chroot lacks)."""
+    _write(rootfs / "etc/fstab", f"# <file system> <mount point> <type> <options> <dump> <pass>\n"
+                                 f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n")
+    _write(rootfs / "etc/hostname", f"{cfg.image.name}\n")
+    kver = kernel_version(rootfs)
+    (rootfs / "boot/grub").mkdir(parents=True, exist_ok=True)
+    _write(rootfs / "boot/grub/grub.cfg", f"""\
+# Written by the appliance build; update-grub replaces it after a kernel upgrade
+# (/etc/default/grub.d/ca-appliance.cfg keeps the consoles then).
+serial --unit=0 --speed=115200
+terminal_input console serial
+terminal_output console serial
+set timeout=2
+set default=0
+insmod part_msdos
+insmod ext2
+search --no-floppy --fs-uuid --set=root {root_uuid}
+menuentry '{cfg.image.name} {cfg.image.version} (Debian {cfg.debian.suite})' {{
+    linux /boot/vmlinuz-{kver} root=UUID={root_uuid} {KERNEL_CMDLINE}
+    initrd /boot/initrd.img-{kver}
+}}
+""")
+
+
+def installed_packages(rootfs: Path, runner: Runner) -> list[str]:
+    out = runner.output(["dpkg-query", f"--admindir={rootfs}/var/lib/dpkg", "--show",
+                         "--showformat=${Package} ${Version}\\n"])
+    return sorted(line for line in out.splitlines() if line.strip())
+
+
+def release_name(cfg: Config, rootfs: Path) -> str:
+    version = (rootfs / "etc/debian_version").read_text().strip()
+    return f"Debian {version} ({cfg.debian.suite})"
+
+
+def bootstrap_rootfs(cfg: Config, rootfs: Path, debs: list[Path], workdir: Path, runner: Runner) -> None:
+    used_debs_list = workdir / "debs-used.txt"
+    remove_tree(rootfs, runner)   # mmdebstrap wants an empty target
+    with echo_progress(runner):
+        runner.run(mmdebstrap_command(cfg, rootfs, debs, used_debs_list))
+    prune_apt_cache(cfg, used_debs_list)
+
+
+def configure_rootfs(cfg: Config, rootfs: Path, payload: Path, artifacts: list, runner: Runner) -> str:
+    """Everything after the packages: returns the root file system UUID written into fstab and grub.cfg."""
+    # --keep-directory-symlink: /lib, /bin, /sbin are symlinks on merged-/usr Debian; keep them so
+    runner.run(["tar", "-C", str(rootfs), "--extract", "--gzip", "--file", str(payload),
+                "--numeric-owner", "--same-permissions", "--keep-directory-symlink", "--no-overwrite-dir"])
+    lay_base_files(rootfs)
+    install_binaries(rootfs, artifacts)
+    create_users(cfg, rootfs, runner)
+    enable_units(rootfs, runner)
+    remove_machine_secrets(rootfs)
+    root_uuid = str(uuidlib.uuid4())
+    write_boot_config(cfg, rootfs, root_uuid)
+    return root_uuid
+
+
+def build_raw(cfg: Config, *, workdir: Path, runner: Runner, artifacts: list, payload: Path) -> BaseResult:
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    rootfs = workdir / "rootfs"
+    debs = check_artifact_kinds(artifacts)
+    with runner.step(f"debian: bootstrap {cfg.debian.suite} rootfs (mmdebstrap)"):
+        bootstrap_rootfs(cfg, rootfs, debs, workdir, runner)
+    with runner.step("debian: configure rootfs (payload, artifacts, users, units)"):
+        root_uuid = configure_rootfs(cfg, rootfs, payload, artifacts, runner)
+        packages = installed_packages(rootfs, runner)
+        release = release_name(cfg, rootfs)
+    raw = workdir / "disk.raw"
+    with runner.step(f"debian: assemble the {cfg.image.disk_gb} GiB disk (ext4 from the rootfs, GRUB)"):
+        part = create_disk(raw, cfg.image.disk_gb << 30, runner)
+        make_ext4_from_dir(raw, part, rootfs, uuid=root_uuid, label=ROOT_LABEL, runner=runner)
+        install_grub_bios(raw, part, workdir, runner)
+        remove_tree(rootfs, runner)   # the disk holds it now; a gigabyte less in build/
+    return BaseResult(raw=raw, release=release, packages=packages)

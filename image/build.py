@@ -1,0 +1,210 @@
+"""`invoke build`: one config in, dist/<name>-<version>-<base>.<ext> + SHA256SUMS + manifest out.
+
+Stages, each reading only what the previous one wrote:
+  preflight (host tools, root) -> artifacts -> payload -> base.build_raw -> formats -> publish.
+Everything is made in build/work-<stem>/ and dist/.<stem>.partial/; only a complete build is
+moved into dist/. On failure or Ctrl-C the work and partial directories are removed (their
+loop devices and mounts released first) and the log path is printed; the log stays.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from image.bases import BaseResult, get_base
+from image.config import FORMATS, PROJECT_ROOT, Config
+from image.disk import remove_tree
+from image.errors import ApplianceError, UserError
+from image.payload import sha256_file, write_payload_tarball
+from image.runner import Runner, require_root, require_tools
+
+BUILD_DIR = PROJECT_ROOT / "build"
+DIST_DIR = PROJECT_ROOT / "dist"
+SUMS_FILE = "SHA256SUMS"
+CONVERSION_TOOLS = {"qemu-img": ("qemu-utils", "qemu-img")}
+EXTENSIONS = {"qcow2": "qcow2", "raw": "raw", "vmdk": "vmdk", "ova": "ova"}
+
+
+def output_stem(cfg: Config) -> str:
+    return f"{cfg.image.name}-{cfg.image.version}-{cfg.image.base}"
+
+
+def check_formats(formats: list[str] | tuple[str, ...]) -> list[str]:
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise UserError(f"--format: {fmt!r} is not one of: {', '.join(FORMATS)}")
+    return list(dict.fromkeys(formats))
+
+
+def preflight(base, formats: list[str]) -> None:
+    """Everything the host lacks, reported before any work is done."""
+    require_tools({**base.REQUIRED_TOOLS, **CONVERSION_TOOLS})
+    check_host = getattr(base, "check_host", None)
+    if check_host is not None:
+        check_host()
+    if base.NEEDS_ROOT:
+        require_root(f"invoke build (base {base.__name__.rsplit('.', 1)[-1]})")
+
+
+def fetch_artifacts(cfg: Config) -> list:
+    from image.artifacts import fetch_artifacts as fetch  # lazy: only builds need the network code
+    return fetch(cfg)
+
+
+def write_format(fmt: str, cfg: Config, raw: Path, out: Path, runner: Runner) -> None:
+    """Write the raw disk as `fmt` to out (raw itself is written last, by the caller, as a move)."""
+    if fmt == "qcow2":
+        # zlib, not zstd: every qemu-img and libvirt in use reads it
+        runner.run(["qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", raw, out])
+        runner.run(["qemu-img", "check", "-f", "qcow2", out])
+    elif fmt == "vmdk":
+        from image.ova import write_vmdk
+        write_vmdk(raw, out, runner)
+    elif fmt == "ova":
+        from image.ova import write_ova
+        write_ova(cfg, raw, out, runner)
+    else:
+        raise ValueError(fmt)
+
+
+def move_raw(raw: Path, out: Path, runner: Runner) -> None:
+    try:
+        os.replace(raw, out)
+    except OSError:   # another file system: copy, keeping the holes
+        runner.run(["cp", "--sparse=always", raw, out])
+
+
+def artifact_record(art) -> dict:
+    record = {"name": art.name, "version": art.version, "kind": art.kind, "sha256": art.sha256,
+              "file": Path(art.path).name}
+    if art.kind == "binary":   # a local build says what it is only when asked
+        try:
+            proc = subprocess.run([str(art.path), "version"], capture_output=True, text=True, timeout=20)
+            record["reports"] = (proc.stdout or proc.stderr).strip().splitlines()[0]
+        except (OSError, subprocess.TimeoutExpired, IndexError):
+            pass
+    return record
+
+
+def manifest(cfg: Config, result: BaseResult, artifacts: list, payload: Path,
+             outputs: dict[str, str], seconds: float) -> dict:
+    by_name = {a.name: artifact_record(a) for a in artifacts}
+    return {
+        "name": cfg.image.name,
+        "version": cfg.image.version,
+        "base": cfg.image.base,
+        "release": result.release,
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "build_seconds": round(seconds, 1),
+        "config_digest": cfg.digest(),
+        "payload_sha256": sha256_file(payload),
+        "step_ca": by_name.get("step-ca"),
+        "step_cli": by_name.get("step-cli"),
+        "outputs": outputs,
+        "packages": result.packages,
+    }
+
+
+def update_sums(dist_dir: Path, digests: dict[str, str]) -> None:
+    """SHA256SUMS lists every output in dist/: this build's lines replace older ones of the same name."""
+    sums = dist_dir / SUMS_FILE
+    lines = {}
+    if sums.exists():
+        for line in sums.read_text().splitlines():
+            digest, _, name = line.partition("  ")
+            if name:
+                lines[name] = digest
+    lines.update(digests)
+    tmp = sums.with_name(SUMS_FILE + ".partial")
+    tmp.write_text("".join(f"{lines[n]}  {n}\n" for n in sorted(lines)))
+    os.replace(tmp, sums)
+
+
+def build_appliance(cfg: Config, formats=None, verbose: bool = False, *,
+                    dist_dir: Path = DIST_DIR, build_dir: Path = BUILD_DIR, out=sys.stderr) -> list[Path]:
+    """Build the appliance into dist_dir; returns the written outputs (manifest last)."""
+    formats = check_formats(formats or cfg.image.formats)
+    base = get_base(cfg.image.base)
+    preflight(base, formats)
+
+    stem = output_stem(cfg)
+    dist_dir, build_dir = Path(dist_dir), Path(build_dir)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    runner = Runner(build_dir / "logs" / f"build-{stem}-{stamp}.log", verbose=verbose, out=out)
+    workdir = build_dir / f"work-{stem}"
+    staging = dist_dir / f".{stem}.partial"
+    start = time.monotonic()
+    runner.say(f"building {stem} ({', '.join(formats)}); log: {runner.log_path}")
+    try:
+        for leftover in (workdir, staging):
+            remove_tree(leftover, runner)
+        workdir.mkdir(parents=True)
+        staging.mkdir(parents=True)
+        with runner.step("artifacts: step-ca" + (" and step" if cfg.artifacts.step_cli.enabled else "")):
+            artifacts = fetch_artifacts(cfg)
+        with runner.step("payload: overlay and generated files"):
+            payload = write_payload_tarball(cfg, workdir / "payload.tar.gz")
+        result = base.build_raw(cfg, workdir=workdir / "base", runner=runner, artifacts=artifacts,
+                                payload=payload)
+        written: dict[str, Path] = {}
+        for fmt in sorted(formats, key=lambda f: f == "raw"):   # raw last: it is moved, not copied
+            target = staging / f"{stem}.{EXTENSIONS[fmt]}"
+            with runner.step(f"{fmt}: {target.name}"):
+                if fmt == "raw":
+                    move_raw(result.raw, target, runner)
+                else:
+                    write_format(fmt, cfg, result.raw, target, runner)
+            written[target.name] = target
+        with runner.step("checksums and manifest"):
+            digests = {name: sha256_file(path) for name, path in written.items()}
+            manifest_path = staging / f"{stem}.manifest.json"
+            manifest_path.write_text(json.dumps(
+                manifest(cfg, result, artifacts, payload, digests, time.monotonic() - start), indent=2) + "\n")
+            digests[manifest_path.name] = sha256_file(manifest_path)
+            written[manifest_path.name] = manifest_path
+            published = []
+            for name, path in written.items():
+                os.chmod(path, 0o644)
+                os.replace(path, dist_dir / name)
+                published.append(dist_dir / name)
+            update_sums(dist_dir, digests)
+    except BaseException as e:
+        _clean_after_failure(runner, workdir, staging)
+        what = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        if isinstance(e, ApplianceError):
+            runner.say(f"build {what}; work files removed; log: {runner.log_path}")
+        else:   # a bug or Ctrl-C: the traceback or "interrupted" follows, the log stays
+            runner.say(f"build {what} ({type(e).__name__}); work files removed; log: {runner.log_path}")
+        raise
+    remove_tree(workdir, runner)
+    staging.rmdir()
+    runner.say(f"built in {time.monotonic() - start:.0f}s:")
+    for path in published:
+        runner.say(f"    {path}")
+    return published
+
+
+def _clean_after_failure(runner: Runner, workdir: Path, staging: Path) -> None:
+    """Release loop devices and mounts, then delete the partial work; never mask the original error."""
+    for directory in (workdir, staging):
+        try:
+            remove_tree(directory, runner)
+        except (ApplianceError, OSError) as e:
+            runner.say(f"    cleanup: {e}")
+
+
+def clean_outputs(build_dir: Path = BUILD_DIR, dist_dir: Path = DIST_DIR) -> None:
+    """Remove build/ and dist/; the download cache (image.cache.cache_dir()) stays."""
+    # the log of a clean cannot live in build/, which it deletes
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / "ca-appliance-clean.log"
+    runner = Runner(log)
+    for directory in (Path(build_dir), Path(dist_dir)):
+        if directory.exists():
+            remove_tree(directory, runner)
+            runner.say(f"removed {directory}")
+

@@ -1,0 +1,225 @@
+"""Disk assembly: a sparse raw disk with one MBR partition, an ext4 file system and GRUB for BIOS.
+
+The file system is made straight from the rootfs directory (`mkfs.ext4 -d`, written at the
+partition's offset inside the disk file), so filling it needs no mount at all. The only loop
+devices and the only mount of a build are the few seconds grub-install needs: it reads the
+file system's UUID from the mounted /boot to embed `search.fs_uuid` in its core image, and
+writes the boot code through the whole-disk loop device. Fewer mounts, less to leak.
+
+Every loop device and mount is a context manager that releases it on any exit, Ctrl-C
+included; `release_stale()` also frees what a killed earlier build left under a directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from image.errors import StepFailed
+from image.runner import Runner
+
+SECTOR = 512
+MIB = 1 << 20
+PARTITION_START = MIB        # 1 MiB: aligned, and room for GRUB's core image in the MBR gap
+EXT4_BLOCK = 4096
+GRUB_MODULES = "part_msdos ext2"
+
+
+@dataclass(frozen=True)
+class Partition:
+    offset: int   # bytes from the start of the disk
+    size: int     # bytes
+
+
+@contextmanager
+def _shielded_from_ctrl_c() -> Iterator[None]:
+    """Let a release finish even when Ctrl-C is pressed again while it runs."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:          # not the main thread: signals cannot be changed, nothing to shield
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _retry(cmd: list[str], runner: Runner, attempts: int = 5) -> bool:
+    """Run a release command, retrying while the kernel still holds the device busy."""
+    for i in range(attempts):
+        if runner.run(cmd, check=False).returncode == 0:
+            return True
+        time.sleep(0.2 * (i + 1))
+    return False
+
+
+def detach_loop(device: str, runner: Runner) -> None:
+    with _shielded_from_ctrl_c():
+        if not _retry(["losetup", "-d", device], runner):
+            raise StepFailed(runner.step_name, f"could not detach loop device {device}", runner.log_path)
+
+
+def unmount(mountpoint: Path, runner: Runner) -> None:
+    with _shielded_from_ctrl_c():
+        if _retry(["umount", str(mountpoint)], runner):
+            return
+        # still busy: detach it from the tree now, the kernel finishes once the last user is gone
+        if runner.run(["umount", "--lazy", str(mountpoint)], check=False).returncode != 0:
+            raise StepFailed(runner.step_name, f"could not unmount {mountpoint}", runner.log_path)
+
+
+@contextmanager
+def loop_device(path: Path, runner: Runner, *, offset: int | None = None, size: int | None = None,
+                read_only: bool = False) -> Iterator[str]:
+    """A loop device over `path` (or over the byte range offset..offset+size of it), always detached."""
+    cmd = ["losetup", "--find", "--show"]
+    if offset is not None:
+        cmd += ["--offset", str(offset)]
+    if size is not None:
+        cmd += ["--sizelimit", str(size)]
+    if read_only:
+        cmd.append("--read-only")
+    # attach with Ctrl-C shielded: an interrupt between attach and `yield` would leak the device
+    with _shielded_from_ctrl_c():
+        device = runner.output(cmd + [str(path)]).strip()
+    try:
+        yield device
+    finally:
+        detach_loop(device, runner)
+
+
+@contextmanager
+def mounted(device: str, mountpoint: Path, runner: Runner, *, options: str | None = None) -> Iterator[Path]:
+    """`device` mounted at `mountpoint` (created if missing), always unmounted."""
+    mountpoint = Path(mountpoint)
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    cmd = ["mount"] + (["-o", options] if options else []) + [device, str(mountpoint)]
+    with _shielded_from_ctrl_c():
+        runner.run(cmd)
+    try:
+        yield mountpoint
+    finally:
+        unmount(mountpoint, runner)
+
+
+def _decode_mount_path(field: str) -> str:
+    """/proc/self/mountinfo escapes space, tab, newline and backslash as octal."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
+
+
+def mounts_under(directory: Path) -> list[Path]:
+    """Mount points at or below `directory`, deepest first (the order to unmount them in)."""
+    root = os.path.realpath(directory)
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = _decode_mount_path(line.split()[4])
+            if point == root or point.startswith(root.rstrip("/") + "/"):
+                found.append(Path(point))
+    return sorted(set(found), key=lambda p: len(p.parts), reverse=True)
+
+
+def loops_backed_by(directory: Path) -> list[str]:
+    """Loop devices whose backing file lies under `directory`."""
+    root = os.path.realpath(directory).rstrip("/") + "/"
+    try:
+        out = subprocess.run(["losetup", "--list", "--json", "--output", "NAME,BACK-FILE"],
+                             capture_output=True, text=True, check=False).stdout
+    except FileNotFoundError:
+        return []
+    devices = json.loads(out or '{"loopdevices": []}').get("loopdevices", [])
+    # the kernel reports the backing file as "/path (deleted)" once it was removed
+    return [d["name"] for d in devices
+            if (d.get("back-file") or "").removesuffix(" (deleted)").startswith(root)]
+
+
+def release_stale(directory: Path, runner: Runner) -> None:
+    """Unmount and detach whatever an interrupted or killed earlier run left under `directory`."""
+    if not Path(directory).exists():
+        return
+    for point in mounts_under(directory):
+        runner.say(f"    unmounting {point}, left over from an earlier run")
+        unmount(point, runner)
+    for device in loops_backed_by(directory):
+        runner.say(f"    detaching {device}, left over from an earlier run")
+        detach_loop(device, runner)
+
+
+def remove_tree(directory: Path, runner: Runner) -> None:
+    """rm -r that never descends into a mount (a chroot's /dev or /proc bind mount would be the host's)."""
+    directory = Path(directory)
+    if not directory.exists() and not directory.is_symlink():
+        return
+    release_stale(directory, runner)
+    left = mounts_under(directory)
+    if left:
+        raise StepFailed(runner.step_name, f"refusing to delete {directory}: {left[0]} is still mounted",
+                         runner.log_path)
+    with _shielded_from_ctrl_c():
+        if directory.is_dir() and not directory.is_symlink():
+            shutil.rmtree(directory)
+        else:
+            directory.unlink()
+
+
+def create_disk(path: Path, size_bytes: int, runner: Runner) -> Partition:
+    """A sparse raw disk of size_bytes with an MBR and one bootable Linux partition filling it."""
+    path = Path(path)
+    with open(path, "wb") as f:
+        f.truncate(size_bytes)
+    start = PARTITION_START // SECTOR
+    runner.run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(path)],
+               input=f"label: dos\nstart={start}, type=83, bootable\n".encode())
+    parts = read_partitions(path)
+    if len(parts) != 1:
+        raise StepFailed(runner.step_name, f"sfdisk wrote {len(parts)} partitions, expected 1", runner.log_path)
+    return parts[0]
+
+
+def read_partitions(path: Path) -> list[Partition]:
+    """The partitions of a raw disk image, as byte ranges (from `sfdisk --json`)."""
+    out = subprocess.run(["sfdisk", "--json", str(path)], capture_output=True, text=True, check=True).stdout
+    table = json.loads(out)["partitiontable"]
+    unit = table.get("sectorsize", SECTOR)
+    return [Partition(p["start"] * unit, p["size"] * unit) for p in table.get("partitions", [])]
+
+
+def make_ext4_from_dir(disk: Path, part: Partition, rootfs: Path, *, uuid: str, label: str,
+                       runner: Runner) -> None:
+    """Create the partition's ext4 file system from the rootfs directory, inside the disk file."""
+    if part.size % EXT4_BLOCK:
+        raise StepFailed(runner.step_name, f"partition size {part.size} is not a multiple of {EXT4_BLOCK}",
+                         runner.log_path)
+    runner.run(["mkfs.ext4", "-q", "-F", "-b", str(EXT4_BLOCK), "-U", uuid, "-L", label,
+                # root_owner is irrelevant with -d: owners, modes and xattrs come from the tree
+                "-E", f"offset={part.offset}", "-d", str(rootfs),
+                str(disk), str(part.size // EXT4_BLOCK)])
+    # a clean fsck is the proof the file system is complete before anything boots from it
+    with loop_device(disk, runner, offset=part.offset, size=part.size, read_only=True) as dev:
+        runner.run(["e2fsck", "-f", "-n", dev])
+
+
+def install_grub_bios(disk: Path, part: Partition, workdir: Path, runner: Runner) -> None:
+    """Install GRUB's boot code into the MBR gap; its modules go to the partition's /boot/grub.
+
+    grub.cfg is not touched: the base wrote it into the tree before the file system was made.
+    """
+    with loop_device(disk, runner) as whole, \
+            loop_device(disk, runner, offset=part.offset, size=part.size) as root_dev, \
+            mounted(root_dev, Path(workdir) / "mnt", runner) as mnt:
+        runner.run(["grub-install", "--target=i386-pc", f"--boot-directory={mnt}/boot",
+                    f"--modules={GRUB_MODULES}", "--no-floppy", whole])
+        grub_dir = mnt / "boot" / "grub"
+        if not (grub_dir / "i386-pc" / "core.img").exists() or not (grub_dir / "grub.cfg").exists():
+            raise StepFailed(runner.step_name, "grub-install left no core.img or grub.cfg in /boot/grub",
+                             runner.log_path)

@@ -1,0 +1,129 @@
+"""image.disk on real loop devices, mounts and file systems: every one is released, whatever happens."""
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from image import disk
+from image.errors import StepFailed
+from image.runner import Runner
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and mounts need root")
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def runner(tmp_path):
+    return Runner(tmp_path / "log" / "disk.log")
+
+
+def loops_on(path: Path) -> list[str]:
+    return disk.loops_backed_by(path.parent) if path.exists() else []
+
+
+def small_disk(tmp_path, runner, size=64 * MIB):
+    raw = tmp_path / "disk.raw"
+    part = disk.create_disk(raw, size, runner)
+    return raw, part
+
+
+def test_create_disk_writes_one_bootable_partition_from_1_mib_to_the_end(tmp_path, runner):
+    raw, part = small_disk(tmp_path, runner)
+    assert part == disk.Partition(offset=MIB, size=63 * MIB)
+    assert raw.stat().st_size == 64 * MIB
+    assert raw.stat().st_blocks * 512 < 4 * MIB   # sparse
+    table = subprocess.run(["sfdisk", "--dump", raw], capture_output=True, text=True, check=True).stdout
+    assert "label: dos" in table and "bootable" in table and "type=83" in table
+
+
+def test_ext4_made_from_a_directory_keeps_owners_modes_and_content(tmp_path, runner):
+    raw, part = small_disk(tmp_path, runner)
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "secret").write_text("s3cret\n")
+    os.chmod(tree / "etc" / "secret", 0o600)
+    os.chown(tree / "etc" / "secret", 1234, 2345)
+    disk.make_ext4_from_dir(raw, part, tree, uuid="0b1c2d3e-1111-2222-3333-444455556666", label="root",
+                            runner=runner)
+    with disk.loop_device(raw, runner, offset=part.offset, size=part.size, read_only=True) as dev:
+        blkid = subprocess.run(["blkid", "-o", "export", dev], capture_output=True, text=True).stdout
+        with disk.mounted(dev, tmp_path / "mnt", runner, options="ro,noload") as mnt:
+            st = os.stat(mnt / "etc" / "secret")
+            assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o600, 1234, 2345)
+            assert (mnt / "etc" / "secret").read_text() == "s3cret\n"
+    assert "UUID=0b1c2d3e-1111-2222-3333-444455556666" in blkid and "TYPE=ext4" in blkid
+    assert loops_on(raw) == [] and disk.mounts_under(tmp_path) == []
+
+
+def test_loop_device_and_mount_are_released_when_the_body_raises(tmp_path, runner):
+    raw, part = small_disk(tmp_path, runner)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    disk.make_ext4_from_dir(raw, part, tree, uuid="0b1c2d3e-1111-2222-3333-444455556667", label="root",
+                            runner=runner)
+    for interruption in (RuntimeError("boom"), KeyboardInterrupt()):
+        with pytest.raises(type(interruption)):
+            with disk.loop_device(raw, runner, offset=part.offset, size=part.size) as dev, \
+                    disk.mounted(dev, tmp_path / "mnt", runner):
+                assert disk.mounts_under(tmp_path) == [tmp_path / "mnt"]
+                assert len(loops_on(raw)) == 1
+                raise interruption
+        assert disk.mounts_under(tmp_path) == []
+        assert loops_on(raw) == []
+
+
+def test_grub_bios_install_puts_boot_code_in_the_mbr_and_modules_in_boot_grub(tmp_path, runner):
+    raw, part = small_disk(tmp_path, runner, size=128 * MIB)
+    tree = tmp_path / "tree"
+    (tree / "boot" / "grub").mkdir(parents=True)
+    (tree / "boot" / "grub" / "grub.cfg").write_text("# ours\n")
+    uuid = "0b1c2d3e-1111-2222-3333-444455556668"
+    disk.make_ext4_from_dir(raw, part, tree, uuid=uuid, label="root", runner=runner)
+    disk.install_grub_bios(raw, part, tmp_path, runner)
+    with open(raw, "rb") as f:
+        mbr = f.read(512)
+    assert mbr[510:512] == b"\x55\xaa" and b"GRUB" in mbr
+    with disk.loop_device(raw, runner, offset=part.offset, size=part.size, read_only=True) as dev, \
+            disk.mounted(dev, tmp_path / "mnt", runner, options="ro,noload") as mnt:
+        assert (mnt / "boot/grub/grub.cfg").read_text() == "# ours\n"   # ours, not grub-mkconfig's
+        load_cfg = (mnt / "boot/grub/i386-pc/load.cfg").read_text()
+        assert f"search.fs_uuid {uuid}" in load_cfg    # found by UUID, whatever the disk is called
+    assert loops_on(raw) == [] and disk.mounts_under(tmp_path) == []
+
+
+def test_release_stale_frees_what_a_killed_run_left_and_remove_tree_then_deletes(tmp_path, runner):
+    work = tmp_path / "work"
+    work.mkdir()
+    raw, part = small_disk(work, runner)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    disk.make_ext4_from_dir(raw, part, tree, uuid="0b1c2d3e-1111-2222-3333-444455556669", label="root",
+                            runner=runner)
+    # what a kill -9 leaves: an attached device and a mount nobody will release
+    dev = subprocess.run(["losetup", "-f", "--show", "-o", str(part.offset), "--sizelimit", str(part.size), raw],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    (work / "mnt").mkdir()
+    subprocess.run(["mount", dev, work / "mnt"], check=True)
+    try:
+        disk.remove_tree(work, runner)
+        assert not work.exists()
+        assert disk.mounts_under(tmp_path) == []
+        assert disk.loops_backed_by(tmp_path) == []
+    finally:   # the test itself must not leak either
+        subprocess.run(["umount", work / "mnt"], capture_output=True)
+        subprocess.run(["losetup", "-d", dev], capture_output=True)
+
+
+def test_remove_tree_refuses_a_tree_with_a_mount_it_cannot_release(tmp_path, runner, monkeypatch):
+    work = tmp_path / "work"
+    (work / "proc").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", work / "proc"], check=True)
+    try:
+        monkeypatch.setattr(disk, "release_stale", lambda directory, runner: None)
+        with pytest.raises(StepFailed, match="still mounted"):
+            disk.remove_tree(work, runner)
+        assert (work / "proc").is_dir()
+    finally:
+        subprocess.run(["umount", work / "proc"], check=True)
