@@ -412,8 +412,10 @@ def build_raw(cfg: Config, *, workdir: Path, runner: Runner, artifacts: list, pa
         disk = workdir / f"fedora-{release}.raw"
         disk.unlink(missing_ok=True)
         runner.run(["qemu-img", "create", "-f", "raw", disk, f"{cfg.image.disk_gb}G"])
-        serial_log, installer_log, result_log = (workdir / "anaconda-serial.log", workdir / "anaconda.log",
-                                                 workdir / "install-result.txt")
+        # The logs go next to the build log: the build removes workdir when a step fails.
+        logs = runner.log_path.with_suffix("")
+        serial_log, installer_log = Path(f"{logs}.anaconda-serial.log"), Path(f"{logs}.anaconda.log")
+        result_log = workdir / "install-result.txt"
         for f in (serial_log, installer_log, result_log):
             f.unlink(missing_ok=True)
         timeout = float(os.environ.get("CA_APPLIANCE_INSTALL_TIMEOUT", INSTALL_TIMEOUT_S[choice.accel]))

@@ -330,3 +330,6 @@ def test_build_raw_runs_the_whole_chain_up_to_qemu(served_tree, tmp_path, monkey
     finally:
         iso.close()
     assert "qemu-system-x86_64" in (tmp_path / "build.log").read_text()
+    # the installer's logs outlive the work directory: they sit next to the build log
+    assert (tmp_path / "build.anaconda-serial.log").exists()
+    assert str(tmp_path / "build.anaconda") in str(e.value)
