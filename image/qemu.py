@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import os
 import shlex
 import shutil
@@ -253,6 +254,8 @@ class VM:
     def wait_for_ssh(self, user: str, key_file: Path, timeout: float = 300):
         """A connected paramiko SSHClient as `user`, once the guest lets that key in."""
         import paramiko
+        # refused tries are expected while the guest boots: keep paramiko's tracebacks off the terminal
+        logging.getLogger("paramiko").addHandler(logging.NullHandler())
         deadline = time.monotonic() + timeout
         last_error = "no answer"
         while time.monotonic() < deadline:
