@@ -84,8 +84,9 @@ def artifact_record(art) -> dict:
               "file": Path(art.path).name}
     if art.kind == "binary":   # a local build says what it is only when asked
         try:
-            proc = subprocess.run([str(art.path), "version"], capture_output=True, text=True, timeout=20)
-            record["reports"] = (proc.stdout or proc.stderr).strip().splitlines()[0]
+            proc = subprocess.run([str(art.path), "--version"], capture_output=True, text=True, timeout=20)
+            if proc.returncode == 0:
+                record["reports"] = proc.stdout.strip().splitlines()[0]
         except (OSError, subprocess.TimeoutExpired, IndexError):
             pass
     return record

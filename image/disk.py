@@ -143,10 +143,47 @@ def loops_backed_by(directory: Path) -> list[str]:
             if (d.get("back-file") or "").removesuffix(" (deleted)").startswith(root)]
 
 
+def processes_rooted_under(directory: Path) -> list[int]:
+    """PIDs of processes chrooted into `directory`: a build's own chroot children (not a shell cd'ed there)."""
+    root = os.path.realpath(directory).rstrip("/") + "/"
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            where = os.readlink(f"/proc/{entry}/root")
+        except OSError:   # gone meanwhile, or not ours to see
+            continue
+        if (where.rstrip("/") + "/").startswith(root):
+            pids.append(int(entry))
+    return pids
+
+
+def stop_processes_under(directory: Path, runner: Runner, grace: float = 3.0) -> None:
+    """After Ctrl-C, dpkg or a maintainer script may still run in the chroot, keeping its mounts busy."""
+    pids = processes_rooted_under(directory)
+    if not pids:
+        return
+    runner.say(f"    stopping {len(pids)} process(es) still running inside {directory}")
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and processes_rooted_under(directory):
+            time.sleep(0.1)
+        pids = processes_rooted_under(directory)
+        if not pids:
+            return
+
+
 def release_stale(directory: Path, runner: Runner) -> None:
     """Unmount and detach whatever an interrupted or killed earlier run left under `directory`."""
     if not Path(directory).exists():
         return
+    stop_processes_under(directory, runner)
     for point in mounts_under(directory):
         runner.say(f"    unmounting {point}, left over from an earlier run")
         unmount(point, runner)

@@ -83,6 +83,11 @@ def sources(cfg: Config) -> list[str]:
     return lines
 
 
+def fstab_text(root_uuid: str) -> str:
+    return ("# <file system> <mount point> <type> <options> <dump> <pass>\n"
+            f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n")
+
+
 def mmdebstrap_command(cfg: Config, rootfs: Path, debs: list[Path], used_debs_list: Path) -> list[str]:
     cache = apt_cache_dir(cfg)
     cmd = ["mmdebstrap", "--mode=root", "--variant=minbase", "--components=main",
@@ -92,10 +97,10 @@ def mmdebstrap_command(cfg: Config, rootfs: Path, debs: list[Path], used_debs_li
            "--aptopt=Acquire::Retries \"3\"",
            f"--setup-hook=mkdir -p '{cache}' \"$1\"/var/cache/apt/archives",
            f"--setup-hook=sync-in '{cache}' /var/cache/apt/archives/",
-           # the driver hook must be in place before the kernel's postinst builds the initramfs
-           "--essential-hook=mkdir -p \"$1\"/etc/initramfs-tools/hooks",
-           f"--essential-hook=copy-in '{FILES_DIR}/etc/initramfs-tools/hooks/ca-appliance-drivers' "
-           "/etc/initramfs-tools/hooks/"]
+           # before the kernel's postinst builds the initramfs: the driver hook and the root
+           # file system type (so fsck.ext4 goes in; there is no device to probe at build time)
+           "--essential-hook=mkdir -p \"$1\"/etc/initramfs-tools",
+           f"--essential-hook=sync-in '{FILES_DIR}/etc/initramfs-tools' /etc/initramfs-tools"]
     cmd += [f"--dpkgopt={opt}" for opt in DPKG_EXCLUDES]
     for deb in debs:   # local step-ca / step .debs: apt resolves their dependencies
         cmd += [f"--customize-hook=copy-in '{deb}' /tmp/",
@@ -120,6 +125,9 @@ def prune_apt_cache(cfg: Config, used_debs_list: Path) -> None:
             deb.unlink()
 
 
+QUIET_PROGRESS = re.compile(r"running |chroot architecture|finding correct|automatically chosen|skipping ")
+
+
 @contextmanager
 def echo_progress(runner: Runner, prefix: str = "I: ") -> Iterator[None]:
     """Show mmdebstrap's phase lines ("I: installing ...") from the log while it runs."""
@@ -139,7 +147,7 @@ def echo_progress(runner: Runner, prefix: str = "I: ") -> Iterator[None]:
             complete = chunk[:chunk.rfind(b"\n") + 1]
             pos += len(complete)
             for line in complete.decode(errors="replace").splitlines():
-                if line.startswith(prefix):
+                if line.startswith(prefix) and not QUIET_PROGRESS.match(line[len(prefix):]):
                     print(f"    {line[len(prefix):]}", file=runner.out, flush=True)
 
     thread = threading.Thread(target=follow, daemon=True)
@@ -263,8 +271,7 @@ def kernel_version(rootfs: Path) -> str:
 
 def write_boot_config(cfg: Config, rootfs: Path, root_uuid: str) -> None:
     """fstab and grub.cfg by file system UUID (no grub-mkconfig: it probes devices a chroot lacks)."""
-    _write(rootfs / "etc/fstab", f"# <file system> <mount point> <type> <options> <dump> <pass>\n"
-                                 f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n")
+    _write(rootfs / "etc/fstab", fstab_text(root_uuid))
     _write(rootfs / "etc/hostname", f"{cfg.image.name}\n")
     kver = kernel_version(rootfs)
     (rootfs / "boot/grub").mkdir(parents=True, exist_ok=True)
@@ -305,8 +312,9 @@ def bootstrap_rootfs(cfg: Config, rootfs: Path, debs: list[Path], workdir: Path,
     prune_apt_cache(cfg, used_debs_list)
 
 
-def configure_rootfs(cfg: Config, rootfs: Path, payload: Path, artifacts: list, runner: Runner) -> str:
-    """Everything after the packages: returns the root file system UUID written into fstab and grub.cfg."""
+def configure_rootfs(cfg: Config, rootfs: Path, payload: Path, artifacts: list, root_uuid: str,
+                     runner: Runner) -> None:
+    """Everything after the packages."""
     # --keep-directory-symlink: /lib, /bin, /sbin are symlinks on merged-/usr Debian; keep them so
     runner.run(["tar", "-C", str(rootfs), "--extract", "--gzip", "--file", str(payload),
                 "--numeric-owner", "--same-permissions", "--keep-directory-symlink", "--no-overwrite-dir"])
@@ -315,9 +323,7 @@ def configure_rootfs(cfg: Config, rootfs: Path, payload: Path, artifacts: list, 
     create_users(cfg, rootfs, runner)
     enable_units(rootfs, runner)
     remove_machine_secrets(rootfs)
-    root_uuid = str(uuidlib.uuid4())
     write_boot_config(cfg, rootfs, root_uuid)
-    return root_uuid
 
 
 def build_raw(cfg: Config, *, workdir: Path, runner: Runner, artifacts: list, payload: Path) -> BaseResult:
@@ -325,10 +331,11 @@ def build_raw(cfg: Config, *, workdir: Path, runner: Runner, artifacts: list, pa
     workdir.mkdir(parents=True, exist_ok=True)
     rootfs = workdir / "rootfs"
     debs = check_artifact_kinds(artifacts)
+    root_uuid = str(uuidlib.uuid4())
     with runner.step(f"debian: bootstrap {cfg.debian.suite} rootfs (mmdebstrap)"):
         bootstrap_rootfs(cfg, rootfs, debs, workdir, runner)
     with runner.step("debian: configure rootfs (payload, artifacts, users, units)"):
-        root_uuid = configure_rootfs(cfg, rootfs, payload, artifacts, runner)
+        configure_rootfs(cfg, rootfs, payload, artifacts, root_uuid, runner)
         packages = installed_packages(rootfs, runner)
         release = release_name(cfg, rootfs)
     raw = workdir / "disk.raw"

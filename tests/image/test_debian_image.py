@@ -1,0 +1,150 @@
+"""The Debian appliance image CI builds, inspected read-only: what a user importing it relies on.
+
+Slow on first run: the session builds the image once (tests/image_fixture.py).
+"""
+import os
+import re
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ENABLED_UNITS = (
+    "step-ca.service", "ca-appliance-firstboot.service", "ca-appliance-growroot.service",
+    "ca-appliance-ssh-hostkeys.service", "NetworkManager.service", "firewalld.service", "ssh.service",
+    "chrony.service", "serial-getty@ttyS0.service",
+)
+# every OVA target's disk controller and NIC: QEMU virtio, VMware LSI Logic/PVSCSI/e1000/vmxnet3, AHCI
+INITRAMFS_DRIVERS = ("virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "e1000", "vmxnet3",
+                     "mptspi", "vmw_pvscsi", "ahci")
+# a PEM private key block with its base64 body (programs that parse keys carry the bare header)
+PEM_PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----\r?\n(Proc-Type:[^\n]*\n)?"
+                             rb"(DEK-Info:[^\n]*\n)?\s*[A-Za-z0-9+/=]{40}")
+
+
+def passwd_entries(root: Path, name: str) -> dict[str, list[str]]:
+    return {line.split(":")[0]: line.split(":") for line in (root / "etc" / name).read_text().splitlines()}
+
+
+def test_qemu_img_check_is_clean_and_sums_match(debian_image, debian_dist):
+    subprocess.run(["qemu-img", "check", "-f", "qcow2", str(debian_image)], check=True, capture_output=True)
+    sums = dict(reversed(line.split("  ", 1)) for line in (debian_dist / "SHA256SUMS").read_text().splitlines())
+    digest = subprocess.run(["sha256sum", str(debian_image)], capture_output=True, text=True,
+                            check=True).stdout.split()[0]
+    assert sums[debian_image.name] == digest
+
+
+def test_manifest_records_config_base_packages_and_step_ca(manifest, debian_image):
+    assert manifest["base"] == "debian" and manifest["release"].startswith("Debian 12")
+    assert re.fullmatch(r"[0-9a-f]{64}", manifest["config_digest"])
+    packages = dict(p.split(" ", 1) for p in manifest["packages"])
+    for needed in ("linux-image-amd64", "systemd", "network-manager", "firewalld", "openssh-server", "chrony",
+                   "python3-cryptography", "python3-jwcrypto", "python3-yaml", "qemu-guest-agent",
+                   "open-vm-tools", "grub-pc", "cloud-guest-utils", "sudo"):
+        assert needed in packages, needed
+    assert "systemd-timesyncd" not in packages   # chrony keeps the time
+    assert manifest["step_ca"]["kind"] == "binary" and re.fullmatch(r"[0-9a-f]{64}", manifest["step_ca"]["sha256"])
+    assert manifest["step_cli"] is None
+    assert manifest["build_seconds"] > 0 and debian_image.name in manifest["outputs"]
+
+
+@pytest.mark.parametrize("unit", ENABLED_UNITS)
+def test_unit_is_enabled(image_root, unit):
+    result = subprocess.run(["systemctl", f"--root={image_root}", "is-enabled", unit],
+                            capture_output=True, text=True)
+    assert result.stdout.strip() == "enabled", f"{unit}: {result.stdout.strip()} {result.stderr.strip()}"
+
+
+def test_step_user_is_a_system_user_without_login(image_root):
+    step = passwd_entries(image_root, "passwd")["step"]
+    assert int(step[2]) < 1000 and step[5] == "/var/lib/step-ca" and step[6] == "/usr/sbin/nologin"
+    home = os.stat(image_root / "var/lib/step-ca")
+    assert home.st_uid == int(step[2]) and stat.S_IMODE(home.st_mode) & 0o007 == 0
+
+
+def test_root_is_locked_and_the_admin_has_sudo(image_root):
+    shadow = passwd_entries(image_root, "shadow")
+    assert shadow["root"][1].startswith(("!", "*"))
+    admin = passwd_entries(image_root, "passwd")["admin"]
+    assert admin[6] == "/bin/bash" and admin[5] == "/home/admin"
+    sudo_members = passwd_entries(image_root, "group")["sudo"][3].split(",")
+    assert "admin" in sudo_members
+    sudoers = image_root / "etc/sudoers.d/ca-appliance-admin"
+    assert stat.S_IMODE(os.stat(sudoers).st_mode) == 0o440
+    assert re.search(r"^admin ALL=", sudoers.read_text(), re.M)
+    ssh_dir = image_root / "home/admin/.ssh"
+    assert stat.S_IMODE(os.stat(ssh_dir).st_mode) == 0o700 and os.stat(ssh_dir).st_uid == int(admin[2])
+    assert stat.S_IMODE(os.stat(ssh_dir / "authorized_keys").st_mode) == 0o600
+
+
+def test_step_ca_and_the_guest_cli_are_installed_root_owned_and_executable(image_root):
+    for path in ("usr/bin/step-ca", "usr/sbin/ca-appliance"):
+        st = os.stat(image_root / path)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o755), path
+    assert not (image_root / "usr/bin/step").exists()   # step_cli disabled: no step CLI
+    assert stat.S_IMODE(os.stat(image_root / "usr/lib/ca-appliance/defaults.yaml").st_mode) == 0o644
+
+
+def test_guest_cli_runs_on_the_images_own_python(image_root):
+    result = subprocess.run(["chroot", str(image_root), "/usr/bin/python3", "/usr/sbin/ca-appliance", "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "setup" in result.stdout
+
+
+def test_nothing_unique_to_one_appliance_is_baked(image_root):
+    assert list((image_root / "etc/ssh").glob("ssh_host_*")) == []
+    assert (image_root / "etc/machine-id").read_bytes() == b""
+    assert not (image_root / "var/lib/systemd/random-seed").exists()
+    found = []
+    for dirpath, _dirs, files in os.walk(image_root):
+        for name in files:
+            path = Path(dirpath) / name
+            if path.is_symlink() or not path.is_file() or path.stat().st_size > 4 << 20:
+                continue
+            data = path.read_bytes()
+            if b"PRIVATE KEY-----" in data and PEM_PRIVATE_KEY.search(data):
+                found.append(str(path.relative_to(image_root)))
+    assert found == []
+
+
+def test_initramfs_carries_the_drivers_of_every_hypervisor(image_root):
+    (initrd,) = (image_root / "boot").glob("initrd.img-*")
+    listing = subprocess.run(["lsinitramfs", str(initrd)], capture_output=True, text=True, check=True).stdout
+    modules = {re.sub(r"\.ko(\.(xz|zst|gz))?$", "", Path(p).name) for p in listing.split() if ".ko" in p}
+    assert set(INITRAMFS_DRIVERS) <= modules, set(INITRAMFS_DRIVERS) - modules
+    assert re.search(r"sbin/fsck\.ext4$", listing, re.M)   # the root file system is checked at boot
+
+
+def test_boots_by_uuid_on_serial_and_vga(image_root, root_blkid, raw_image):
+    uuid = root_blkid["UUID"]
+    assert root_blkid["TYPE"] == "ext4"
+    assert re.search(rf"^UUID={uuid}\s+/\s+ext4\s", (image_root / "etc/fstab").read_text(), re.M)
+    grub_cfg = (image_root / "boot/grub/grub.cfg").read_text()
+    assert f"search --no-floppy --fs-uuid --set=root {uuid}" in grub_cfg
+    (linux,) = re.findall(r"^\s*linux\s+(.*)$", grub_cfg, re.M)
+    kernel, *args = linux.split()
+    assert (image_root / kernel.lstrip("/")).is_file()
+    assert f"root=UUID={uuid}" in args and args[-2:] == ["console=tty0", "console=ttyS0,115200n8"]
+    (initrd,) = re.findall(r"^\s*initrd\s+(\S+)$", grub_cfg, re.M)
+    assert (image_root / initrd.lstrip("/")).is_file()
+    assert (image_root / "boot/grub/i386-pc/normal.mod").is_file()
+    with open(raw_image, "rb") as f:
+        mbr = f.read(512)
+    assert mbr[510:] == b"\x55\xaa" and b"GRUB" in mbr
+
+
+def test_the_root_file_system_grows_with_the_disk(image_root):
+    script = (image_root / "usr/libexec/ca-appliance/growroot").read_text()
+    assert "growpart" in script and "resize2fs" in script
+    assert (image_root / "usr/bin/growpart").is_file()
+
+
+def test_image_is_lean(image_root):
+    assert list((image_root / "var/cache/apt/archives").glob("*.deb")) == []
+    assert [p for p in (image_root / "var/lib/apt/lists").iterdir() if p.is_file()] == []
+    assert not any((image_root / "usr/share/man").rglob("*.gz"))
+    assert (image_root / "usr/share/doc/openssh-server/copyright").is_file()   # licences stay
