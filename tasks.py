@@ -104,11 +104,13 @@ def verify(c, image, answers=None, interactive=False, accel="auto", keep=False, 
     sys.exit(0 if ok else 1)
 
 
-@task(help={"image": "a built image to measure (default: build one)",
+@task(help={"image": "a built Debian qcow2 to measure (default: build one, cold and warm cache, and time it)",
             "accel": "auto, kvm or tcg",
-            "out": "JSON file for the results (default: build/bench.json)"})
+            "out": "JSON file for the results (default: build/bench.json)",
+            "clients": "concurrent JWK signing clients (default 4)",
+            "seconds": "length of each signing run (default 30)"})
 @reports_errors
-def bench(c, image=None, accel="auto", out="build/bench.json"):
+def bench(c, image=None, accel="auto", out="build/bench.json", clients=4, seconds=30):
     """Measure build time, image size, boot-to-ready and issuance against native step-ca."""
     from image.bench import run_benchmarks
-    run_benchmarks(image=image, accel=accel, out=out)
+    run_benchmarks(image=image, accel=accel, out=out, clients=int(clients), seconds=float(seconds))
