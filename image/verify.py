@@ -104,11 +104,16 @@ class Target:
         return self._host
 
     def forget_connection(self) -> None:
+        """Drop the SSH connection (the VM reboots or dies). testinfra.get_host() caches the host and
+        its backend caches the client, so the client itself must go for the next call to reconnect."""
         if self._host is not None:
-            try:
-                self._host.backend.client.close()
-            except Exception:  # noqa: BLE001 - the VM may already be gone
-                pass
+            backend = self._host.backend
+            client = backend.__dict__.pop("client", None)
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:  # noqa: BLE001 - the VM may already be gone
+                    pass
         self._host = None
 
     def wait_ready(self, label: str) -> None:
