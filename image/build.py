@@ -59,8 +59,10 @@ def fetch_artifacts(cfg: Config) -> list:
 def write_format(fmt: str, cfg: Config, raw: Path, out: Path, runner: Runner) -> None:
     """Write the raw disk as `fmt` to out (raw itself is written last, by the caller, as a move)."""
     if fmt == "qcow2":
-        # zlib, not zstd: every qemu-img and libvirt in use reads it
-        runner.run(["qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", raw, out])
+        # zstd: as small as zlib and ten times faster to write; read by every QEMU since 5.1 (2020).
+        # -W: clusters are written out of order, so both cores compress.
+        runner.run(["qemu-img", "convert", "-c", "-W", "-o", "compression_type=zstd",
+                    "-f", "raw", "-O", "qcow2", raw, out])
         runner.run(["qemu-img", "check", "-f", "qcow2", out])
     elif fmt == "vmdk":
         from image.ova import write_vmdk

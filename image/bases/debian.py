@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import threading
 import uuid as uuidlib
@@ -88,6 +89,11 @@ def fstab_text(root_uuid: str) -> str:
             f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n")
 
 
+def q(path) -> str:
+    """A path quoted for mmdebstrap's hooks (shell commands, and special hooks split like shell words)."""
+    return shlex.quote(str(path))
+
+
 def mmdebstrap_command(cfg: Config, rootfs: Path, debs: list[Path], used_debs_list: Path) -> list[str]:
     cache = apt_cache_dir(cfg)
     cmd = ["mmdebstrap", "--mode=root", "--variant=minbase", "--components=main",
@@ -95,19 +101,24 @@ def mmdebstrap_command(cfg: Config, rootfs: Path, debs: list[Path], used_debs_li
            # keep every .deb downloaded this time in the chroot, to be copied out to the cache
            "--skip=essential/unlink",
            "--aptopt=Acquire::Retries \"3\"",
-           f"--setup-hook=mkdir -p '{cache}' \"$1\"/var/cache/apt/archives",
-           f"--setup-hook=sync-in '{cache}' /var/cache/apt/archives/",
+           f"--setup-hook=mkdir -p {q(cache)} \"$1\"/var/cache/apt/archives",
+           f"--setup-hook=sync-in {q(cache)} /var/cache/apt/archives/",
            # before the kernel's postinst builds the initramfs: the driver hook and the root
            # file system type (so fsck.ext4 goes in; there is no device to probe at build time)
            "--essential-hook=mkdir -p \"$1\"/etc/initramfs-tools",
-           f"--essential-hook=sync-in '{FILES_DIR}/etc/initramfs-tools' /etc/initramfs-tools"]
+           f"--essential-hook=sync-in {q(FILES_DIR / 'etc/initramfs-tools')} /etc/initramfs-tools"]
     cmd += [f"--dpkgopt={opt}" for opt in DPKG_EXCLUDES]
+    # no fsync per unpacked file while building (the tree is thrown away on failure anyway); the
+    # appliance's own dpkg must stay safe, so the option leaves the image's dpkg.cfg.d afterwards
+    cmd += ["--dpkgopt=force-unsafe-io",
+            "--customize-hook=sed -i '/^force-unsafe-io$/d' \"$1\"/etc/dpkg/dpkg.cfg.d/99mmdebstrap"]
     for deb in debs:   # local step-ca / step .debs: apt resolves their dependencies
-        cmd += [f"--customize-hook=copy-in '{deb}' /tmp/",
-                f"--customize-hook=chroot \"$1\" apt-get install -y --no-install-recommends '/tmp/{deb.name}'",
-                f"--customize-hook=rm -f \"$1\"/tmp/'{deb.name}'"]
-    cmd += [f"--customize-hook=sync-out /var/cache/apt/archives '{cache}'",
-            f"--customize-hook=ls \"$1\"/var/cache/apt/archives > '{used_debs_list}'"]
+        inside = q(f"/tmp/{deb.name}")
+        cmd += [f"--customize-hook=copy-in {q(deb)} /tmp/",
+                f"--customize-hook=chroot \"$1\" apt-get install -y --no-install-recommends {inside}",
+                f"--customize-hook=rm -f \"$1\"{inside}"]
+    cmd += [f"--customize-hook=sync-out /var/cache/apt/archives {q(cache)}",
+            f"--customize-hook=ls \"$1\"/var/cache/apt/archives > {q(used_debs_list)}"]
     if cfg.debian.mirror.startswith("file://"):
         cmd.append("--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount")
     cmd += [cfg.debian.suite, str(rootfs)] + sources(cfg)
