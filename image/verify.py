@@ -225,6 +225,8 @@ def wizard_script(answers: dict, wrong_hostname: str = "not a host name!") -> li
     keys = answers.get("admin", {}).get("ssh_authorized_keys") or []
     hostname_prompt = r"Host name of this appliance \(fully qualified\)" + BRACKET
     script = [
+        # offered on every console; a person at the serial one presses Enter to take it
+        (r"Press Enter to start the setup wizard on this console \(ttyS0\)", ""),
         (hostname_prompt, wrong_hostname),
         (r"Not accepted: [^\n]*" + re.escape(repr(wrong_hostname)) + r".*" + hostname_prompt, answers["hostname"]),
         (r"Network: dhcp or static\?" + BRACKET, "dhcp"),

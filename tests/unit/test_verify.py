@@ -140,7 +140,8 @@ def test_the_wizard_script_answers_the_real_wizard_including_one_refused_reply(t
     from image.verify import wizard_script
     public = ensure_admin_key(tmp_path).with_suffix(".pub").read_text().strip()
     answers = default_answers(public, "a long enough password for the test 123")
-    script = list(wizard_script(answers))
+    offer, *script = wizard_script(answers)
+    assert offer == (r"Press Enter to start the setup wizard on this console \(ttyS0\)", "")  # consoles.py's banner
     transcript, position, replies = io.StringIO(), [0], []
 
     def person(prompt=""):

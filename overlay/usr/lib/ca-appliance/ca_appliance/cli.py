@@ -32,6 +32,9 @@ def _parser():
                        help="skip user step/chown, hostname, network, firewall, trust store and systemctl")
     setup.add_argument("--force", action="store_true",
                        help="replace an existing CA (a timestamped backup of it is written first)")
+    setup.add_argument("--consoles", metavar="TTYS",
+                       help="first boot: offer the wizard on each of these consoles (e.g. tty1,ttyS0); the first "
+                            "where Enter is pressed runs it (default: this terminal)")
     setup.add_argument("--root-key-out", metavar="FILE",
                        help="with root_key: offline, write the encrypted root key here (instead of the console)")
     add("status", "Show the service state, CA URL, root fingerprint, ACME directory, expiry and provisioners.")
@@ -55,34 +58,55 @@ def _load_answers_file(path):
     return raw
 
 
+def run_wizard(args, defaults, **kwargs):
+    """The wizard on this terminal, or with --consoles on the console where Enter is pressed first.
+    Returns (validated answers, the stream the rest of setup reports on)."""
+    from . import consoles, wizard
+    if not args.consoles:
+        return wizard.run_wizard(defaults, **kwargs), sys.stdout
+    terminals = consoles.open_terminals([name for name in args.consoles.split(",") if name])
+    if not terminals:
+        raise UserError(f"setup: none of the consoles {args.consoles!r} can be opened, and no unattended answers")
+    chosen = consoles.choose_terminal(terminals)
+    for terminal in terminals:
+        if terminal is not chosen:
+            terminal.close()
+    return wizard.run_wizard(defaults, input=chosen.input, output=chosen, getpass=chosen.getpass, **kwargs), chosen
+
+
 def gather_answers(args):
-    """(validated answers, the name of their source), by the contract's order of precedence."""
+    """(validated answers, the name of their source, where to report), by the order of precedence."""
     defaults = answers.load_defaults(args.prefix)
     if args.answers:
         validated = answers.validate(_load_answers_file(args.answers), defaults)
-        return validated, f"answers-file ({Path(args.answers).resolve()})"
-    from . import sources, wizard  # the console's modules, needed only without --answers
+        return validated, f"answers-file ({Path(args.answers).resolve()})", sys.stdout
+    from . import sources  # the console's modules, needed only without --answers
 
-    interactive = sys.stdin.isatty()
+    interactive = sys.stdin.isatty() or bool(args.consoles)
     try:
         found = sources.find_unattended(prefix=args.prefix)
     except answers.AnswersError as error:  # a source is there but unreadable: ask instead
         if not interactive:
             raise UserError(f"{error} (no console to ask instead)") from None
-        return wizard.run_wizard(defaults, error=str(error)), "wizard (after an unreadable unattended source)"
+        return _asked(run_wizard(args, defaults, error=str(error)), "wizard (after an unreadable unattended source)")
     if found is not None:
         raw, source = found
         try:
-            return answers.validate(raw, defaults), source
+            return answers.validate(raw, defaults), source, sys.stdout
         except answers.AnswersError as error:
             if not interactive:
                 raise UserError(f"{error} (from the {source} answers; no console to ask instead)") from None
             # A bad unattended source: ask on the console, showing why, never configure half a CA.
-            return wizard.run_wizard(defaults, error=f"{error} (from the {source} answers)", preset=raw), \
-                f"wizard (after a bad {source} source)"
+            return _asked(run_wizard(args, defaults, error=f"{error} (from the {source} answers)", preset=raw),
+                          f"wizard (after a bad {source} source)")
     if not interactive:
         raise UserError("setup: no answers: give --answers FILE, provide an unattended source, or run on a console")
-    return wizard.run_wizard(defaults), "wizard"
+    return _asked(run_wizard(args, defaults), "wizard")
+
+
+def _asked(result, source):
+    validated, out = result
+    return validated, source, out
 
 
 def cmd_setup(args):
@@ -90,9 +114,9 @@ def cmd_setup(args):
     if layout.is_configured() and not args.force:  # refuse before asking anything
         raise UserError(f"setup: a CA is already configured ({layout.ca_json}); "
                         "run `ca-appliance setup --force` to replace it (a timestamped backup is written first)")
-    validated, source = gather_answers(args)
+    validated, source, out = gather_answers(args)
     apply.setup(validated, source, layout, use_system=not args.no_system, force=args.force,
-                root_key_out=args.root_key_out)
+                root_key_out=args.root_key_out, out=out)
 
 
 def cmd_status(args):
