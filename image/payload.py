@@ -33,6 +33,7 @@ def guest_defaults(cfg: Config) -> dict:
     defaults = read_yaml(shipped, "overlay defaults") if shipped.exists() else {}
     defaults["ca"] = {**defaults.get("ca", {}), **cfg.ca.to_dict()}
     admin = dict(defaults.get("admin", {}))
+    admin["user"] = cfg.admin.user
     admin["ssh_authorized_keys"] = list(cfg.admin.ssh_authorized_keys)
     defaults["admin"] = admin
     return defaults

@@ -68,7 +68,7 @@ def test_shipped_defaults_validate_to_a_complete_configuration(defaults):
             "name_constraints": {"dns": [], "ip": []},
             "claims": {"acme": {"default": "744h", "max": "4320h"}, "jwk": {"default": "744h", "max": "8760h"}},
         },
-        "admin": {"ssh_authorized_keys": []},
+        "admin": {"user": "admin", "ssh_authorized_keys": []},
     }
 
 
@@ -258,3 +258,9 @@ def test_defaults_under_a_prefix_win_over_the_packaged_ones(tmp_path):
     shipped.write_text("hostname: built.example\nca: {name: Built CA}\n")
     assert load_defaults(tmp_path) == {"hostname": "built.example", "ca": {"name": "Built CA"}}
     assert load_defaults(tmp_path / "empty-prefix")["ca"]["name"] == "Private CA"
+
+
+def test_admin_user_comes_from_the_image_defaults_and_is_checked(defaults):
+    assert validate({}, {**defaults, "admin": {"user": "ops", "ssh_authorized_keys": []}})["admin"]["user"] == "ops"
+    with pytest.raises(AnswersError, match=r"admin\.user: 'Root User' is not a Linux user name"):
+        validate({"admin": {"user": "Root User"}}, defaults)

@@ -243,6 +243,13 @@ def check_ca_name(value, key="ca.name"):
     return name
 
 
+def check_user_name(value, key="admin.user"):
+    """A Linux account name (the image's admin account; the build sets it from admin.user)."""
+    if not isinstance(value, str) or not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value):
+        raise AnswersError(key, value, "is not a Linux user name (lower case letters, digits, _ -; at most 32)")
+    return value
+
+
 def check_bool(value, key):
     """A yes/no answer: YAML booleans, or the words OVF properties and people use."""
     if isinstance(value, bool):
@@ -374,5 +381,8 @@ def validate(raw, defaults):
             "name_constraints": check_name_constraints(ca.get("name_constraints"), "ca.name_constraints"),
             "claims": check_claims(ca.get("claims"), "ca.claims"),
         },
-        "admin": {"ssh_authorized_keys": check_ssh_keys(admin.get("ssh_authorized_keys"), "admin.ssh_authorized_keys")},
+        "admin": {
+            "user": check_user_name(admin.get("user", "admin"), "admin.user"),
+            "ssh_authorized_keys": check_ssh_keys(admin.get("ssh_authorized_keys"), "admin.ssh_authorized_keys"),
+        },
     }

@@ -179,9 +179,10 @@ def _system_steps(answers, layout, restart, out):
                                   layout.issue_file)
     system.set_hostname(answers["hostname"])
     system.configure_network(answers["network"])
-    note = system.open_firewall()
-    if note:
-        print(f"note: {note}", file=out)
+    admin = answers["admin"]
+    for note in (system.install_admin_keys(admin["user"], admin["ssh_authorized_keys"]), system.open_firewall()):
+        if note:
+            print(f"note: {note}", file=out)
     system.install_trust_anchor(layout.root_cert)
     system.start_service(restart=restart)
     system.refresh_console_issue()

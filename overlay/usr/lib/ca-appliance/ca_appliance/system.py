@@ -57,8 +57,42 @@ def restore_selinux_labels(*paths):
         run("restore SELinux labels", ["restorecon", "-R", *map(str, paths)], check=False)
 
 
-def set_hostname(hostname):
+def set_hostname(hostname, hosts_file=Path("/etc/hosts")):
+    """Set the hostname and make it resolve locally (Debian's convention: 127.0.1.1), so the CA's
+    own name works on the appliance before DNS knows it."""
     run("set hostname", ["hostnamectl", "set-hostname", hostname])
+    current = hosts_file.read_text() if hosts_file.exists() else None
+    hosts_file.write_text(hosts_with_hostname(current, hostname))
+
+
+def hosts_with_hostname(hosts_text, hostname):
+    """/etc/hosts with the 127.0.1.1 line naming `hostname` (and its short name), other lines kept."""
+    lines = hosts_text.splitlines() if hosts_text else ["127.0.0.1\tlocalhost"]
+    entry = f"127.0.1.1\t{hostname} {hostname.split('.')[0]}"
+    return "\n".join([line for line in lines if not line.startswith("127.0.1.1")] + [entry]) + "\n"
+
+
+def install_admin_keys(user_name, keys):
+    """Add the answers' SSH keys to the admin's authorized_keys (keys already there are kept)."""
+    if not keys:
+        return None
+    try:
+        user = pwd.getpwnam(user_name)
+    except KeyError:
+        return f"admin account {user_name!r} does not exist: its SSH keys were not installed"
+    ssh_dir = Path(user.pw_dir) / ".ssh"
+    ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    authorized = ssh_dir / "authorized_keys"
+    present = authorized.read_text().splitlines() if authorized.exists() else []
+    added = [key for key in keys if key not in present]
+    if added:
+        with open(authorized, "a") as f:
+            f.write("".join(f"{key}\n" for key in added))
+    authorized.chmod(0o600)
+    for path in (ssh_dir, authorized):
+        os.chown(path, user.pw_uid, user.pw_gid)
+    restore_selinux_labels(ssh_dir)
+    return None
 
 
 def configure_network(network):
@@ -83,8 +117,9 @@ def open_firewall():
     if shutil.which("firewall-cmd") is None:
         return "firewalld is not installed: open the CA port yourself"
     if run("open firewall", ["firewall-cmd", "--state"], check=False).returncode != 0:
-        run("open firewall", ["firewall-cmd", "--permanent", "--add-service=step-ca"])
-        return "firewalld is not running: step-ca added to the permanent configuration"
+        # firewall-cmd needs the daemon, even for --permanent; the offline tool edits the files
+        run("open firewall", ["firewall-offline-cmd", "--add-service=step-ca"])
+        return "firewalld is not running: step-ca added to its configuration for its next start"
     run("open firewall", ["firewall-cmd", "--reload"])
     run("open firewall", ["firewall-cmd", "--permanent", "--add-service=step-ca"])
     run("open firewall", ["firewall-cmd", "--add-service=step-ca"])
