@@ -103,10 +103,11 @@ def mmdebstrap_command(cfg: Config, rootfs: Path, debs: list[Path], used_debs_li
            "--aptopt=Acquire::Retries \"3\"",
            f"--setup-hook=mkdir -p {q(cache)} \"$1\"/var/cache/apt/archives",
            f"--setup-hook=sync-in {q(cache)} /var/cache/apt/archives/",
-           # before the kernel's postinst builds the initramfs: the driver hook and the root
-           # file system type (so fsck.ext4 goes in; there is no device to probe at build time)
-           "--essential-hook=mkdir -p \"$1\"/etc/initramfs-tools",
-           f"--essential-hook=sync-in {q(FILES_DIR / 'etc/initramfs-tools')} /etc/initramfs-tools"]
+           # before the kernel's postinst builds the initramfs: the driver hook, the root file system
+           # type (so fsck.ext4 goes in; there is no device to probe at build time), the blacklist
+           "--essential-hook=mkdir -p \"$1\"/etc/initramfs-tools \"$1\"/etc/modprobe.d",
+           f"--essential-hook=sync-in {q(FILES_DIR / 'etc/initramfs-tools')} /etc/initramfs-tools",
+           f"--essential-hook=sync-in {q(FILES_DIR / 'etc/modprobe.d')} /etc/modprobe.d"]
     cmd += [f"--dpkgopt={opt}" for opt in DPKG_EXCLUDES]
     # no fsync per unpacked file while building (the tree is thrown away on failure anyway); the
     # appliance's own dpkg must stay safe, so the option leaves the image's dpkg.cfg.d afterwards

@@ -135,6 +135,7 @@ def test_initramfs_carries_the_drivers_of_every_hypervisor(image_root):
     modules = {re.sub(r"\.ko(\.(xz|zst|gz))?$", "", Path(p).name) for p in listing.split() if ".ko" in p}
     assert set(INITRAMFS_DRIVERS) <= modules, set(INITRAMFS_DRIVERS) - modules
     assert re.search(r"sbin/fsck\.ext4$", listing, re.M)   # the root file system is checked at boot
+    assert re.search(r"^etc/modprobe\.d/ca-appliance\.conf$", listing, re.M)   # no floppy probing
 
 
 def test_boots_by_uuid_on_serial_and_vga(image_root, root_blkid, raw_image):
@@ -166,3 +167,6 @@ def test_image_is_lean(image_root):
     assert [p for p in (image_root / "var/lib/apt/lists").iterdir() if p.is_file()] == []
     assert not any((image_root / "usr/share/man").rglob("*.gz"))
     assert (image_root / "usr/share/doc/openssh-server/copyright").is_file()   # licences stay
+    dpkg_options = "".join(p.read_text() for p in (image_root / "etc/dpkg/dpkg.cfg.d").iterdir())
+    assert "path-exclude=/usr/share/man/*" in dpkg_options   # upgrades stay lean too
+    assert "force-unsafe-io" not in dpkg_options             # but the appliance's dpkg syncs its files
