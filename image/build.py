@@ -114,13 +114,14 @@ def manifest(cfg: Config, result: BaseResult, artifacts: list, payload: Path,
 
 
 def update_sums(dist_dir: Path, digests: dict[str, str]) -> None:
-    """SHA256SUMS lists every output in dist/: this build's lines replace older ones of the same name."""
+    """SHA256SUMS lists every output in dist/: this build's lines replace older ones of the same name,
+    and lines of files no longer there go."""
     sums = dist_dir / SUMS_FILE
     lines = {}
     if sums.exists():
         for line in sums.read_text().splitlines():
             digest, _, name = line.partition("  ")
-            if name:
+            if name and (dist_dir / name).exists():
                 lines[name] = digest
     lines.update(digests)
     tmp = sums.with_name(SUMS_FILE + ".partial")

@@ -68,11 +68,13 @@ def test_output_names_follow_name_version_base(debian_cfg):
     assert build_mod.output_stem(debian_cfg) == "ca-appliance-1.0.0-debian"
 
 
-def test_sha256sums_keeps_other_builds_lines_and_replaces_this_builds(tmp_path):
-    (tmp_path / "SHA256SUMS").write_text("aa  other-fedora.qcow2\nbb  mine.qcow2\n")
+def test_sha256sums_keeps_other_builds_lines_replaces_this_builds_and_drops_removed_files(tmp_path):
+    for name in ("other-fedora.qcow2", "mine.qcow2", "mine.manifest.json"):
+        (tmp_path / name).write_text(name)
+    (tmp_path / "SHA256SUMS").write_text("aa  other-fedora.qcow2\nbb  mine.qcow2\nee  deleted-since.raw\n")
     build_mod.update_sums(tmp_path, {"mine.qcow2": "cc", "mine.manifest.json": "dd"})
     assert (tmp_path / "SHA256SUMS").read_text() == "dd  mine.manifest.json\ncc  mine.qcow2\naa  other-fedora.qcow2\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["SHA256SUMS"]
+    assert not list(tmp_path.glob("*.partial"))
 
 
 def test_clean_removes_build_and_dist_but_not_the_cache_and_never_descends_into_a_mount(tmp_path, monkeypatch):
