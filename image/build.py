@@ -56,7 +56,20 @@ def fetch_artifacts(cfg: Config) -> list:
     return fetch(cfg)
 
 
-def write_format(fmt: str, cfg: Config, raw: Path, out: Path, runner: Runner) -> None:
+def check_signing(formats: list[str], sign_key, sign_cert) -> None:
+    """--sign/--cert are checked before the build, not after minutes of it."""
+    if sign_key is None and sign_cert is None:
+        return
+    if "ova" not in formats:
+        raise UserError(f"--sign: only an OVA is signed, and the formats are {', '.join(formats)} (add --format ova)")
+    for option, path in (("--sign", sign_key), ("--cert", sign_cert)):
+        if path is None:
+            raise UserError("--sign and --cert: give both (the RSA key and its certificate) or neither")
+        if not Path(path).is_file():
+            raise UserError(f"{option}: {str(path)!r} does not exist")
+
+
+def write_format(fmt: str, cfg: Config, raw: Path, out: Path, runner: Runner, signing: dict) -> None:
     """Write the raw disk as `fmt` to out (raw itself is written last, by the caller, as a move)."""
     if fmt == "qcow2":
         # zstd: as small as zlib and ten times faster to write; read by every QEMU since 5.1 (2020).
@@ -69,7 +82,7 @@ def write_format(fmt: str, cfg: Config, raw: Path, out: Path, runner: Runner) ->
         write_vmdk(raw, out, runner)
     elif fmt == "ova":
         from image.ova import write_ova
-        write_ova(cfg, raw, out, runner)
+        write_ova(cfg, raw, out, runner, **signing)
     else:
         raise ValueError(fmt)
 
@@ -129,10 +142,13 @@ def update_sums(dist_dir: Path, digests: dict[str, str]) -> None:
     os.replace(tmp, sums)
 
 
-def build_appliance(cfg: Config, formats=None, verbose: bool = False, *,
+def build_appliance(cfg: Config, formats=None, verbose: bool = False, *, sign_key=None, sign_cert=None,
                     dist_dir: Path = DIST_DIR, build_dir: Path = BUILD_DIR, out=sys.stderr) -> list[Path]:
-    """Build the appliance into dist_dir; returns the written outputs (manifest last)."""
+    """Build the appliance into dist_dir; returns the written outputs (manifest last).
+    sign_key/sign_cert: sign the OVA (PEM RSA key and its certificate)."""
     formats = check_formats(formats or cfg.image.formats)
+    check_signing(formats, sign_key, sign_cert)
+    signing = {"sign_key": sign_key, "sign_cert": sign_cert}
     base = get_base(cfg.image.base)
     preflight(base, formats)
 
@@ -162,7 +178,7 @@ def build_appliance(cfg: Config, formats=None, verbose: bool = False, *,
                 if fmt == "raw":
                     move_raw(result.raw, target, runner)
                 else:
-                    write_format(fmt, cfg, result.raw, target, runner)
+                    write_format(fmt, cfg, result.raw, target, runner, signing)
             written[target.name] = target
         with runner.step("checksums and manifest"):
             digests = {name: sha256_file(path) for name, path in written.items()}

@@ -57,6 +57,19 @@ def test_an_unknown_format_or_base_is_a_user_error(debian_cfg):
         get_base("arch")
 
 
+def test_ova_signing_options_are_checked_before_the_build(tmp_path, debian_cfg):
+    key = tmp_path / "key.pem"
+    key.write_text("k")
+    with pytest.raises(UserError, match=r"--sign: only an OVA is signed.*add --format ova"):
+        build_mod.build_appliance(debian_cfg, formats=["qcow2"], sign_key=key, sign_cert=key)
+    with pytest.raises(UserError, match=r"give both"):
+        build_mod.build_appliance(debian_cfg, formats=["ova"], sign_key=key)
+    with pytest.raises(UserError, match=r"--cert: '.*nope.pem' does not exist"):
+        build_mod.build_appliance(debian_cfg, formats=["ova"], sign_key=key, sign_cert=tmp_path / "nope.pem",
+                                  build_dir=tmp_path / "build", dist_dir=tmp_path / "dist")
+    assert not (tmp_path / "build").exists()
+
+
 def test_every_base_exposes_the_build_interface():
     base = get_base("debian")
     assert base.NEEDS_ROOT is True and callable(base.build_raw)
