@@ -16,6 +16,8 @@ from xml.sax.saxutils import quoteattr
 import pytest
 import yaml
 
+from tests.helpers.volumes import ext4_volume, iso_volume
+
 ROOT = Path(__file__).resolve().parents[2]
 CLI = ROOT / "overlay/usr/sbin/ca-appliance"
 GUEST_PYTHON = "/usr/bin/python3"
@@ -59,46 +61,6 @@ def ovf_environment(answers):
         '     xmlns:oe="http://schemas.dmtf.org/ovf/environment/1" oe:id="">\n'
         "  <PropertySection>\n" + "\n".join(properties) + "\n  </PropertySection>\n</Environment>\n"
     )
-
-
-def run(*command):
-    return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
-
-
-@contextlib.contextmanager
-def loop_device(image, read_only=False):
-    device = run("losetup", "-f", "--show", *(["-r"] if read_only else []), str(image))
-    try:
-        yield device
-    finally:
-        subprocess.run(["losetup", "-d", device], check=False)
-
-
-def content_dir(tmp_path, name, files):
-    directory = tmp_path / name
-    directory.mkdir()
-    for file_name, text in files.items():
-        (directory / file_name).write_text(text)
-    return directory
-
-
-@contextlib.contextmanager
-def ext4_volume(tmp_path, label, files):
-    image = tmp_path / f"{label}.img"
-    with open(image, "wb") as handle:
-        handle.truncate(8 * 1024 * 1024)
-    run("mkfs.ext4", "-q", "-L", label, "-d", str(content_dir(tmp_path, "ext4", files)), str(image))
-    with loop_device(image):
-        yield
-
-
-@contextlib.contextmanager
-def iso_volume(tmp_path, label, files):
-    image = tmp_path / f"{label}.iso"
-    run("xorriso", "-as", "mkisofs", "-quiet", "-V", label, "-J", "-r", "-o", str(image),
-        str(content_dir(tmp_path, "iso", files)))
-    with loop_device(image, read_only=True):
-        yield
 
 
 def put(path, text):

@@ -10,7 +10,6 @@ import os
 import subprocess
 from pathlib import Path
 
-import pexpect
 import pytest
 from pexpect import fdpexpect
 

@@ -50,7 +50,8 @@ def test_deep_merge_replaces_lists_and_scalars():
 
 
 BAD_VALUES = [
-    ({"image": {"memory_mb": "lots"}}, "config error: image.memory_mb: 'lots' is not an integer (MiB, 1024 to 1048576)"),
+    ({"image": {"memory_mb": "lots"}},
+     "config error: image.memory_mb: 'lots' is not an integer (MiB, 1024 to 1048576)"),
     ({"image": {"memory_mb": 512}}, "image.memory_mb: 512 is not an integer (MiB, 1024"),
     ({"image": {"base": "ubuntu"}}, "image.base: 'ubuntu' is not one of: fedora, debian"),
     ({"image": {"formats": ["iso"]}}, "image.formats: ['iso'] is not a non-empty list of: qcow2, raw, vmdk, ova"),
@@ -68,7 +69,8 @@ BAD_VALUES = [
     ({"ca": {"provisioner": "admin"}}, "ca.provisioner: 'admin' is not an email address"),
     ({"ca": {"key_type": "DSA"}}, "ca.key_type: 'DSA' is not one of: EC-P256, EC-P384, RSA-3072, RSA-4096"),
     ({"ca": {"dns_names": ["ok.example", "bad_name!"]}}, "ca.dns_names: ['ok.example', 'bad_name!'] is not a list"),
-    ({"ca": {"name_constraints": {"ip": ["10.0.0.1/8"]}}}, "ca.name_constraints.ip: ['10.0.0.1/8'] is not a list of IP"),
+    ({"ca": {"name_constraints": {"ip": ["10.0.0.1/8"]}}},
+     "ca.name_constraints.ip: ['10.0.0.1/8'] is not a list of IP"),
     ({"ca": {"claims": {"jwk": {"max": "1y"}}}}, "ca.claims.jwk.max: '1y' is not a duration in hours"),
     ({"ca": {"claims": {"acme": {"default": "5000h"}}}}, "ca.claims.acme.default: '5000h' is longer than"),
     ({"admin": {"ssh_authorized_keys": ["hunter2"]}}, "admin.ssh_authorized_keys: ['hunter2'] is not a list of SSH"),

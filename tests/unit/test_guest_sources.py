@@ -1,9 +1,7 @@
 """Unattended answers sources, found on real files, real loop devices and real ISO images."""
 
-import contextlib
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +12,8 @@ sys.path.insert(0, str(GUEST_LIB))
 
 from ca_appliance.answers import AnswersError  # noqa: E402
 from ca_appliance.sources import SourceError, find_unattended, parse_ovf_env  # noqa: E402
+
+from tests.helpers.volumes import ext4_volume, iso_volume  # noqa: E402
 
 needs_loop_devices = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("losetup"),
@@ -68,47 +68,6 @@ OVF_ENV_NOTHING_SET = """<Environment xmlns="http://schemas.dmtf.org/ovf/environ
 @pytest.fixture(autouse=True)
 def no_credentials_directory(monkeypatch):
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
-
-
-def run(*command):
-    return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
-
-
-@contextlib.contextmanager
-def loop_device(image, read_only=False):
-    device = run("losetup", "-f", "--show", *(["-r"] if read_only else []), str(image))
-    try:
-        yield device
-    finally:
-        subprocess.run(["losetup", "-d", device], check=False)
-
-
-@contextlib.contextmanager
-def ext4_volume(tmp_path, label, files):
-    """A real ext4 file system with the given files, attached as a loop device."""
-    content = tmp_path / f"{label}-content"
-    content.mkdir()
-    for name, text in files.items():
-        (content / name).write_text(text)
-    image = tmp_path / f"{label}.img"
-    with open(image, "wb") as handle:
-        handle.truncate(8 * 1024 * 1024)
-    run("mkfs.ext4", "-q", "-L", label, "-d", str(content), str(image))
-    with loop_device(image) as device:
-        yield device
-
-
-@contextlib.contextmanager
-def iso_volume(tmp_path, label, files, options=("-J", "-r")):
-    """A real ISO 9660 image with the given files, attached read-only like a CD-ROM."""
-    content = tmp_path / f"{label}-iso"
-    content.mkdir()
-    for name, text in files.items():
-        (content / name).write_text(text)
-    image = tmp_path / f"{label}.iso"
-    run("xorriso", "-as", "mkisofs", "-quiet", "-V", label, *options, "-o", str(image), str(content))
-    with loop_device(image, read_only=True) as device:
-        yield device
 
 
 def write(path, text):
