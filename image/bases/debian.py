@@ -46,6 +46,7 @@ PACKAGES = (
     "python3", "python3-cryptography", "python3-jwcrypto", "python3-yaml",
     "qemu-guest-agent", "open-vm-tools", "grub-pc", "cloud-guest-utils", "e2fsprogs",
     "iproute2", "less",
+    "netbase",  # /etc/protocols and /etc/services: firewalld refuses to start without them
 )
 # Keep the image lean: no manuals, docs (licences stay) or translations.
 DPKG_EXCLUDES = (
@@ -285,6 +286,9 @@ def write_boot_config(cfg: Config, rootfs: Path, root_uuid: str) -> None:
     """fstab and grub.cfg by file system UUID (no grub-mkconfig: it probes devices a chroot lacks)."""
     _write(rootfs / "etc/fstab", fstab_text(root_uuid))
     _write(rootfs / "etc/hostname", f"{cfg.image.name}\n")
+    # minbase ships no /etc/hosts; setup adds the appliance's own name (127.0.1.1) at first boot
+    _write(rootfs / "etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{cfg.image.name}\n"
+                                 "::1\tlocalhost ip6-localhost ip6-loopback\n")
     kver = kernel_version(rootfs)
     (rootfs / "boot/grub").mkdir(parents=True, exist_ok=True)
     _write(rootfs / "boot/grub/grub.cfg", f"""\

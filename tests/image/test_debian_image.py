@@ -170,3 +170,10 @@ def test_image_is_lean(image_root):
     dpkg_options = "".join(p.read_text() for p in (image_root / "etc/dpkg/dpkg.cfg.d").iterdir())
     assert "path-exclude=/usr/share/man/*" in dpkg_options   # upgrades stay lean too
     assert "force-unsafe-io" not in dpkg_options             # but the appliance's dpkg syncs its files
+
+
+def test_firewalld_and_name_resolution_have_their_base_files(image_root):
+    """firewalld refuses to start without /etc/protocols (netbase); localhost must resolve without DNS."""
+    assert "tcp" in (image_root / "etc/protocols").read_text()
+    hosts = (image_root / "etc/hosts").read_text().split()
+    assert hosts[:2] == ["127.0.0.1", "localhost"]
