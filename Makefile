@@ -23,7 +23,7 @@ host-deps:
 	  missing=$$(for p in $(HOST_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done | xargs); \
 	  if [ -n "$$missing" ]; then \
 	    echo "==> installing host packages (reasons in host-packages.txt): $$missing"; \
-	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	  fi; \
 	elif command -v dnf >/dev/null; then \
 	  echo "==> dnf host: install the equivalents of host-packages.txt (golang, qemu-img, qemu-system-x86, ...)"; \
