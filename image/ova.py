@@ -71,7 +71,7 @@ def _choices(*values: str) -> str:
     return "ValueMap{" + ",".join(f'"{v}"' for v in values) + "}"
 
 
-# The answers (see TEAM-NOTES "Answers"); lists are comma-separated, as the guest's sources.py reads them.
+# The first-boot answers (README "First boot"); lists are comma-separated, as the guest's sources.py reads them.
 PROPERTIES = (
     Property("hostname", "Host name", "Fully qualified host name of the appliance, e.g. ca.lab.example. "
              "Empty: ask on the console at first boot.", "Network", "MaxLen(253)"),
