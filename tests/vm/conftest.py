@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root
 from vm_helpers import CHALLENGE_NAME, fetch_root, fingerprint_in, status_text  # noqa: E402
 
 from image.verify import current_target  # noqa: E402
-from tests.helpers.jwk import JWKClient  # noqa: E402
+from image.jwk_client import JWKClient  # noqa: E402
 
 CERTBOT = Path(sys.executable).parent / "certbot"
 
