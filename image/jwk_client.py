@@ -1,5 +1,6 @@
 """The JWK provisioner flow as `step ca certificate` drives it, for `invoke verify`'s checks and
-`invoke bench` (no step CLI needed): open the provisioner's encryptedKey with the CA password, sign a one-time token, POST /1.0/sign.
+`invoke bench` (no step CLI needed): open the provisioner's encryptedKey with the CA password,
+sign a one-time token, POST /1.0/sign.
 
 Works against any step-ca reachable over HTTPS (a local one, or an appliance through a forwarded
 port): everything comes from the CA's public /1.0/provisioners and the root the caller trusts.

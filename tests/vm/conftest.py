@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: image/, tests/helpers/
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: image/
 from vm_helpers import CHALLENGE_NAME, fetch_root, fingerprint_in, status_text  # noqa: E402
 
-from image.verify import current_target  # noqa: E402
 from image.jwk_client import JWKClient  # noqa: E402
+from image.verify import current_target  # noqa: E402
 
 CERTBOT = Path(sys.executable).parent / "certbot"
 
