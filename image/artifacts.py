@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from image.cache import cache_dir
 from image.config import ConfigError
 from image.errors import StepFailed, UserError
+from image.files import sha256_file
 
 KINDS = ("rpm", "deb", "binary")
 PACKAGE_KIND = {"fedora": "rpm", "debian": "deb"}
@@ -258,13 +259,6 @@ def _reason(reason) -> str:
         return reason.strerror
     return str(reason) or type(reason).__name__
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1024 * 1024):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ProgressBar:

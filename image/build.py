@@ -20,7 +20,8 @@ from image.bases import BaseResult, get_base
 from image.config import FORMATS, PROJECT_ROOT, Config
 from image.disk import remove_tree
 from image.errors import ApplianceError, UserError
-from image.payload import sha256_file, write_payload_tarball
+from image.files import sha256_file
+from image.payload import write_payload_tarball
 from image.runner import Runner, require_root, require_tools
 
 BUILD_DIR = PROJECT_ROOT / "build"

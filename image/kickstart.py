@@ -29,6 +29,7 @@ from pykickstart.version import makeVersion, versionMap
 
 from image.config import PROJECT_ROOT, Config
 from image.errors import StepFailed
+from image.files import sha256_file
 
 KICKSTART_DIR = PROJECT_ROOT / "kickstart"
 KICKSTART_TEMPLATE = "ks.cfg.j2"
@@ -125,7 +126,7 @@ def artifact_volume_file(artifact) -> VolumeFile:
 def planned_artifacts(cfg: Config) -> list[VolumeFile]:
     """The step artifacts a fedora build will put on the volume, found without downloading:
     a local `path` as it is, a release RPM from the cache when it is there, else by name only."""
-    from image.artifacts import detect_kind, release_asset_name, release_dir, sha256_file
+    from image.artifacts import detect_kind, release_asset_name, release_dir
     wanted = [("step-ca", cfg.artifacts.step_ca)]
     if cfg.artifacts.step_cli.enabled:
         wanted.append(("step-cli", cfg.artifacts.step_cli))
@@ -249,7 +250,7 @@ class Rendered:
 def render_to(cfg: Config, out: str | Path, out_stream=None) -> Rendered:
     """`invoke render`: ks.cfg, the payload tarball and payload.json in `out`, and say where.
     Downloads nothing: artifacts not in the cache are listed by name and version."""
-    from image.payload import sha256_file, write_payload_tarball
+    from image.payload import write_payload_tarball
     out_stream = sys.stdout if out_stream is None else out_stream
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,6 @@ The choices below were checked against the importers, not just the OVF specifica
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from image.errors import UserError
+from image.files import sha256_file
 
 # ESXi 6.5 and later. Candidate config key: ova.virtual_system_type (requested from the lead).
 # VMware's "guest managed" marker: tools come from the distribution (open-vm-tools).
@@ -257,13 +257,6 @@ def build_descriptor(cfg, *, vmdk_name: str, vmdk_size: int, capacity: int) -> s
 
 # ---- manifest, signature, archive
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def manifest_text(digests: dict[str, str]) -> str:

@@ -10,7 +10,6 @@ exactly the same bytes, and so the Fedora OEMDRV volume and the Debian rootfs ag
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import os
 import tarfile
@@ -94,10 +93,3 @@ def write_payload_tarball(cfg: Config, dest: Path) -> Path:
     os.replace(tmp, dest)
     return dest
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -20,7 +20,8 @@ if str(PROJECT_ROOT) not in sys.path:
 
 from image.build import build_appliance, output_stem  # noqa: E402
 from image.config import load_config  # noqa: E402
-from image.payload import sha256_file, write_payload_tarball  # noqa: E402
+from image.files import sha256_file  # noqa: E402
+from image.payload import write_payload_tarball  # noqa: E402
 from image.stepca_source import build_step_ca_from_source  # noqa: E402
 
 TEST_IMAGE_DIR = PROJECT_ROOT / "build" / "test-image"

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from image.cache import cache_dir
 from image.config import Config
 from image.errors import StepFailed, UserError
+from image.files import sha256_file
 from image.iso import write_volume_iso
 from image.kickstart import (
     KICKSTART_NAME,
@@ -117,13 +118,6 @@ def _fetch(url: str, target: Path, *, expected_sha256: str | None = None) -> str
     return actual
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def fetch_boot_files(tree: str, release: int, *, say=print) -> tuple[Path, Path]:
     """The tree's pxeboot kernel and initrd, verified against its .treeinfo, cached per release."""
@@ -141,7 +135,7 @@ def fetch_boot_files(tree: str, release: int, *, say=print) -> tuple[Path, Path]
             raise StepFailed("fetch installer", f"{tree}.treeinfo gives {rel} a {algorithm} checksum; "
                                                 f"only sha256 is trusted")
         target = where / Path(rel).name
-        if target.is_file() and _sha256_file(target) == expected:
+        if target.is_file() and sha256_file(target) == expected:
             say(f"    {rel}: cached, verified ({target})")
         else:
             say(f"    {rel}: downloading from {tree}")

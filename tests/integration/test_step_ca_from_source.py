@@ -6,8 +6,9 @@ from pathlib import Path
 
 import yaml
 
-from image.artifacts import fetch_artifacts, sha256_file
+from image.artifacts import fetch_artifacts
 from image.config import PROJECT_ROOT, load_config
+from image.files import sha256_file
 
 
 def test_built_step_ca_runs_and_is_a_debian_path_artifact(tmp_path):
