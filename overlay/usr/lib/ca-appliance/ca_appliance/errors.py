@@ -2,6 +2,8 @@
 
 UserError: the input or the current state does not allow the command: exit 2, one line.
 StepFailed: a step of the command failed: exit 1, one line naming the step (and a log).
+The same shape as the builder's image/errors.py on purpose, not by import: guest code never
+imports host code (it runs on the appliance, where image/ does not exist).
 """
 
 
