@@ -148,8 +148,8 @@ def jwk_client(ca_url: str, root: Path, audience_base: str):
 
 
 def fetch_root(ca_url: str, dest: Path) -> Path:
-    with urllib.request.urlopen(f"{ca_url}/roots.pem", context=_insecure_context(), timeout=30) as response:
-        dest.write_bytes(response.read())
+    from image.jwk_client import fetch_root as download_root
+    dest.write_bytes(download_root(ca_url))
     return dest
 
 

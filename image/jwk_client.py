@@ -34,6 +34,16 @@ class CAError(Exception):
     """The CA answered with an error status (the status and its message are in str())."""
 
 
+def fetch_root(ca_url: str, timeout: float = 60) -> bytes:
+    """/roots.pem without trusting anything yet (the caller compares its fingerprint, or is only
+    measuring): the one unverified request a client of the appliance makes."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with urllib.request.urlopen(f"{ca_url}/roots.pem", context=context, timeout=timeout) as response:
+        return response.read()
+
+
 def _request(url: str, cafile: str, body: dict | None = None, timeout: float = 60):
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})

@@ -1,22 +1,13 @@
 """Helpers the checks in tests/vm share (a module of its own: `conftest` is not importable by name
 when several test directories are collected together)."""
 import re
-import ssl
 import subprocess
-import urllib.request
 from pathlib import Path
+
+from image.jwk_client import fetch_root  # noqa: F401  (re-exported for the checks)
 
 # The name certbot asks a certificate for; the guest resolves it to QEMU's guestfwd address.
 CHALLENGE_NAME = "client.verify.test"
-
-
-def fetch_root(ca_url: str) -> bytes:
-    """/roots.pem without trusting anything yet (that is what the fingerprint comparison is for)."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    with urllib.request.urlopen(f"{ca_url}/roots.pem", context=context, timeout=60) as response:
-        return response.read()
 
 
 def status_text(host) -> str:
