@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import tarfile
 from pathlib import Path
@@ -21,6 +22,7 @@ from image.config import PROJECT_ROOT, Config, read_yaml
 
 OVERLAY_DIR = PROJECT_ROOT / "overlay"
 GUEST_DEFAULTS = "usr/lib/ca-appliance/defaults.yaml"
+BUILD_INFO = "usr/lib/ca-appliance/build.json"   # read by the guest's buildinfo.py
 BAKED_ANSWERS = "etc/ca-appliance/answers.yaml"
 # Reproducible archives: the payload's digest changes only when its content does.
 FIXED_MTIME = 1_700_000_000
@@ -38,9 +40,15 @@ def guest_defaults(cfg: Config) -> dict:
     return defaults
 
 
+def build_info(cfg: Config) -> dict:
+    """Facts about the build the guest shows (status, banner): build.json, keys as in buildinfo.DEFAULTS."""
+    return {"name": cfg.image.name, "version": cfg.image.version, "base": cfg.image.base}
+
+
 def generated_files(cfg: Config) -> dict[str, tuple[bytes, int]]:
     """Files the config adds to the overlay: {path inside the guest: (content, mode)}."""
-    files = {GUEST_DEFAULTS: (yaml.safe_dump(guest_defaults(cfg), sort_keys=False).encode(), 0o644)}
+    files = {GUEST_DEFAULTS: (yaml.safe_dump(guest_defaults(cfg), sort_keys=False).encode(), 0o644),
+             BUILD_INFO: (json.dumps(build_info(cfg), indent=2, sort_keys=True).encode() + b"\n", 0o644)}
     if cfg.firstboot.answers:
         files[BAKED_ANSWERS] = (Path(cfg.firstboot.answers).read_bytes(), 0o600)
     return files

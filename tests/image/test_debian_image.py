@@ -82,7 +82,7 @@ def test_root_is_locked_and_the_admin_has_sudo(image_root):
 
 
 def test_step_ca_and_the_guest_cli_are_installed_root_owned_and_executable(image_root):
-    for path in ("usr/bin/step-ca", "usr/sbin/ca-appliance"):
+    for path in ("usr/bin/step-ca", "usr/bin/ca-appliance"):
         st = os.stat(image_root / path)
         assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o755), path
     assert not (image_root / "usr/bin/step").exists()   # step_cli disabled: no step CLI
@@ -90,7 +90,7 @@ def test_step_ca_and_the_guest_cli_are_installed_root_owned_and_executable(image
 
 
 def test_guest_cli_runs_on_the_images_own_python(image_root):
-    result = subprocess.run(["chroot", str(image_root), "/usr/bin/python3", "/usr/sbin/ca-appliance", "--help"],
+    result = subprocess.run(["chroot", str(image_root), "/usr/bin/python3", "/usr/bin/ca-appliance", "--help"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "setup" in result.stdout

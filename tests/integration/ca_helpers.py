@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-CA_APPLIANCE = REPO / "overlay/usr/sbin/ca-appliance"
+CA_APPLIANCE = REPO / "overlay/usr/bin/ca-appliance"
 GUEST_PYTHON = "/usr/bin/python3"
 PASSWORD = "integration-test-password-0123456789"
 HEALTH_TIMEOUT = 60

@@ -19,7 +19,7 @@ import yaml
 from tests.helpers.volumes import ext4_volume, iso_volume
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = ROOT / "overlay/usr/sbin/ca-appliance"
+CLI = ROOT / "overlay/usr/bin/ca-appliance"
 GUEST_PYTHON = "/usr/bin/python3"
 
 ADMIN_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF2pOt2K2QRFWGUOR45v0pfO5z0KpWOzxkTWPjkXuPOl a@b"

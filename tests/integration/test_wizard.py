@@ -12,7 +12,7 @@ import pexpect
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = ROOT / "overlay/usr/sbin/ca-appliance"
+CLI = ROOT / "overlay/usr/bin/ca-appliance"
 GUEST_PYTHON = "/usr/bin/python3"  # the oldest target's interpreter (Debian 12), with apt's modules
 
 pytestmark = pytest.mark.skipif(

@@ -14,7 +14,7 @@ import pytest
 from pexpect import fdpexpect
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = ROOT / "overlay/usr/sbin/ca-appliance"
+CLI = ROOT / "overlay/usr/bin/ca-appliance"
 GUEST_PYTHON = "/usr/bin/python3"
 
 pytestmark = pytest.mark.skipif(not Path(GUEST_PYTHON).exists(),
