@@ -38,7 +38,7 @@ def _config(config, base=None):
 def render(c, config=None, base=None, out="build/render"):
     """Render the Fedora kickstart and the payload list the build will use, and say where."""
     cfg = _config(config, base)
-    from image.kickstart import render_to
+    from image.bases.fedora.kickstart import render_to
     render_to(cfg, out)
 
 

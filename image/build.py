@@ -23,6 +23,7 @@ from image.errors import ApplianceError, UserError
 from image.files import sha256_file
 from image.payload import write_payload_tarball
 from image.runner import Runner, require_root, require_tools
+from image.stepca_version import assess_step_ca
 
 BUILD_DIR = PROJECT_ROOT / "build"
 DIST_DIR = PROJECT_ROOT / "dist"
@@ -121,10 +122,18 @@ def manifest(cfg: Config, result: BaseResult, artifacts: list, payload: Path,
         "config_digest": cfg.digest(),
         "payload_sha256": sha256_file(payload),
         "step_ca": by_name.get("step-ca"),
+        # step-ca older than 0.29.0 (GHSA-h8cp-697h-8c8p): a test image, not for production
+        **_test_only_record(artifacts),
         "step_cli": by_name.get("step-cli"),
         "outputs": outputs,
         "packages": result.packages,
     }
+
+
+def _test_only_record(artifacts: list) -> dict:
+    assessment = assess_step_ca(artifacts)
+    return {"step_ca_version": assessment.version, "test_only": assessment.test_only,
+            "test_only_reason": assessment.reason}
 
 
 def update_sums(dist_dir: Path, digests: dict[str, str]) -> None:
@@ -168,8 +177,11 @@ def build_appliance(cfg: Config, formats=None, verbose: bool = False, *, sign_ke
         staging.mkdir(parents=True)
         with runner.step("artifacts: step-ca" + (" and step" if cfg.artifacts.step_cli.enabled else "")):
             artifacts = fetch_artifacts(cfg)
+        assessment = assess_step_ca(artifacts)
+        if assessment.test_only:
+            runner.say(f"warning: TEST IMAGE: {assessment.reason}")
         with runner.step("payload: overlay and generated files"):
-            payload = write_payload_tarball(cfg, workdir / "payload.tar.gz")
+            payload = write_payload_tarball(cfg, workdir / "payload.tar.gz", artifacts)
         result = base.build_raw(cfg, workdir=workdir / "base", runner=runner, artifacts=artifacts,
                                 payload=payload)
         written: dict[str, Path] = {}

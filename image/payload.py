@@ -3,6 +3,14 @@
 - /usr/lib/ca-appliance/defaults.yaml: the wizard's defaults (the config's `ca` section and the
   admin's SSH keys) over the overlay's own defaults.yaml.
 - /etc/ca-appliance/answers.yaml (0600): the baked answers file, when firstboot.answers is set.
+- /etc/ca-appliance/provision.json (0600): what `ca-appliance provision` needs from the config (the
+  admin, its keys and password hash, whether the step CLI is in); provision deletes it once applied.
+- /usr/lib/ca-appliance/build.json: facts about the build the guest shows (buildinfo.DEFAULTS).
+
+The tarball carries directory members only for the appliance's own directories (a name with
+"ca-appliance" or "ca_appliance"): a member for /usr/sbin would make tar replace the distribution's
+directory symlinks (Fedora 42+: /usr/sbin -> bin) with a directory. Both bases also extract it with
+--keep-directory-symlink.
 
 The payload is one deterministic tarball (sorted, root-owned, fixed mtime) so both bases install
 exactly the same bytes, and so the Fedora OEMDRV volume and the Debian rootfs agree.
@@ -24,6 +32,7 @@ OVERLAY_DIR = PROJECT_ROOT / "overlay"
 GUEST_DEFAULTS = "usr/lib/ca-appliance/defaults.yaml"
 BUILD_INFO = "usr/lib/ca-appliance/build.json"   # read by the guest's buildinfo.py
 BAKED_ANSWERS = "etc/ca-appliance/answers.yaml"
+PROVISION_INPUT = "etc/ca-appliance/provision.json"   # read by the guest's provision.py
 # Reproducible archives: the payload's digest changes only when its content does.
 FIXED_MTIME = 1_700_000_000
 
@@ -40,15 +49,32 @@ def guest_defaults(cfg: Config) -> dict:
     return defaults
 
 
-def build_info(cfg: Config) -> dict:
-    """Facts about the build the guest shows (status, banner): build.json, keys as in buildinfo.DEFAULTS."""
-    return {"name": cfg.image.name, "version": cfg.image.version, "base": cfg.image.base}
+def build_info(cfg: Config, artifacts: list | None = None) -> dict:
+    """Facts about the build the guest shows (status, banner): build.json, keys as in buildinfo.DEFAULTS.
+    With the build's artifacts: the step-ca version and whether that makes it a test image."""
+    from image.stepca_version import assess_step_ca
+    info = {"name": cfg.image.name, "version": cfg.image.version, "base": cfg.image.base}
+    info.update(assess_step_ca(artifacts or []).as_build_info())
+    return info
 
 
-def generated_files(cfg: Config) -> dict[str, tuple[bytes, int]]:
+def provision_input(cfg: Config) -> dict:
+    """provision.json: the config facts `ca-appliance provision` applies (0600: the password hash)."""
+    return {"admin": {"user": cfg.admin.user, "ssh_authorized_keys": list(cfg.admin.ssh_authorized_keys),
+                      "password_hash": cfg.admin.password_hash},
+            "step_cli": bool(cfg.artifacts.step_cli.enabled)}
+
+
+def owns_directory(rel: str) -> bool:
+    """The appliance's own directories get a member (and mode); system ones never do."""
+    return "ca-appliance" in rel or "ca_appliance" in rel
+
+
+def generated_files(cfg: Config, artifacts: list | None = None) -> dict[str, tuple[bytes, int]]:
     """Files the config adds to the overlay: {path inside the guest: (content, mode)}."""
     files = {GUEST_DEFAULTS: (yaml.safe_dump(guest_defaults(cfg), sort_keys=False).encode(), 0o644),
-             BUILD_INFO: (json.dumps(build_info(cfg), indent=2, sort_keys=True).encode() + b"\n", 0o644)}
+             BUILD_INFO: (json.dumps(build_info(cfg, artifacts), indent=2, sort_keys=True).encode() + b"\n", 0o644),
+             PROVISION_INPUT: (json.dumps(provision_input(cfg), indent=2, sort_keys=True).encode() + b"\n", 0o600)}
     if cfg.firstboot.answers:
         files[BAKED_ANSWERS] = (Path(cfg.firstboot.answers).read_bytes(), 0o600)
     return files
@@ -59,17 +85,19 @@ def _overlay_mode(st_mode: int) -> int:
     return 0o755 if st_mode & 0o111 else 0o644
 
 
-def write_payload_tarball(cfg: Config, dest: Path) -> Path:
+def write_payload_tarball(cfg: Config, dest: Path, artifacts: list | None = None) -> Path:
     """Write overlay/ plus the generated files as a gzip tarball whose members are relative to /."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    generated = generated_files(cfg)
+    generated = generated_files(cfg, artifacts)
     entries: dict[str, tuple[str, bytes | None, int]] = {}
     for root, dirs, files in os.walk(OVERLAY_DIR):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")
         rel_root = os.path.relpath(root, OVERLAY_DIR)
         for d in dirs:
-            entries[os.path.normpath(os.path.join(rel_root, d))] = ("dir", None, 0o755)
+            rel = os.path.normpath(os.path.join(rel_root, d))
+            if owns_directory(rel):
+                entries[rel] = ("dir", None, 0o755)
         for f in files:
             if f.endswith(".pyc"):
                 continue
@@ -79,7 +107,8 @@ def write_payload_tarball(cfg: Config, dest: Path) -> Path:
     for rel, (content, mode) in generated.items():
         parent = os.path.dirname(rel)
         while parent and parent not in entries:
-            entries[parent] = ("dir", None, 0o755)
+            if owns_directory(parent):
+                entries[parent] = ("dir", None, 0o755)
             parent = os.path.dirname(parent)
         entries[rel] = ("file", content, mode)
     tmp = dest.with_name(dest.name + ".part")

@@ -1,8 +1,10 @@
 """The Debian base: a minimal Debian rootfs from mmdebstrap, made into a BIOS-bootable raw disk.
 
 Offline-capable (any Debian mirror, file:// included) and needs no VM: the rootfs is
-bootstrapped into a directory, configured in place (payload, artifacts, users, units), then
-turned into the disk's ext4 file system without mounting it (image.disk).
+bootstrapped into a directory, the payload and artifacts laid in, then the guest's own
+`ca-appliance provision --base debian` run inside it through chroot (users, units, initramfs,
+generalisation: the code the Fedora kickstart runs too), then turned into the disk's ext4 file
+system without mounting it (image.disk).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ REQUIRED_TOOLS = {
     "grub-install": ("grub2-common", "grub2-tools"),
     "systemctl": ("systemd", "systemd"),
     "tar": ("tar", "tar"),
+    "unshare": ("util-linux", "util-linux"),
 }
 NEEDS_ROOT = True
 # grub-install --target=i386-pc needs the BIOS modules, which no command stands for
@@ -55,12 +58,6 @@ DPKG_EXCLUDES = (
     "path-exclude=/usr/share/locale/*", "path-include=/usr/share/locale/locale.alias",
     "path-exclude=/usr/share/lintian/*",
 )
-UNITS = (   # enabled in every image; each must exist
-    "NetworkManager.service", "firewalld.service", "ssh.service", "chrony.service",
-    "open-vm-tools.service", "serial-getty@ttyS0.service",
-    "ca-appliance-growroot.service", "ca-appliance-ssh-hostkeys.service",
-)
-GUEST_UNITS = ("step-ca.service", "ca-appliance-firstboot.service")   # from the payload (overlay)
 KERNEL_CMDLINE = "ro console=tty0 console=ttyS0,115200n8"
 
 
@@ -186,7 +183,7 @@ def _write(dest: Path, text: str, mode: int = 0o644) -> None:
 
 
 def lay_base_files(rootfs: Path) -> None:
-    """The Debian base's own files (growroot, SSH host keys, drivers, GRUB defaults)."""
+    """The Debian base's own boot files (GRUB defaults, initramfs root type, floppy blacklist)."""
     for src in sorted(FILES_DIR.rglob("*")):
         if src.is_file():
             mode = 0o755 if os.stat(src).st_mode & 0o111 else 0o644
@@ -210,68 +207,23 @@ def check_artifact_kinds(artifacts: list) -> list[Path]:
     return [Path(a.path) for a in artifacts if a.kind == "deb"]
 
 
-def chroot(runner: Runner, rootfs: Path, *cmd: str, input: bytes | None = None) -> None:
-    runner.run(["chroot", str(rootfs), *cmd], input=input)
+# The chroot gets /proc, /sys and /dev for update-initramfs, in a private mount namespace: the
+# mounts end with the process, so a failed or interrupted provision leaves none behind.
+PROVISION_SCRIPT = """set -eu
+root="$1"
+mount -t proc proc "$root/proc"
+mount -t sysfs sysfs "$root/sys"
+mount --rbind /dev "$root/dev"
+exec chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \\
+    /usr/bin/ca-appliance provision --base debian
+"""
 
 
-def create_users(cfg: Config, rootfs: Path, runner: Runner) -> None:
-    """Root locked; `step` system user for step-ca; the admin from the config, with sudo."""
-    chroot(runner, rootfs, "passwd", "--lock", "root")
-    chroot(runner, rootfs, "useradd", "--system", "--user-group", "--home-dir", "/var/lib/step-ca",
-           "--shell", "/usr/sbin/nologin", "step")
-    chroot(runner, rootfs, "install", "-d", "-o", "step", "-g", "step", "-m", "0750", "/var/lib/step-ca")
-    admin = cfg.admin.user
-    chroot(runner, rootfs, "useradd", "--create-home", "--user-group", "--groups", "sudo",
-           "--shell", "/bin/bash", admin)
-    if cfg.admin.password_hash:
-        # chpasswd reads the hash on stdin: it never appears in a command line or the log
-        chroot(runner, rootfs, "chpasswd", "--encrypted", input=f"{admin}:{cfg.admin.password_hash}\n".encode())
-    ssh_dir = f"/home/{admin}/.ssh"
-    chroot(runner, rootfs, "install", "-d", "-o", admin, "-g", admin, "-m", "0700", ssh_dir)
-    keys = "".join(k + "\n" for k in cfg.admin.ssh_authorized_keys)
-    _write(rootfs / ssh_dir.lstrip("/") / "authorized_keys", keys, 0o600)
-    chroot(runner, rootfs, "chown", f"{admin}:{admin}", f"{ssh_dir}/authorized_keys")
-    # without a password, sudo could never be used: the SSH key is the admin's only credential then
-    rule = "ALL=(ALL:ALL) ALL" if cfg.admin.password_hash else "ALL=(ALL:ALL) NOPASSWD: ALL"
-    sudoers = rootfs / "etc/sudoers.d/ca-appliance-admin"
-    _write(sudoers, f"# the appliance's admin (admin.user in the build config)\n{admin} {rule}\n", 0o440)
-    chroot(runner, rootfs, "visudo", "--check", "--file", "/etc/sudoers.d/ca-appliance-admin")
-
-
-def unit_exists(rootfs: Path, unit: str) -> bool:
-    template = re.sub(r"@[^.]+\.", "@.", unit)
-    return any((rootfs / d / name).exists()
-               for d in ("etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system")
-               for name in (unit, template))
-
-
-def enable_units(rootfs: Path, runner: Runner) -> list[str]:
-    present_guest_units = [u for u in GUEST_UNITS if unit_exists(rootfs, u)]
-    for unit in set(GUEST_UNITS) - set(present_guest_units):
-        runner.say(f"    note: the payload has no {unit} yet; not enabled")
-    units = list(UNITS) + present_guest_units
-    runner.run(["systemctl", f"--root={rootfs}", "enable", *units])
-    return units
-
-
-def remove_machine_secrets(rootfs: Path) -> None:
-    """Nothing that must be unique per appliance is baked: each one makes its own at first boot."""
-    for key in (rootfs / "etc/ssh").glob("ssh_host_*"):
-        key.unlink()
-    _write(rootfs / "etc/machine-id", "", 0o444)
-    dbus_id = rootfs / "var/lib/dbus/machine-id"
-    if dbus_id.exists() and not dbus_id.is_symlink():
-        dbus_id.unlink()
-    for leftover in ("var/lib/systemd/random-seed", "etc/resolv.conf"):
-        path = rootfs / leftover
-        if path.is_file() or path.is_symlink():
-            path.unlink()
-    for cached in ("var/cache/apt/archives", "var/lib/apt/lists"):
-        for item in (rootfs / cached).glob("*"):
-            if item.is_file():
-                item.unlink()
-    for stale in (rootfs / "var/cache/apt").glob("*.bin"):
-        stale.unlink()
+def provision_command(rootfs: Path) -> list[str]:
+    """The guest's own provisioning (users, units, initramfs, generalisation) run inside the rootfs:
+    the same program the Fedora kickstart's %post runs."""
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", PROVISION_SCRIPT,
+            "provision", str(rootfs)]
 
 
 def kernel_version(rootfs: Path) -> str:
@@ -328,18 +280,22 @@ def bootstrap_rootfs(cfg: Config, rootfs: Path, debs: list[Path], workdir: Path,
     prune_apt_cache(cfg, used_debs_list)
 
 
-def configure_rootfs(cfg: Config, rootfs: Path, payload: Path, artifacts: list, root_uuid: str,
-                     runner: Runner) -> None:
-    """Everything after the packages."""
+def lay_payload(rootfs: Path, payload: Path, runner: Runner) -> None:
     # --keep-directory-symlink: /lib, /bin, /sbin are symlinks on merged-/usr Debian; keep them so
     runner.run(["tar", "-C", str(rootfs), "--extract", "--gzip", "--file", str(payload),
                 "--numeric-owner", "--same-permissions", "--keep-directory-symlink", "--no-overwrite-dir"])
+
+
+def configure_rootfs(cfg: Config, rootfs: Path, payload: Path, artifacts: list, root_uuid: str,
+                     runner: Runner) -> None:
+    """Everything after the packages: the payload and artifacts laid in, the boot configuration,
+    then the guest's `ca-appliance provision --base debian` in the rootfs does the rest."""
+    lay_payload(rootfs, payload, runner)
     lay_base_files(rootfs)
     install_binaries(rootfs, artifacts)
-    create_users(cfg, rootfs, runner)
-    enable_units(rootfs, runner)
-    remove_machine_secrets(rootfs)
     write_boot_config(cfg, rootfs, root_uuid)
+    runner.say("    chroot: ca-appliance provision --base debian")
+    runner.run(provision_command(rootfs))
 
 
 def build_raw(cfg: Config, *, workdir: Path, runner: Runner, artifacts: list, payload: Path) -> BaseResult:
@@ -350,7 +306,7 @@ def build_raw(cfg: Config, *, workdir: Path, runner: Runner, artifacts: list, pa
     root_uuid = str(uuidlib.uuid4())
     with runner.step(f"debian: bootstrap {cfg.debian.suite} rootfs (mmdebstrap)"):
         bootstrap_rootfs(cfg, rootfs, debs, workdir, runner)
-    with runner.step("debian: configure rootfs (payload, artifacts, users, units)"):
+    with runner.step("debian: configure rootfs (payload, artifacts; chroot: ca-appliance provision --base debian)"):
         configure_rootfs(cfg, rootfs, payload, artifacts, root_uuid, runner)
         packages = installed_packages(rootfs, runner)
         release = release_name(cfg, rootfs)

@@ -19,8 +19,8 @@ from image.artifacts import Artifact
 from image.bases import fedora
 from image.config import load_config
 from image.errors import StepFailed, UserError
-from image.iso import write_volume_iso
-from image.kickstart import OEMDRV_LABEL, PAYLOAD_NAME, SUCCESS_MARKER, artifact_volume_file, render_kickstart
+from image.bases.fedora.iso import write_volume_iso
+from image.bases.fedora.kickstart import OEMDRV_LABEL, PAYLOAD_NAME, SUCCESS_MARKER, artifact_volume_file, render_kickstart
 from image.payload import write_payload_tarball
 from image.runner import Runner
 

@@ -2,6 +2,7 @@
 each config key where it belongs, the %post shell clean under shellcheck, and `invoke render`
 end to end."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -13,8 +14,7 @@ from pykickstart import constants
 
 from image.config import PROJECT_ROOT, load_config
 from image.errors import StepFailed
-from image.kickstart import (
-    DRACUT_DRIVERS,
+from image.bases.fedora.kickstart import (
     EXTRA_PACKAGES,
     KICKSTART_DIR,
     OEMDRV_LABEL,
@@ -59,8 +59,8 @@ def test_default_config_renders_a_valid_f45_kickstart():
     handler = parsed(text)
     assert handler.selinux.selinux == constants.SELINUX_ENFORCING
     assert handler.firewall.enabled is True
-    assert set(handler.firewall.services) == {"ssh", "https"}
-    assert handler.firewall.ports == []          # :443 is https
+    assert handler.firewall.services == ["ssh"]   # the CA's port: provision's zone and setup, not here
+    assert handler.firewall.ports == []
     assert handler.rootpw.lock is True
     assert handler.displaymode.displayMode == constants.DISPLAY_MODE_TEXT
     assert handler.reboot.action == constants.KS_SHUTDOWN
@@ -69,54 +69,38 @@ def test_default_config_renders_a_valid_f45_kickstart():
     assert handler.bootloader.appendLine == "console=tty0 console=ttyS0,115200n8"
     assert handler.url.url == "https://dl.fedoraproject.org/pub/fedora/linux/releases/45/Server/x86_64/os/"
     assert [r.baseurl for r in handler.repo.repoList] == [
-        "https://dl.fedoraproject.org/pub/fedora/linux/updates/45/Everything/x86_64/"]
+        "https://dl.fedoraproject.org/pub/fedora/linux/updates/45/Everything/x86_64/",
+        "https://dl.fedoraproject.org/pub/fedora/linux/releases/45/Everything/x86_64/os/"]
     assert handler.packages.environment == "server-product-environment"
     assert set(EXTRA_PACKAGES) <= set(handler.packages.packageList)
-    assert {"python3-cryptography", "python3-jwcrypto", "python3-pyyaml", "NetworkManager", "firewalld", "chrony",
+    assert {"python3-cryptography", "python3-pyyaml", "NetworkManager", "firewalld", "chrony",
             "qemu-guest-agent", "open-vm-tools", "cloud-utils-growpart"} <= set(handler.packages.packageList)
-    (user,) = handler.user.userList
-    assert user.name == "admin" and user.password == "" and "wheel" in user.groups
-    assert handler.sshkey.sshUserList == []   # the default config has no keys
+    assert handler.user.userList == [] and handler.sshkey.sshUserList == []   # provision makes the admin
 
 
 def test_each_config_key_lands_where_it_belongs(tmp_path):
     cfg = custom_config(tmp_path)
     text = render_kickstart(cfg, RPMS)
     handler = parsed(text)
-    # fedora.release and fedora.mirror: the tree and the updates repo
+    # fedora.release and fedora.mirror: the tree, the updates repo and the Everything repo
     assert handler.url.url == "http://mirror.lab.example/fedora/linux/releases/45/Server/x86_64/os/"
-    assert handler.repo.repoList[0].baseurl == "http://mirror.lab.example/fedora/linux/updates/45/Everything/x86_64/"
-    # ca.address: its port is opened besides ssh and https
-    assert handler.firewall.ports == ["8443:tcp"]
-    # admin.user, admin.password_hash (crypted), admin.ssh_authorized_keys (quoting survives)
-    (user,) = handler.user.userList
-    assert user.name == "opsadmin"
-    assert user.isCrypted is True and user.password == HASH
-    # pykickstart takes one sshkey per user: the first key there, the others appended by the %post
-    assert [(k.username, k.key) for k in handler.sshkey.sshUserList] == [("opsadmin", KEY_1)]
-    install = [s for s in handler.scripts if s.inChroot][0].script
-    assert f"<<'KEYS'\n{KEY_2}\nKEYS\n" in install
-    assert "chown -R opsadmin: \"$admin_home/.ssh\"" in install
+    repos = {r.name: r.baseurl for r in handler.repo.repoList}
+    assert repos == {
+        "ca-appliance-updates": "http://mirror.lab.example/fedora/linux/updates/45/Everything/x86_64/",
+        "ca-appliance-everything": "http://mirror.lab.example/fedora/linux/releases/45/Everything/x86_64/os/"}
+    # admin.*: no user, key or hash in the kickstart; provision applies them from the payload
+    assert handler.user.userList == [] and handler.sshkey.sshUserList == []
+    assert "opsadmin" not in text and HASH not in text and KEY_1 not in text
     # image.name and image.version: the header says what the kickstart is for
     assert "lab-ca 2.3.4" in text.splitlines()[0]
-    # a password hash means sudo asks for it: no NOPASSWD rule then
+    # the admin's sudoers rule is provision's (from the payload), never the kickstart's
     assert "NOPASSWD" not in text
 
 
-def test_no_plaintext_password_anywhere(tmp_path):
-    cfg = custom_config(tmp_path)
-    text = render_kickstart(cfg, RPMS)
-    assert "--plaintext" not in text
-    for line in text.splitlines():
-        if "--password" in line:
-            assert "--iscrypted" in line
-    handler = parsed(render_kickstart(load_config(), RPMS))
-    assert handler.user.userList[0].password == ""   # no hash given: locked, key-only
-
-
-def test_key_only_admin_gets_passwordless_sudo():
-    text = render_kickstart(load_config(), RPMS)
-    assert "admin ALL=(ALL) NOPASSWD: ALL" in text
+def test_no_password_anywhere_in_the_kickstart(tmp_path):
+    text = render_kickstart(custom_config(tmp_path), RPMS)
+    assert "--plaintext" not in text and "--password" not in text and HASH not in text
+    assert parsed(text).rootpw.lock is True
 
 
 def test_other_fedora_release_uses_its_own_tree_and_syntax(tmp_path):
@@ -129,11 +113,83 @@ def test_other_fedora_release_uses_its_own_tree_and_syntax(tmp_path):
 
 def test_post_installs_rpms_or_the_local_binary():
     rpm_text = render_kickstart(load_config(), RPMS)
-    assert 'rpm --upgrade --replacepkgs "$staging"/step-ca.rpm' in rpm_text
-    assert 'rpm --upgrade --replacepkgs "$staging"/step-cli.rpm' in rpm_text
+    assert 'rpm --upgrade --replacepkgs --nosignature "$staging"/step-ca.rpm' in rpm_text
+    assert 'rpm --upgrade --replacepkgs --nosignature "$staging"/step-cli.rpm' in rpm_text
     bin_text = render_kickstart(load_config(), BINARY)
     assert 'install -D -m 0755 -o root -g root "$staging"/step-ca /usr/bin/step-ca' in bin_text
     assert "step-cli" not in bin_text
+
+
+def chrooted_post(text):
+    (install,) = [s for s in parsed(text).scripts if s.type == constants.KS_SCRIPT_POST and s.inChroot]
+    return install
+
+
+def commands_of(script):
+    """The script's command lines: no comments, no blank lines."""
+    return [line.strip() for line in script.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def test_chrooted_post_installs_the_rpms_and_payload_then_runs_provision_and_little_else():
+    install = chrooted_post(render_kickstart(load_config(), RPMS))
+    assert install.errorOnFail is True
+    lines = commands_of(install.script)
+    assert lines == [
+        "set -euo pipefail",
+        "staging=/var/tmp/ca-appliance-install",
+        'rpm --upgrade --replacepkgs --nosignature "$staging"/step-ca.rpm',
+        'rpm --upgrade --replacepkgs --nosignature "$staging"/step-cli.rpm',
+        "test -x /usr/bin/step-ca",
+        f'tar --extract --gzip --file="$staging"/{PAYLOAD_NAME} --directory=/ --numeric-owner --no-overwrite-dir '
+        "--keep-directory-symlink",
+        "/usr/bin/ca-appliance provision --base fedora",
+        'rm -rf "$staging"',
+        'echo "ca-appliance: payload installed and provisioned"',
+    ]
+
+
+def test_defect_1_rpm_signature_enforcement_the_rpms_install_without_a_signature_check_and_say_why():
+    """Fedora 45 enforces signatures (%_pkgverify_level all); smallstep's key is in no keyring: without
+    --nosignature the rpm command fails in a --erroronfail %post and Anaconda aborts."""
+    script = chrooted_post(render_kickstart(load_config(), RPMS)).script
+    rpm_lines = [line for line in commands_of(script) if line.startswith("rpm ")]
+    assert rpm_lines and all("--nosignature" in line for line in rpm_lines)
+    assert "checksums.txt" in script and "sha256 pin" in script   # the comment says what replaces it
+
+
+def test_defect_3_repo_ids_are_our_own_not_anacondas_updates():
+    handler = parsed(render_kickstart(load_config(), RPMS))
+    names = [r.name for r in handler.repo.repoList]
+    assert "updates" not in names and "fedora" not in names
+    assert all(n.startswith("ca-appliance-") for n in names)
+
+
+def test_defect_4_everything_repo_for_packages_in_no_server_group_and_no_unused_jwcrypto():
+    handler = parsed(render_kickstart(load_config(), RPMS))
+    baseurls = [r.baseurl for r in handler.repo.repoList]
+    assert any(u.endswith("/releases/45/Everything/x86_64/os/") for u in baseurls)
+    for package in ("cloud-utils-growpart", "qemu-guest-agent", "open-vm-tools"):
+        assert package in handler.packages.packageList
+    # python3-jwcrypto goes in only when a guest module imports it
+    guest = PROJECT_ROOT / "overlay/usr/lib/ca-appliance/ca_appliance"
+    imports_it = any(re.search(r"^\s*(import|from)\s+jwcrypto", f.read_text(), re.M) for f in guest.glob("*.py"))
+    assert ("python3-jwcrypto" in EXTRA_PACKAGES) == imports_it
+
+
+def test_defect_5_alternatives_is_installed_for_the_step_cli_rpm():
+    handler = parsed(render_kickstart(load_config(), RPMS))
+    assert "alternatives" in handler.packages.packageList
+    # and provision fails the install when step_cli is enabled but /usr/bin/step is missing:
+    # tests/unit/test_guest_provision.py::test_step_cli_enabled_without_usr_bin_step_fails
+
+
+def test_defect_6_the_kickstart_opens_ssh_only_and_closes_cockpit():
+    handler = parsed(render_kickstart(load_config(), RPMS))
+    assert handler.firewall.enabled is True
+    assert handler.firewall.services == ["ssh"] and handler.firewall.remove_services == ["cockpit"]
+    assert handler.firewall.ports == []
+    # the appliance's own default zone (ssh, step-ca) is provision's, on both bases:
+    # tests/unit/test_guest_provision.py
 
 
 def test_post_scripts_do_what_the_image_needs():
@@ -144,17 +200,6 @@ def test_post_scripts_do_what_the_image_needs():
     assert f"/dev/disk/by-label/{OEMDRV_LABEL}" in copy.script
     assert f"cp \"$source_dir\"/{PAYLOAD_NAME} \"$staging/\"" in copy.script
     assert install.inChroot is True and install.errorOnFail is True
-    body = install.script
-    assert "tar --extract --gzip" in body and "--directory=/" in body
-    assert "systemctl enable step-ca.service ca-appliance-firstboot.service ca-appliance-growroot.service" in body
-    assert "useradd --system" in body and " step" in body
-    assert "rm -f /etc/ssh/ssh_host_*" in body
-    assert "truncate -s 0 /etc/machine-id" in body
-    assert f'add_drivers+=" {" ".join(DRACUT_DRIVERS)} "' in body
-    for driver in ("virtio_blk", "e1000", "vmxnet3", "mptspi", "vmw_pvscsi", "ahci"):
-        assert driver in DRACUT_DRIVERS
-    assert "dracut --force --regenerate-all" in body
-    assert "growpart" in body and "xfs_growfs" in body
     assert report.inChroot is False and "org.ca-appliance.install-result.0" in report.script
 
 
@@ -163,7 +208,7 @@ def test_rendered_shell_passes_shellcheck(tmp_path):
         pytest.fail("shellcheck is not installed (host-packages.txt lists it)")
     for artifacts in (RPMS, BINARY):
         scripts = render_scripts(custom_config(tmp_path), artifacts)
-        assert set(scripts) == {"post-copy-payload.sh", "post-install.sh", "post-report.sh", "growroot.sh"}
+        assert set(scripts) == {"post-copy-payload.sh", "post-install.sh", "post-report.sh"}
         for name, text in scripts.items():
             path = tmp_path / name
             path.write_text(text)
@@ -217,8 +262,8 @@ def test_deprecated_syntax_is_refused_like_ksvalidator_does(tmp_path):
 
 
 def test_undefined_template_variable_is_a_clear_error(tmp_path):
-    templates = broken_template_dir(tmp_path, "{{ admin_user | shquote }}", "{{ admin_name | shquote }}")
-    with pytest.raises(StepFailed, match="'admin_name' is undefined"):
+    templates = broken_template_dir(tmp_path, "{{ tree_url | shquote }}", "{{ tree_uri | shquote }}")
+    with pytest.raises(StepFailed, match="'tree_uri' is undefined"):
         render_kickstart(load_config(), RPMS, template_dir=templates)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from . import answers, apply, backup, status
+from . import answers, apply, backup, provision, status
 from .errors import ApplianceError, UserError
 from .layout import Layout
 
@@ -45,6 +45,16 @@ def _parser():
     load.add_argument("archive", metavar="FILE", help="archive written by `ca-appliance backup`")
     load.add_argument("--no-system", action="store_true",
                       help="do not stop or start the service nor chown to user step")
+    prov = commands.add_parser(
+        "provision", help="Build time, inside the target root: make the installed tree the appliance.",
+        description="Build time, inside the target root: users, sudoers, units, firewall zone, initramfs "
+                    "drivers, SELinux labels, generalisation. Reads /etc/ca-appliance/provision.json.")
+    prov.add_argument("--base", required=True, choices=sorted(provision.DISTROS), help="the distribution")
+    prov.add_argument("--root", metavar="DIR", default="/",
+                      help="tests: provision the tree at DIR from outside it (default: / , inside the target)")
+    prov.add_argument("--stand-in", metavar="TOOL", action="append", default=[],
+                      help="tests, with --root: record TOOL's calls to --record FILE instead of running it")
+    prov.add_argument("--record", metavar="FILE", help="where --stand-in calls are written")
     return parser
 
 
@@ -133,7 +143,12 @@ def cmd_restore(args):
     print(f"Restored the CA with root fingerprint {fingerprint}")
 
 
-COMMANDS = {"setup": cmd_setup, "status": cmd_status, "backup": cmd_backup, "restore": cmd_restore}
+def cmd_provision(args):
+    provision.provision(args.base, args.root, stand_ins=args.stand_in, record=args.record)
+
+
+COMMANDS = {"setup": cmd_setup, "status": cmd_status, "backup": cmd_backup, "restore": cmd_restore,
+            "provision": cmd_provision}
 
 
 def main(argv=None):

@@ -34,8 +34,8 @@ from image.cache import cache_dir
 from image.config import Config
 from image.errors import StepFailed, UserError
 from image.files import sha256_file
-from image.iso import write_volume_iso
-from image.kickstart import (
+from image.bases.fedora.iso import write_volume_iso
+from image.bases.fedora.kickstart import (
     KICKSTART_NAME,
     OEMDRV_LABEL,
     PAYLOAD_NAME,

@@ -33,7 +33,7 @@ from image.files import sha256_file
 
 KICKSTART_DIR = PROJECT_ROOT / "kickstart"
 KICKSTART_TEMPLATE = "ks.cfg.j2"
-SCRIPT_TEMPLATES = ("post-copy-payload.sh.j2", "post-install.sh.j2", "post-report.sh.j2", "growroot.sh.j2")
+SCRIPT_TEMPLATES = ("post-copy-payload.sh.j2", "post-install.sh.j2", "post-report.sh.j2")
 
 OEMDRV_LABEL = "OEMDRV"            # Anaconda's dracut looks for ks.cfg on a volume with this label
 KICKSTART_NAME = "ks.cfg"
@@ -42,29 +42,27 @@ PAYLOAD_LIST_NAME = "payload.json"
 STAGING_DIR = "/var/tmp/ca-appliance-install"
 INSTALL_DISK = "vda"               # the builder's QEMU attaches the target disk as virtio-blk
 ROOT_FSTYPE = "xfs"                # Fedora Server's default; xfs_growfs grows it online
-GROWROOT_SCRIPT = "/usr/libexec/ca-appliance/growroot"
 # virtio-serial port the report %post writes to; the builder's QEMU connects it to a file.
 RESULT_PORT = "org.ca-appliance.install-result.0"
 SUCCESS_MARKER = "ca-appliance-install: ok"
 KERNEL_CONSOLES = "console=tty0 console=ttyS0,115200n8"  # the last one is /dev/console: serial
 
-# Units the payload must bring (the overlay's) and the ones the kickstart writes itself.
+# Units the payload must bring (the overlay's; `ca-appliance provision` enables every one it ships).
 PAYLOAD_UNITS = ("step-ca.service", "ca-appliance-firstboot.service")
-APPLIANCE_UNITS = (*PAYLOAD_UNITS, "ca-appliance-growroot.service")
+PROVISION_COMMAND = "/usr/bin/ca-appliance provision --base fedora"
+# Our own repo ids: Anaconda owns "updates" (and "fedora"); a kickstart repo of that name is lost.
+UPDATES_REPO = "ca-appliance-updates"
+EVERYTHING_REPO = "ca-appliance-everything"
 EXTRA_PACKAGES = (
-    "python3-cryptography", "python3-jwcrypto", "python3-pyyaml",   # the guest CLI's only imports
-    "NetworkManager", "firewalld", "chrony",
-    "qemu-guest-agent", "open-vm-tools",                            # KVM and vSphere guests
-    "cloud-utils-growpart",                                         # growroot: partition to disk end
-    "tar", "policycoreutils",                                       # %post: unpack, restorecon
+    "python3-cryptography", "python3-pyyaml",                       # the guest CLI's only imports
+    "NetworkManager", "firewalld", "chrony", "sudo",
+    "qemu-guest-agent", "open-vm-tools",                            # KVM and vSphere guests (Everything)
+    "cloud-utils-growpart", "xfsprogs",                             # growroot (Everything): partition, xfs
+    "alternatives",                                                 # the step CLI RPM's postinstall uses it
+    "tar", "policycoreutils", "dracut",                             # %post: unpack, restorecon, initramfs
 )
-# Storage and network drivers of every OVA target (QEMU/KVM, VMware, VirtualBox), so the
-# initramfs boots wherever the image is imported, not only on the installer's virtio hardware.
-DRACUT_DRIVERS = (
-    "virtio_blk", "virtio_scsi", "virtio_net", "virtio_pci",
-    "e1000", "e1000e", "vmxnet3",
-    "mptspi", "mptsas", "vmw_pvscsi", "ahci", "ata_piix", "sd_mod", "sr_mod",
-)
+# How the chrooted %post extracts the payload: a directory symlink (/usr/sbin -> bin) stays one.
+PAYLOAD_TAR_OPTIONS = ("--numeric-owner", "--no-overwrite-dir", "--keep-directory-symlink")
 # Where a local binary artifact goes in the image (the RPMs put themselves in place).
 BINARY_INSTALL_PATHS = {"step-ca": "/usr/bin/step-ca", "step-cli": "/usr/bin/step"}
 
@@ -92,6 +90,11 @@ def tree_url(mirror: str, release: int) -> str:
 
 def updates_url(mirror: str, release: int) -> str:
     return f"{mirror.rstrip('/')}/updates/{release}/Everything/x86_64/"
+
+
+def everything_url(mirror: str, release: int) -> str:
+    """The release's Everything tree: packages in no Server group (growpart, the guest agents)."""
+    return f"{mirror.rstrip('/')}/releases/{release}/Everything/x86_64/os/"
 
 
 def listen_port(address: str) -> int:
@@ -160,7 +163,6 @@ def kickstart_context(cfg: Config, artifacts: Sequence[VolumeFile], mirror: str 
     (a file:// mirror is served to the installer over HTTP)."""
     mirror = mirror or cfg.fedora.mirror
     release = cfg.fedora.release
-    port = listen_port(cfg.ca.address)
     bad = [a for a in artifacts if a.kind not in ("rpm", "binary")]
     if bad:
         raise StepFailed("render kickstart", f"{bad[0].role} is a {bad[0].kind} file ({bad[0].source}); "
@@ -169,9 +171,8 @@ def kickstart_context(cfg: Config, artifacts: Sequence[VolumeFile], mirror: str 
         "image_name": cfg.image.name, "image_version": cfg.image.version,
         "release": release, "ks_version": kickstart_syntax(release),
         "tree_url": tree_url(mirror, release), "updates_url": updates_url(mirror, release),
-        "extra_tcp_ports": [] if port == 443 else [port],
-        "admin_user": cfg.admin.user, "ssh_keys": list(cfg.admin.ssh_authorized_keys),
-        "password_hash": cfg.admin.password_hash,
+        "everything_url": everything_url(mirror, release),
+        "updates_repo": UPDATES_REPO, "everything_repo": EVERYTHING_REPO,
         "install_disk": INSTALL_DISK, "root_fstype": ROOT_FSTYPE,
         "kernel_append": KERNEL_CONSOLES,
         "packages": list(EXTRA_PACKAGES),
@@ -179,8 +180,7 @@ def kickstart_context(cfg: Config, artifacts: Sequence[VolumeFile], mirror: str 
         "volume_files": [PAYLOAD_NAME] + [a.name for a in artifacts],
         "artifacts": [{"volume_name": a.name, "kind": a.kind, "role": a.role, "install_path": a.install_path}
                       for a in artifacts],
-        "appliance_units": list(APPLIANCE_UNITS), "growroot_script": GROWROOT_SCRIPT,
-        "dracut_drivers": list(DRACUT_DRIVERS),
+        "payload_tar_options": list(PAYLOAD_TAR_OPTIONS), "provision_command": PROVISION_COMMAND,
         "result_port": RESULT_PORT, "success_marker": SUCCESS_MARKER,
     }
 

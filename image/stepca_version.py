@@ -1,0 +1,83 @@
+"""Which step-ca an image carries, and whether that makes it a test image.
+
+step-ca before 0.29.0 has GHSA-h8cp-697h-8c8p (ACME and SCEP authorization bypass): an image with
+one (e.g. CI's 0.19.0 built from Debian's Go sources) is for tests only. The build warns, the
+manifest records it, and build.json tells the guest (status and console banner show it).
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+FIXED_IN = (0, 29, 0)
+ADVISORY = "GHSA-h8cp-697h-8c8p (ACME/SCEP authorization bypass, fixed in step-ca 0.29.0)"
+_VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+
+
+@dataclass(frozen=True)
+class StepCaAssessment:
+    version: str | None           # "0.30.2"; None when the build could not tell
+    test_only: bool
+    reason: str | None
+
+    def as_build_info(self) -> dict:
+        return {"step_ca_version": self.version, "test_only": self.test_only, "test_only_reason": self.reason}
+
+
+def parse_version(text: str) -> str | None:
+    """The first x.y.z in a version string: "Smallstep CA/0.19.0-debian (linux/amd64)" -> "0.19.0"."""
+    m = _VERSION.search(text or "")
+    return ".".join(m.groups()) if m else None
+
+
+def _binary_reports(path: Path) -> str:
+    """What a step-ca binary says about itself (`step-ca version`, else `--version`)."""
+    for args in (["version"], ["--version"]):
+        try:
+            proc = subprocess.run([str(path), *args], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        if proc.returncode == 0 and parse_version(proc.stdout + proc.stderr):
+            return proc.stdout + proc.stderr
+    return ""
+
+
+def _package_version(path: Path, kind: str) -> str:
+    cmd = {"deb": ["dpkg-deb", "--field", str(path), "Version"],
+           "rpm": ["rpm", "-qp", "--queryformat", "%{VERSION}", str(path)]}.get(kind)
+    if cmd is None:
+        return ""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return proc.stdout if proc.returncode == 0 else ""
+
+
+def step_ca_version(artifact) -> str | None:
+    """A release artifact's version is its config version; a local file says it (binary) or its
+    package metadata does."""
+    if artifact.version != "local":
+        return parse_version(artifact.version)
+    if artifact.kind == "binary":
+        return parse_version(_binary_reports(Path(artifact.path)))
+    return parse_version(_package_version(Path(artifact.path), artifact.kind))
+
+
+def assess_version(version: str | None) -> StepCaAssessment:
+    if version is None:
+        return StepCaAssessment(None, False, None)
+    if tuple(int(x) for x in version.split(".")) < FIXED_IN:
+        return StepCaAssessment(version, True, f"step-ca {version} is older than 0.29.0: {ADVISORY}; "
+                                               "a test image, not for production")
+    return StepCaAssessment(version, False, None)
+
+
+def assess_step_ca(artifacts: list) -> StepCaAssessment:
+    """The assessment of the build's step-ca artifact (none: nothing known, nothing claimed)."""
+    for art in artifacts:
+        if art.name == "step-ca":
+            return assess_version(step_ca_version(art))
+    return assess_version(None)
