@@ -37,6 +37,7 @@ REQUIRED_TOOLS = {
     "unshare": ("util-linux", "util-linux"),
 }
 NEEDS_ROOT = True
+PROVISION_BASE = "debian"
 # grub-install --target=i386-pc needs the BIOS modules, which no command stands for
 GRUB_BIOS_MODULES = Path("/usr/lib/grub/i386-pc")
 

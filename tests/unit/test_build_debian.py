@@ -61,16 +61,17 @@ def test_an_rpm_cannot_go_into_a_debian_image():
 
 def test_base_files_are_laid_root_owned_with_only_the_executable_bit_from_the_checkout(tmp_path):
     debian.lay_base_files(tmp_path)
-    hook = tmp_path / "etc/initramfs-tools/hooks/ca-appliance-drivers"
-    unit = tmp_path / "etc/systemd/system/ca-appliance-growroot.service"
-    assert stat.S_IMODE(os.stat(hook).st_mode) == 0o755
-    assert stat.S_IMODE(os.stat(unit).st_mode) == 0o644
-    assert stat.S_IMODE(os.stat(tmp_path / "usr/libexec/ca-appliance/growroot").st_mode) == 0o755
-    assert "manual_add_modules" in hook.read_text() and "vmxnet3" in hook.read_text()
+    fstype = tmp_path / "etc/initramfs-tools/conf.d/ca-appliance-fstype"
+    assert stat.S_IMODE(os.stat(fstype).st_mode) == 0o644 and "FSTYPE=ext4" in fstype.read_text()
+    assert (tmp_path / "etc/default/grub.d/ca-appliance.cfg").is_file()
+    # users, units, drivers and growroot are the guest's provision's now, not the host's
+    assert not (tmp_path / "etc/systemd").exists() and not (tmp_path / "etc/initramfs-tools/hooks").exists()
 
 
-def test_unit_lookup_knows_template_instances(tmp_path):
-    (tmp_path / "usr/lib/systemd/system").mkdir(parents=True)
-    (tmp_path / "usr/lib/systemd/system/serial-getty@.service").write_text("")
-    assert debian.unit_exists(tmp_path, "serial-getty@ttyS0.service")
-    assert not debian.unit_exists(tmp_path, "step-ca.service")
+def test_the_build_provisions_the_rootfs_with_the_guest_program_in_a_private_mount_namespace():
+    cmd = debian.provision_command(Path("/w/root fs"))
+    assert cmd[:5] == ["unshare", "--mount", "--propagation", "private", "--"]
+    script = cmd[cmd.index("-c") + 1]
+    assert cmd[-1] == "/w/root fs"   # "$1": no quoting trouble
+    assert 'exec chroot "$root"' in script and "/usr/bin/ca-appliance provision --base debian" in script
+    assert 'mount -t proc proc "$root/proc"' in script

@@ -17,10 +17,16 @@ import pytest
 
 from image.artifacts import Artifact
 from image.bases import fedora
+from image.bases.fedora.iso import write_volume_iso
+from image.bases.fedora.kickstart import (
+    OEMDRV_LABEL,
+    PAYLOAD_NAME,
+    SUCCESS_MARKER,
+    artifact_volume_file,
+    render_kickstart,
+)
 from image.config import load_config
 from image.errors import StepFailed, UserError
-from image.bases.fedora.iso import write_volume_iso
-from image.bases.fedora.kickstart import OEMDRV_LABEL, PAYLOAD_NAME, SUCCESS_MARKER, artifact_volume_file, render_kickstart
 from image.payload import write_payload_tarball
 from image.runner import Runner
 

@@ -12,8 +12,6 @@ import pytest
 import yaml
 from pykickstart import constants
 
-from image.config import PROJECT_ROOT, load_config
-from image.errors import StepFailed
 from image.bases.fedora.kickstart import (
     EXTRA_PACKAGES,
     KICKSTART_DIR,
@@ -27,6 +25,8 @@ from image.bases.fedora.kickstart import (
     render_to,
     validate_kickstart,
 )
+from image.config import PROJECT_ROOT, load_config
+from image.errors import StepFailed
 
 VENV_BIN = Path(sys.executable).parent
 KEY_1 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx1Y2t5bnVtYmVyc2V2ZW5lbGV2ZW50aGlydGVlbg admin@laptop"

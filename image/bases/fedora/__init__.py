@@ -30,10 +30,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from image.cache import cache_dir
-from image.config import Config
-from image.errors import StepFailed, UserError
-from image.files import sha256_file
 from image.bases.fedora.iso import write_volume_iso
 from image.bases.fedora.kickstart import (
     KICKSTART_NAME,
@@ -46,11 +42,20 @@ from image.bases.fedora.kickstart import (
     render_kickstart,
     tree_url,
 )
+from image.cache import cache_dir
+from image.config import Config
+from image.errors import StepFailed, UserError
+from image.files import sha256_file
 from image.runner import Runner, tail
 
 REQUIRED_TOOLS = {"qemu-system-x86_64": ("qemu-system-x86", "qemu-system-x86"),
                   "qemu-img": ("qemu-utils", "qemu-img")}
 NEEDS_ROOT = False
+PROVISION_BASE = "fedora"   # the kickstart's %post runs `ca-appliance provision --base fedora`
+
+
+def check_host() -> None:
+    """Nothing beyond REQUIRED_TOOLS: no root, no host package manager."""
 
 BOOT_FILES = ("images/pxeboot/vmlinuz", "images/pxeboot/initrd.img")
 ANACONDA_MIN_MEMORY_MB = 2048       # Anaconda's stage2 lives in RAM; less and it fails oddly

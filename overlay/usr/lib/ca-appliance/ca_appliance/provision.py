@@ -95,7 +95,7 @@ DISTROS = {
 MACHINE_SECRETS = ("var/lib/systemd/random-seed", "var/lib/systemd/credential.secret")
 # What the relabel covers: everything provisioning and the payload wrote.
 RELABEL_PATHS = ("etc", "home", "var/lib/step-ca", "usr/lib/ca-appliance", "usr/libexec/ca-appliance",
-                 "usr/bin/ca-appliance", "usr/lib/systemd/system", "usr/lib/sysusers.d",
+                 "usr/bin/ca-appliance", "usr/bin/step-ca", "usr/lib/systemd/system", "usr/lib/sysusers.d",
                  "usr/lib/firewalld", "boot")
 
 ZONE_XML = """<?xml version="1.0" encoding="utf-8"?>
@@ -432,11 +432,13 @@ def check_step_cli(tools, wanted):
                                      "(its package makes it with `alternatives`: is that installed?)")
 
 
-def relabel(tools, distro):
+def relabel(tools, distro, say):
     if not distro.relabel:
         return
     paths = ["/" + p for p in RELABEL_PATHS if os.path.lexists(tools.path(p))]
     tools.run("SELinux labels", ["restorecon", "-RF", *paths])
+    if "restorecon" not in tools.stand_ins:
+        say("    SELinux labels restored")
 
 
 def provision(base, root="/", *, stand_ins=(), record=None, out=sys.stdout):
@@ -473,7 +475,5 @@ def provision(base, root="/", *, stand_ins=(), record=None, out=sys.stdout):
     tools.path(PROVISION_INPUT).unlink()   # its password hash is in /etc/shadow now, nowhere else
     say("    generalised: no SSH host keys, empty machine-id, no random seed or credential secret, "
         f"{distro.package_tool} caches emptied")
-    relabel(tools, distro)   # last: labels what every step above wrote
-    if distro.relabel:
-        say("    SELinux labels restored")
+    relabel(tools, distro, say)   # last: labels what every step above wrote
     say("provision: done")
