@@ -27,7 +27,7 @@ from image.stepca_source import build_step_ca_from_source  # noqa: E402
 TEST_IMAGE_DIR = PROJECT_ROOT / "build" / "test-image"
 # the code that decides what goes into the image (besides the payload)
 BUILD_CODE = ("image/build.py", "image/disk.py", "image/bases/__init__.py", "image/bases/debian.py",
-              "image/bases/debian_files")
+              "image/bases/debian_files", "image/stepca_version.py")
 
 
 def debian_test_config():
@@ -58,6 +58,13 @@ def image_key(cfg) -> str:
 def debian_test_image_dir() -> Path:
     """The directory holding the current test image, its SHA256SUMS and manifest (built or not)."""
     return TEST_IMAGE_DIR / image_key(debian_test_config())
+
+
+def latest_build_log(image: Path) -> Path | None:
+    """The log of the build that wrote the test image (the newest one for its stem), if kept."""
+    stem = image.name.removesuffix(".qcow2")
+    logs = sorted((TEST_IMAGE_DIR / "work" / "logs").glob(f"build-{stem}-*.log"), key=lambda p: p.stat().st_mtime)
+    return logs[-1] if logs else None
 
 
 def ensure_debian_test_image() -> Path:

@@ -59,6 +59,39 @@ def test_unit_is_enabled(image_root, unit):
     assert result.stdout.strip() == "enabled", f"{unit}: {result.stdout.strip()} {result.stderr.strip()}"
 
 
+def test_the_build_provisioned_the_rootfs_with_the_guest_program(debian_image):
+    """The Debian build runs the same `ca-appliance provision` the Fedora kickstart's %post runs."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from image_fixture import latest_build_log
+    log = latest_build_log(debian_image)
+    if log is None:
+        pytest.skip("the test image was reused from an earlier session whose build log is gone")
+    text = log.read_text(errors="replace")
+    assert "/usr/bin/ca-appliance provision --base debian" in text
+    assert "ca-appliance provision --base debian\n" in text and "provision: done" in text
+    assert "update-initramfs" in text or "initramfs (initramfs-tools)" in text
+
+
+def test_a_step_ca_older_than_0_29_makes_a_test_image_and_says_so(manifest, image_root):
+    """CI's step-ca 0.19.0 (Debian's sources) has GHSA-h8cp-697h-8c8p: manifest and build.json say test only."""
+    import json
+    assert manifest["step_ca_version"] == "0.19.0" and manifest["test_only"] is True
+    assert "GHSA-h8cp-697h-8c8p" in manifest["test_only_reason"]
+    build = json.loads((image_root / "usr/lib/ca-appliance/build.json").read_text())
+    assert (build["step_ca_version"], build["test_only"]) == ("0.19.0", True)
+    assert build["test_only_reason"] == manifest["test_only_reason"]
+    assert not (image_root / "etc/ca-appliance/provision.json").exists()   # applied, then removed
+
+
+def test_only_ssh_and_the_ca_are_open_in_the_default_zone(image_root):
+    conf = (image_root / "etc/firewalld/firewalld.conf").read_text()
+    assert re.search(r"^DefaultZone=ca-appliance$", conf, re.M)
+    zone = (image_root / "etc/firewalld/zones/ca-appliance.xml").read_text()
+    assert re.findall(r'<service name="([^"]+)"/>', zone) == ["ssh", "step-ca", "dhcpv6-client"]
+    assert "<port" not in zone
+
+
 def test_step_user_is_a_system_user_without_login(image_root):
     step = passwd_entries(image_root, "passwd")["step"]
     assert int(step[2]) < 1000 and step[5] == "/var/lib/step-ca" and step[6] == "/usr/sbin/nologin"
