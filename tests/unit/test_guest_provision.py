@@ -378,3 +378,15 @@ def test_payload_carries_provision_input_0600_and_build_facts(tmp_path):
     assert data == {"admin": {"user": "opsadmin", "ssh_authorized_keys": [KEY_1], "password_hash": HASH},
                     "step_cli": True}
     assert HASH not in json.dumps(build)
+
+
+def test_fedora_relabel_covers_every_file_the_payload_lays():
+    """Files unpacked in Anaconda's chroot carry no SELinux label: restorecon must reach each one."""
+    payload = write_payload_tarball(load_config(), Path(os.environ.get("TMPDIR", "/tmp")) / "relabel-payload.tar.gz")
+    try:
+        with tarfile.open(payload) as tar:
+            files = [m.name for m in tar.getmembers() if m.isfile()]
+    finally:
+        payload.unlink()
+    uncovered = [f for f in files if not any(f == p or f.startswith(p + "/") for p in provision.RELABEL_PATHS)]
+    assert files and uncovered == []
