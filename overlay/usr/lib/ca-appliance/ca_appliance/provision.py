@@ -442,7 +442,15 @@ def relabel(tools, distro, say):
 
 
 def provision(base, root="/", *, stand_ins=(), record=None, out=sys.stdout):
-    """Provision the tree at root as the appliance on `base`."""
+    """Provision the tree at root as the appliance on `base`; a file that cannot be written is a
+    failed step naming it, never a traceback."""
+    try:
+        _provision(base, root, stand_ins=stand_ins, record=record, out=out)
+    except OSError as error:
+        raise StepFailed("provision", f"{error.filename or ''}: {error.strerror or error}") from None
+
+
+def _provision(base, root, *, stand_ins, record, out):
     if base not in DISTROS:
         raise UserError(f"provision: --base {base!r} is not one of: {', '.join(DISTROS)}")
     root = Path(root)
