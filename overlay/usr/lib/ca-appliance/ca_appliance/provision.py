@@ -202,8 +202,8 @@ def check_base(tools, base):
             fields[key.strip()] = value.strip().strip('"')
     ids = {fields.get("ID", "")} | set(fields.get("ID_LIKE", "").split())
     if not ids & set(DISTROS[base].os_ids):
-        found = fields.get("ID") or "no os-release"
-        raise UserError(f"provision: --base {base}: {tools.root} is {found}, not {' or '.join(DISTROS[base].os_ids)}")
+        found = f"is {fields['ID']}" if fields.get("ID") else "has no os-release"
+        raise UserError(f"provision: --base {base}: {tools.root} {found}, not {' or '.join(DISTROS[base].os_ids)}")
 
 
 # --- users
