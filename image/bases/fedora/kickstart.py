@@ -6,6 +6,10 @@ separate *.sh.j2 files so shellcheck can check it once rendered. Every rendered 
 parsed with pykickstart's handler for the release (F45 for Fedora 45) with ksvalidator's rules:
 an error or a warning (deprecated or unknown syntax) fails the render.
 
+The chrooted %post only installs the step RPMs (or a local binary) and the payload, then runs the
+guest's `ca-appliance provision --base fedora`: users, sudoers, units, firewall zone, growroot,
+initramfs drivers, SELinux labels and generalisation are the code the Debian build runs too.
+
 The OEMDRV volume holds ks.cfg, the payload tarball and the step artifacts, flat at its root
 under fixed names (step-ca.rpm, step-cli.rpm, or step-ca for a local binary), so the templates
 never depend on upstream file names. `invoke render` writes the kickstart, the payload tarball
