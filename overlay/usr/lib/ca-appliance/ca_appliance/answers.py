@@ -66,7 +66,7 @@ class AnswersError(ValueError):
 
 def shown(value, limit=80):
     """A value as error messages show it: repr (control characters escaped), one line, shortened."""
-    if value == "<hidden>":
+    if isinstance(value, str) and re.fullmatch(r"<[a-z]+>", value):  # <hidden>, <input>, <empty>...
         return value
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
