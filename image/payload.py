@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from image.config import PROJECT_ROOT, Config, read_yaml
+from image.config import PROJECT_ROOT, Config, baked_defaults, guest_rules_check, read_yaml
 
 OVERLAY_DIR = PROJECT_ROOT / "overlay"
 GUEST_DEFAULTS = "usr/lib/ca-appliance/defaults.yaml"
@@ -50,7 +50,10 @@ def generated_files(cfg: Config) -> dict[str, tuple[bytes, int]]:
     files = {GUEST_DEFAULTS: (yaml.safe_dump(guest_defaults(cfg), sort_keys=False).encode(), 0o644),
              BUILD_INFO: (json.dumps(build_info(cfg), indent=2, sort_keys=True).encode() + b"\n", 0o644)}
     if cfg.firstboot.answers:
-        files[BAKED_ANSWERS] = (Path(cfg.firstboot.answers).read_bytes(), 0o600)
+        content = Path(cfg.firstboot.answers).read_bytes()
+        # The exact bytes baked, checked by the guest's rules: no password, nothing first boot refuses.
+        guest_rules_check(baked_defaults(cfg), (cfg.firstboot.answers, content))
+        files[BAKED_ANSWERS] = (content, 0o600)
     return files
 
 

@@ -91,7 +91,8 @@ def load_answers(data, where, error=None):
     if raw is None or raw == {}:
         raise error(where, "<empty>", "holds no answers: give at least one (e.g. hostname: ca.lab.example)")
     if not isinstance(raw, dict):
-        raise error(where, f"<{type(raw).__name__}>", "must be a YAML mapping of answers (hostname, network, ca, admin)")
+        raise error(where, f"<{type(raw).__name__}>",
+                    "must be a YAML mapping of answers (hostname, network, ca, admin)")
     return raw
 
 
