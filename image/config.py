@@ -361,9 +361,12 @@ def read_yaml(path: Path, what: str) -> dict:
     try:
         data = yaml.safe_load(text_)
     except yaml.YAMLError as e:
+        # Line and column only: the parser's message may quote the line, and a line may hold a secret.
         mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{what}: {str(path)!r}{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = re.sub(r"'[^']*'|\"[^\"]*\"", "...", str(getattr(e, "problem", "") or ""))
+        detail = f" ({problem})" if re.fullmatch(r"[A-Za-z0-9 <>(),.-]{1,100}", problem) else ""
+        raise UserError(f"{what}: {str(path)!r} is not valid YAML{where}{detail}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -80,3 +80,17 @@ def test_the_ova_max_len_of_ca_name_is_the_guests_limit():
 
     from image.config import guest_limits
     assert guest_limits()["ca_name_max"] == answers.MAX_CA_NAME
+
+
+@pytest.mark.parametrize("text", [
+    f'admin:\n  password_hash: "$6${SECRET}\n',
+    f"ca:\n  name: {SECRET}: x\n",
+    f"ca:\n  name: \"{SECRET}\\q\"\n",
+], ids=["unterminated", "colon", "bad-escape"])
+def test_a_yaml_error_in_the_build_config_gives_line_and_column_never_the_line(tmp_path, text):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    result = subprocess.run([str(INVOKE), "render", "--config", str(path), "--out", str(tmp_path / "out")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert_config_error(result, tmp_path / "out", "is not valid YAML at line ")
+    assert ", column " in result.stderr
