@@ -130,6 +130,20 @@ def test_caseed_volume(tmp_path, name):
     assert "caseed" in result.stderr
 
 
+@needs_loop_devices
+@needs_xorriso
+@pytest.mark.parametrize("name", ["oversized", "duplicate-key"])
+def test_caseed_iso(tmp_path, name):
+    # ISO seeds are read without mounting: the size cap applies before the file is read.
+    _, text, expected = case(name)
+    prefix = tmp_path / "root"
+    prefix.mkdir()
+    with iso_volume(tmp_path, "CASEED", {"ca-appliance.yaml": text}):
+        result = run_setup(prefix)
+    assert_refused(result, prefix, expected, [])
+    assert "caseed" in result.stderr
+
+
 OVF_ENVIRONMENT = """<?xml version="1.0" encoding="UTF-8"?>
 <Environment xmlns="http://schemas.dmtf.org/ovf/environment/1" xmlns:oe="http://schemas.dmtf.org/ovf/environment/1">
   <PropertySection>
