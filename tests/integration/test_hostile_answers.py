@@ -170,3 +170,18 @@ def test_ovf_environment(tmp_path, hostname, key, value, expected):
         result = run_setup(prefix)
     assert_refused(result, prefix, expected, [])
     assert "ovf-env" in result.stderr
+
+
+@needs_loop_devices
+@needs_xorriso
+def test_ovf_environment_entity_bomb(tmp_path):
+    # The XML twin of the YAML alias bomb: expat's amplification limit refuses it (expat >= 2.4).
+    entities = '<!ENTITY a "xxxxxxxxxx">' + "".join(
+        f'<!ENTITY {chr(98 + i)} "' + f"&{chr(97 + i)};" * 10 + '">' for i in range(9))
+    document = (f'<?xml version="1.0"?><!DOCTYPE Environment [{entities}]>'
+                '<Environment><Property key="ca-appliance.hostname" value="&j;"/></Environment>')
+    prefix = tmp_path / "root"
+    prefix.mkdir()
+    with iso_volume(tmp_path, "OVFENV", {"ovf-env.xml": document}):
+        result = run_setup(prefix)
+    assert_refused(result, prefix, "is not a readable OVF environment", [])
