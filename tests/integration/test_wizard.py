@@ -266,3 +266,28 @@ def test_escape_sequences_in_a_bad_preset_are_not_sent_to_the_console(tmp_path):
     child.sendintr()
     child.expect_exact("interrupted; nothing was changed")
     assert finish(child) == 130
+
+
+def test_a_preset_of_the_wrong_shape_is_asked_about_not_a_crash(tmp_path):
+    prefix = tmp_path / "root"
+    baked = prefix / "etc/ca-appliance/answers.yaml"
+    baked.parent.mkdir(parents=True)
+    baked.write_text("hostname: baked.lab.example\nca: {dns_names: [1, 2], password: 1234567890123456789}\n")
+    child = start_setup(prefix)
+    child.expect_exact("The unattended answers could not be used:")
+    answer(child, "Host name of this appliance (fully qualified) [baked.lab.example]: ", "")
+    answer(child, "Network: dhcp or static? [dhcp]: ", "")
+    answer(child, "name your new PKI? (e.g. Lab CA) [Private CA]: ", "")
+    answer(child, "(comma-separated) [1, 2]: ", "")
+    child.expect_exact("Not accepted: '1' is neither a DNS name nor an IP address")
+    answer(child, "(comma-separated) [1, 2]: ", "baked.lab.example")
+    answer(child, "listen at? (e.g. :443) [:443]: ", "")
+    answer(child, "first provisioner? (an email) [admin@ca.internal]: ", "")
+    child.expect_exact("The password from the unattended answers can't be used: it must be text")
+    answer(child, "Generate a random one (shown once, at the end)? [Y/n]: ", "")
+    answer(child, "sign SSH host and user certificates? [Y/n]: ", "")
+    child.expect_exact("Admin's SSH public key")
+    child.sendintr()
+    child.expect_exact("interrupted; nothing was changed")
+    assert finish(child) == 130
+    assert files_under(prefix) == ["etc", "etc/ca-appliance", "etc/ca-appliance/answers.yaml"]

@@ -273,7 +273,9 @@ def check_ssh_keys(value, key="admin.ssh_authorized_keys"):
 
 def password_problem(value):
     """None when value is a usable typed password, else why not (never quoting it)."""
-    if not isinstance(value, str) or len(value) < MIN_PASSWORD:
+    if not isinstance(value, str):
+        return "must be text (quote it in YAML)"
+    if len(value) < MIN_PASSWORD:
         return f"needs at least {MIN_PASSWORD} characters (or leave it empty to generate one)"
     if value != value.strip():
         # step-ca trims its password file: a key encrypted with the untrimmed one would never decrypt.

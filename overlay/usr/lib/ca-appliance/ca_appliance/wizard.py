@@ -123,7 +123,7 @@ def _ask_everything(console, current, ask_admin_key):
     default_names = ca.get("dns_names") or [hostname] + _current_ipv4(network)
     dns_names = console.ask(
         "DNS names and IP addresses for your new CA (comma-separated)",
-        ", ".join(default_names),
+        _joined(default_names),
         check_dns_names,
     )
     address = console.ask("What address will your new CA listen at? (e.g. :443)", ca.get("address"),
@@ -159,7 +159,7 @@ def _ask_network(console, network):
         subnet_gateway = str(next(ipaddress.IPv4Interface(address).network.hosts(), ""))
         gateway = console.ask("  Gateway", network.get("gateway") or subnet_gateway,
                               lambda reply, address=address: _check_gateway(reply, address))
-        servers = console.ask("  DNS servers (comma-separated)", ", ".join(network.get("dns") or [gateway]),
+        servers = console.ask("  DNS servers (comma-separated)", _joined(network.get("dns") or [gateway]),
                               check_dns_servers)
         network = {"mode": "static", "address": address, "gateway": gateway, "dns": servers}
         try:
@@ -273,6 +273,13 @@ def _usable_keys(keys):
         return check_ssh_keys(keys)
     except AnswersError:
         return []
+
+
+def _joined(values):
+    """A list default as the comma-separated reply it stands for (a bad preset may be a string or hold numbers)."""
+    if isinstance(values, str):
+        return values
+    return ", ".join(str(value) for value in values) if isinstance(values, list) else ""
 
 
 def _printable(value):
