@@ -6,11 +6,16 @@ read as attributes (cfg.image.memory_mb) and cannot be changed.
 """
 from __future__ import annotations
 
+import base64
 import difflib
+import functools
 import hashlib
 import ipaddress
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +23,12 @@ from typing import Any
 
 import yaml
 
-from image.errors import UserError
+from image.errors import StepFailed, UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS_FILE = PROJECT_ROOT / "appliance.yaml"
+# The guest's package directory: its answers rules are run (never imported) to check what a build bakes.
+GUEST_LIB = PROJECT_ROOT / "overlay/usr/lib/ca-appliance"
 
 BASES = ("fedora", "debian")
 FORMATS = ("qcow2", "raw", "vmdk", "ova")
@@ -354,9 +361,12 @@ def read_yaml(path: Path, what: str) -> dict:
     try:
         data = yaml.safe_load(text_)
     except yaml.YAMLError as e:
+        # Line and column only: the parser's message may quote the line, and a line may hold a secret.
         mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{what}: {str(path)!r}{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = re.sub(r"'[^']*'|\"[^\"]*\"", "...", str(getattr(e, "problem", "") or ""))
+        detail = f" ({problem})" if re.fullmatch(r"[A-Za-z0-9 <>(),.-]{1,100}", problem) else ""
+        raise UserError(f"{what}: {str(path)!r} is not valid YAML{where}{detail}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -374,7 +384,70 @@ def load_config(user_file: str | Path | None = None, overrides: dict | None = No
         data = deep_merge(data, overrides)
     cfg = Config("", _validate(SCHEMA, data, ""))
     _cross_checks(cfg)
+    check_with_guest_rules(cfg)
     return cfg
+
+
+# --- one set of answer rules: the guest's own validator decides what the image may bake
+
+
+class _Shown(str):
+    """A value the guest already rendered for an error message (repr'd, or <hidden>)."""
+
+    def __repr__(self):
+        return str(self)
+
+
+def baked_defaults(cfg: Config) -> dict:
+    """The answers defaults the build bakes over the overlay's defaults.yaml (payload.guest_defaults)."""
+    return {"ca": cfg.ca.to_dict(),
+            "admin": {"user": cfg.admin.user, "ssh_authorized_keys": list(cfg.admin.ssh_authorized_keys)}}
+
+
+@functools.lru_cache(maxsize=64)
+def _run_guest_check(request_json: str) -> str:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(GUEST_LIB), env.get("PYTHONPATH")) if p)
+    try:
+        result = subprocess.run([sys.executable, "-B", "-m", "ca_appliance.buildcheck"], input=request_json,
+                                capture_output=True, text=True, env=env, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise StepFailed("checking the answers with the appliance's rules", str(e)) from None
+    if result.returncode not in (0, 2) or not result.stdout.strip():
+        detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise StepFailed("checking the answers with the appliance's rules", detail)
+    return result.stdout
+
+
+def guest_rules_check(defaults: dict | None = None, baked: tuple[str, bytes] | None = None) -> dict:
+    """Run the guest's ca_appliance.buildcheck on defaults (and a baked answers file): its limits, or
+    ConfigError with the guest's one-line verdict (key, value shown as the guest shows it, what is allowed)."""
+    request = {"defaults": defaults or {}, "baked_answers": None}
+    if baked is not None:
+        request["baked_answers"] = {"name": baked[0], "base64": base64.b64encode(baked[1]).decode()}
+    reply = json.loads(_run_guest_check(json.dumps(request, sort_keys=True)))
+    if "error" in reply:
+        error = reply["error"]
+        raise ConfigError(error["key"], _Shown(error["shown"]), error["message"])
+    return reply["limits"]
+
+
+def guest_limits() -> dict:
+    """The guest's answer limits (e.g. ca_name_max, which the OVA's MaxLen repeats)."""
+    return guest_rules_check()
+
+
+def check_with_guest_rules(cfg: Config) -> None:
+    """The ca/admin defaults and the baked answers file, checked by the rules first boot applies:
+    a build never bakes what the appliance would refuse (a 60-character ca.name, a host:443 address)."""
+    baked = None
+    if cfg.firstboot.answers:
+        path = Path(cfg.firstboot.answers)
+        try:
+            baked = (str(path), path.read_bytes())
+        except OSError as e:
+            raise ConfigError("firstboot.answers", str(path), f"cannot be read ({e.strerror})") from None
+    guest_rules_check(baked_defaults(cfg), baked)
 
 
 def leaf_keys(schema: dict = SCHEMA, prefix: str = "") -> list[str]:

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from image.config import guest_limits
 from image.errors import UserError
 from image.files import sha256_file
 
@@ -82,9 +83,9 @@ PROPERTIES = (
     Property("network.gateway", "Static gateway", "IPv4 address of the default gateway.", "Network", "MaxLen(15)"),
     Property("network.dns", "DNS servers", "Comma-separated IPv4 addresses of DNS servers.", "Network",
              "MaxLen(255)"),
-    # A CN holds 64 characters and the intermediate's is "<name> Intermediate CA".
+    # MaxLen is the guest's own limit (answers.MAX_CA_NAME), filled in by build_descriptor.
     Property("ca.name", "CA name", "PKI name, in the root and intermediate certificate subjects.",
-             "Certificate authority", "MinLen(1) MaxLen(48)"),
+             "Certificate authority", "MinLen(1) MaxLen({ca_name_max})"),
     Property("ca.dns_names", "CA DNS names", "Comma-separated names and IP addresses in the CA's TLS "
              "certificate. Empty: the host name.", "Certificate authority", "MaxLen(1024)"),
     Property("ca.address", "Listen address", "Address step-ca listens on, e.g. :443.", "Certificate authority",
@@ -215,7 +216,10 @@ def build_descriptor(cfg, *, vmdk_name: str, vmdk_size: int, capacity: int) -> s
         attrs = {_o("key"): PROPERTY_PREFIX + prop.key, _o("type"): prop.type,
                  _o("userConfigurable"): "true", _o("value"): defaults[prop.key]}
         if prop.qualifiers:
-            attrs[_o("qualifiers")] = prop.qualifiers
+            qualifiers = prop.qualifiers
+            if "{ca_name_max}" in qualifiers:
+                qualifiers = qualifiers.replace("{ca_name_max}", str(guest_limits()["ca_name_max"]))
+            attrs[_o("qualifiers")] = qualifiers
         if prop.password:
             attrs[_o("password")] = "true"
         el = _sub(product, _o("Property"), **attrs)

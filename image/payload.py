@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from image.config import PROJECT_ROOT, Config, read_yaml
+from image.config import PROJECT_ROOT, Config, baked_defaults, guest_rules_check, read_yaml
 
 OVERLAY_DIR = PROJECT_ROOT / "overlay"
 GUEST_DEFAULTS = "usr/lib/ca-appliance/defaults.yaml"
@@ -76,7 +76,10 @@ def generated_files(cfg: Config, artifacts: list | None = None) -> dict[str, tup
              BUILD_INFO: (json.dumps(build_info(cfg, artifacts), indent=2, sort_keys=True).encode() + b"\n", 0o644),
              PROVISION_INPUT: (json.dumps(provision_input(cfg), indent=2, sort_keys=True).encode() + b"\n", 0o600)}
     if cfg.firstboot.answers:
-        files[BAKED_ANSWERS] = (Path(cfg.firstboot.answers).read_bytes(), 0o600)
+        content = Path(cfg.firstboot.answers).read_bytes()
+        # The exact bytes baked, checked by the guest's rules: no password, nothing first boot refuses.
+        guest_rules_check(baked_defaults(cfg), (cfg.firstboot.answers, content))
+        files[BAKED_ANSWERS] = (content, 0o600)
     return files
 
 

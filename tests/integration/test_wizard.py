@@ -79,7 +79,7 @@ def test_bad_answers_are_asked_again_and_start_over_keeps_them_as_defaults(tmp_p
     answer(child, "first provisioner? (an email) [admin@ca.internal]: ", "admin@lab.example")
     answer(child, "Generate a random one (shown once, at the end)? [Y/n]: ", "n")
     answer(child, "Password [Enter: generate one after all]: ", "short")
-    child.expect_exact("a password needs at least 8 characters")
+    child.expect_exact("a password needs at least 16 characters")
     answer(child, "Password [Enter: generate one after all]: ", PASSWORD)
     answer(child, "Password again: ", PASSWORD + "!")
     child.expect_exact("The two passwords differ")
@@ -219,3 +219,75 @@ def test_end_of_input_stops_like_ctrl_c(tmp_path):
     assert finish(child) == 130
     assert files_under(prefix) == []
 
+
+
+def test_enter_at_the_password_prompt_with_a_bad_preset_generates_one_instead_of_failing_at_the_end(tmp_path):
+    # Before: Enter returned the bad preset password, and setup exited after all the questions.
+    prefix = tmp_path / "root"
+    baked = prefix / "etc/ca-appliance/answers.yaml"
+    baked.parent.mkdir(parents=True)
+    baked.write_text("hostname: baked.lab.example\nca: {password: Hunter2short}\n")
+    child = start_setup(prefix)
+    child.expect_exact("The unattended answers could not be used:")
+    answer(child, "Host name of this appliance (fully qualified) [baked.lab.example]: ", "")
+    answer(child, "Network: dhcp or static? [dhcp]: ", "")
+    answer(child, "name your new PKI? (e.g. Lab CA) [Private CA]: ", "")
+    answer(child, "(comma-separated) [", "baked.lab.example")
+    answer(child, "listen at? (e.g. :443) [:443]: ", "")
+    answer(child, "first provisioner? (an email) [admin@ca.internal]: ", "")
+    child.expect_exact("The password from the unattended answers can't be used: it needs at least 16 characters")
+    answer(child, "Generate a random one (shown once, at the end)? [Y/n]: ", "n")
+    answer(child, "Password [Enter: generate one after all]: ", "")
+    answer(child, "sign SSH host and user certificates? [Y/n]: ", "")
+    answer(child, "Admin's SSH public key ('none' for console login only) [none]: ", "")
+    child.expect_exact("generated, shown once when setup is done")
+    answer(child, "Apply? [Y/n]: ", "")
+    child.expect_exact("Your CA is ready.")
+    child.expect(pexpect.EOF)
+    output = child.before
+    child.close()
+    assert child.exitstatus == 0
+    password = (prefix / "etc/step-ca/password.txt").read_text().strip()
+    assert len(password) >= 32 and password != "Hunter2short"
+    assert "Hunter2short" not in output
+
+
+def test_escape_sequences_in_a_bad_preset_are_not_sent_to_the_console(tmp_path):
+    prefix = tmp_path / "root"
+    baked = prefix / "etc/ca-appliance/answers.yaml"
+    baked.parent.mkdir(parents=True)
+    baked.write_text('hostname: baked.lab.example\nca: {name: "Evil\\e[2J CA"}\n')
+    child = start_setup(prefix)
+    child.expect_exact("The unattended answers could not be used:")
+    answer(child, "Host name of this appliance (fully qualified) [baked.lab.example]: ", "")
+    answer(child, "Network: dhcp or static? [dhcp]: ", "")
+    child.expect_exact("name your new PKI? (e.g. Lab CA) [Evil\\x1b[2J CA]: ")
+    assert "\x1b" not in child.before
+    child.sendintr()
+    child.expect_exact("interrupted; nothing was changed")
+    assert finish(child) == 130
+
+
+def test_a_preset_of_the_wrong_shape_is_asked_about_not_a_crash(tmp_path):
+    prefix = tmp_path / "root"
+    baked = prefix / "etc/ca-appliance/answers.yaml"
+    baked.parent.mkdir(parents=True)
+    baked.write_text("hostname: baked.lab.example\nca: {dns_names: [1, 2], password: 1234567890123456789}\n")
+    child = start_setup(prefix)
+    child.expect_exact("The unattended answers could not be used:")
+    answer(child, "Host name of this appliance (fully qualified) [baked.lab.example]: ", "")
+    answer(child, "Network: dhcp or static? [dhcp]: ", "")
+    answer(child, "name your new PKI? (e.g. Lab CA) [Private CA]: ", "")
+    answer(child, "(comma-separated) [1, 2]: ", "")
+    child.expect_exact("Not accepted: '1' is neither a DNS name nor an IP address")
+    answer(child, "(comma-separated) [1, 2]: ", "baked.lab.example")
+    answer(child, "listen at? (e.g. :443) [:443]: ", "")
+    answer(child, "first provisioner? (an email) [admin@ca.internal]: ", "")
+    child.expect_exact("The password from the unattended answers can't be used: it must be text")
+    answer(child, "Generate a random one (shown once, at the end)? [Y/n]: ", "")
+    answer(child, "sign SSH host and user certificates? [Y/n]: ", "")
+    child.expect_exact("Admin's SSH public key")
+    child.sendintr()
+    child.expect_exact("interrupted; nothing was changed")
+    assert finish(child) == 130
+    assert files_under(prefix) == ["etc", "etc/ca-appliance", "etc/ca-appliance/answers.yaml"]

@@ -95,8 +95,99 @@ def test_empty_dns_names_default_to_the_hostname(defaults):
     assert validate({"hostname": "pki.corp.example"}, defaults)["ca"]["dns_names"] == ["pki.corp.example"]
 
 
-def test_unknown_top_level_keys_are_ignored(defaults):
-    assert "comment" not in validate({"comment": "made by hand"}, defaults)
+@pytest.mark.parametrize("raw, key, hint", [
+    ({"ca": {"nmae": "Lab CA"}}, "ca.nmae", "did you mean ca.name?"),
+    ({"comment": "made by hand"}, "comment", "known keys here: hostname, network, ca, admin"),
+    ({"ca": {"claims": {"acme": {"maximum": "24h"}}}}, "ca.claims.acme.maximum", "did you mean ca.claims.acme.max?"),
+    ({"network": {"mode": "static", "gw": "10.0.0.1"}}, "network.gw", "known keys here"),
+])
+def test_unknown_keys_are_refused_with_the_closest_known_one(defaults, raw, key, hint):
+    # Before: `ca: {nmae: x}` was ignored and the CA was silently named "Private CA".
+    with pytest.raises(AnswersError) as caught:
+        validate(raw, defaults)
+    assert caught.value.key == key
+    assert "is an unknown key" in str(caught.value) and hint in str(caught.value)
+
+
+def test_a_mistyped_password_key_is_refused_without_showing_its_value(defaults):
+    with pytest.raises(AnswersError) as caught:
+        validate({"ca": {"pasword": "the real secret value"}}, defaults)
+    assert "did you mean ca.password?" in str(caught.value)
+    assert "secret" not in str(caught.value)
+
+
+def test_a_key_added_to_the_shipped_defaults_is_known_without_code(defaults, tmp_path):
+    # The contract with every other answers key: defaults.yaml lists them.
+    extended = {**defaults, "ca": {**defaults["ca"], "database": None}, "restore": None}
+    validate({"ca": {"database": "x"}, "restore": {"archive": "a"}}, extended)
+    with pytest.raises(AnswersError, match="did you mean ca.database"):
+        validate({"ca": {"databse": "x"}}, extended)
+    assert set(answers.known_keys()["ca"]) >= {"name", "password", "claims", "name_constraints"}
+    assert set(answers.known_keys()["network"]) == {"mode", "address", "gateway", "dns"}
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"hostname": "ca\n.lab.example"}, "hostname"),
+    ({"hostname": "ca.lab.example\n"}, "hostname"),
+    ({"ca": {"name": "Lab \x1b[2J\x1b[31mCA"}}, "ca.name"),
+    ({"ca": {"name": "Lab\u202eCA"}}, "ca.name"),
+    ({"ca": {"provisioner": "admin\n@lab.example"}}, "ca.provisioner"),
+    ({"ca": {"dns_names": ["ca.lab.example", "x\n.lab.example"]}}, "ca.dns_names"),
+    ({"admin": {"ssh_authorized_keys": [ED25519_KEY + " \x1b[31m"]}}, "admin.ssh_authorized_keys"),
+])
+def test_control_characters_are_refused_in_every_string(defaults, raw, key):
+    with pytest.raises(AnswersError) as caught:
+        validate(raw, defaults)
+    assert caught.value.key == key
+    assert "\n" not in str(caught.value) and "\x1b" not in str(caught.value)
+
+
+@pytest.mark.parametrize("check, bad", [
+    (answers.check_fqdn, "ca\n.lab.example"),
+    (answers.check_email, "admin\n@lab.example"),
+    (answers.check_dns_names, ["ca\n.lab.example"]),
+])
+def test_validators_match_the_whole_value(check, bad):
+    with pytest.raises(AnswersError):
+        check(bad)
+
+
+@pytest.mark.parametrize("claims, key, allowed", [
+    ({"acme": {"default": "2562048h", "max": "2562048h"}}, "ca.claims.acme.default", "at most 2562047h"),
+    ({"jwk": {"max": "99999999999999999999h"}}, "ca.claims.jwk.max", "at most 2562047h"),
+    ({"acme": {"default": "720h", "max": "24h"}}, "ca.claims.acme.default", "must not be longer than"),
+])
+def test_durations_are_bounded_and_max_is_at_least_default(defaults, claims, key, allowed):
+    with pytest.raises(AnswersError) as caught:
+        validate({"ca": {"claims": claims}}, defaults)
+    assert caught.value.key == key and allowed in str(caught.value)
+
+
+@pytest.mark.parametrize("raw, key, allowed", [
+    ({"ca": {"address": ":22"}}, "ca.address", "port 22"),
+    ({"ca": {"address": "0.0.0.0:22"}}, "ca.address", "port 22"),
+    ({"ca": {"address": "[fe80::1%eth0]:443"}}, "ca.address", "zone id"),
+    ({"ca": {"dns_names": ["fe80::1%eth0"]}}, "ca.dns_names", "zone id"),
+    ({"ca": {"name_constraints": {"ip": ["fe80::%eth0/64"]}}}, "ca.name_constraints.ip", "zone id"),
+])
+def test_ssh_port_and_ipv6_zone_ids_are_refused(defaults, raw, key, allowed):
+    with pytest.raises(AnswersError) as caught:
+        validate(raw, defaults)
+    assert caught.value.key == key and allowed in str(caught.value)
+
+
+@pytest.mark.parametrize("password, problem", [
+    ("fifteen chars!!", "at least 16 characters"),
+    (" sixteen and more characters", "begin or end with a space"),
+    ("sixteen and more characters ", "begin or end with a space"),
+    ("sixteen and more\ncharacters", "control characters"),
+])
+def test_typed_passwords_are_long_and_not_space_padded(defaults, password, problem):
+    with pytest.raises(AnswersError) as caught:
+        validate(with_ca(password=password), defaults)
+    assert caught.value.key == "ca.password" and problem in str(caught.value)
+    assert "<hidden>" in str(caught.value)
+    assert "chars" not in str(caught.value).replace("characters", "") and "sixteen" not in str(caught.value)
 
 
 def test_top_level_null_means_the_default(defaults):

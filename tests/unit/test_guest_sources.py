@@ -104,9 +104,11 @@ def test_baked_answers_file(tmp_path):
     assert find_unattended(tmp_path) == ({"hostname": "baked.lab.example", "ca": {"ssh": False}}, "baked")
 
 
-def test_empty_baked_answers_file_means_accept_the_defaults(tmp_path):
-    write(tmp_path / "etc/ca-appliance/answers.yaml", "# all defaults\n")
-    assert find_unattended(tmp_path) == ({}, "baked")
+@pytest.mark.parametrize("text", ["# all defaults\n", "", "{}\n"])
+def test_empty_baked_answers_file_is_an_error_not_a_ca_from_the_defaults(tmp_path, text):
+    write(tmp_path / "etc/ca-appliance/answers.yaml", text)
+    with pytest.raises(SourceError, match="holds no answers"):
+        find_unattended(tmp_path)
 
 
 @needs_loop_devices
@@ -182,7 +184,7 @@ def test_bad_credential_is_reported_naming_the_source(tmp_path, monkeypatch, tex
 
 def test_bad_baked_answers_are_reported(tmp_path):
     write(tmp_path / "etc/ca-appliance/answers.yaml", "ca: {name: 'unterminated\n")
-    with pytest.raises(SourceError, match=r"^answers error: baked .*answers.yaml: '<yaml>' is not valid YAML"):
+    with pytest.raises(SourceError, match=r"^answers error: baked .*answers.yaml: <input> is not valid YAML at line"):
         find_unattended(tmp_path)
 
 

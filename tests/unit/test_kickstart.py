@@ -29,7 +29,7 @@ from image.config import PROJECT_ROOT, load_config
 from image.errors import StepFailed
 
 VENV_BIN = Path(sys.executable).parent
-KEY_1 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx1Y2t5bnVtYmVyc2V2ZW5lbGV2ZW50aGlydGVlbg admin@laptop"
+KEY_1 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx1Y2t5bnVtYmVyc2V2ZW5lbGV2ZW50aGlydGVlbg== admin@laptop"
 KEY_2 = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 bob's \"work\" key $HOME"
 HASH = "$6$rounds=4096$saltsalt$Vd0mE0rA6Fq3qk8jA9Gm1yF7y5yK0m0C9kqk1.FZ9w5S0pZ1e2/3u4v5w6x7y8z9"
 

@@ -6,11 +6,13 @@ validate(), so one set of rules decides what a configuration may look like.
 
 import base64
 import copy
+import difflib
 import ipaddress
 import re
+import unicodedata
 from pathlib import Path
 
-import yaml
+from . import safeyaml
 
 DEFAULTS_RELATIVE_PATH = Path("usr/lib/ca-appliance/defaults.yaml")
 # The defaults.yaml shipped next to this package (the image's, or the repo checkout's).
@@ -30,12 +32,22 @@ SSH_KEY_TYPES = (
 )
 # Certificate subjects are "<name> Root CA" / "<name> Intermediate CA"; a CN holds 64 chars.
 MAX_CA_NAME = 64 - len(" Intermediate CA")
-MIN_PASSWORD = 8
+# Typed passwords guard the CA keys offline: 16 characters at least; generated ones (the default) are 32.
+MIN_PASSWORD = 16
 MAX_YEARS = 50
+# Go's time.Duration is an int64 of nanoseconds: step-ca overflows above 2562047h47m16s.
+MAX_DURATION_HOURS = 2562047
+SSH_PORT = 22
+# Keys whose values are never shown, in any message.
+SECRET_KEYS = ("ca.password",)
+# Answers keys that the shipped defaults.yaml does not list (they have no default). Every other
+# known key comes from defaults.yaml itself: a key added there is an accepted answer (see known_keys).
+OPTIONAL_KEYS = ("network.address", "network.gateway", "network.dns")
 
-_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-_EMAIL_LOCAL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}$")
-_GO_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$")
+# Always fullmatch(): "$" in match() accepts a trailing newline ("ca\n" would pass as a label).
+_DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+_EMAIL_LOCAL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}")
+_GO_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+")
 _GO_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _DURATION_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
 _TRUE_WORDS = ("true", "yes", "y", "on", "1")
@@ -49,7 +61,39 @@ class AnswersError(ValueError):
         self.key = key
         self.value = value
         self.message = message
-        super().__init__(f"answers error: {key}: {value!r} {message}")
+        super().__init__(f"answers error: {key}: {shown(value)} {message}")
+
+
+def shown(value, limit=80):
+    """A value as error messages show it: repr (control characters escaped), one line, shortened."""
+    if isinstance(value, str) and re.fullmatch(r"<[a-z]+>", value):  # <hidden>, <input>, <empty>...
+        return value
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _key_text(key):
+    """A key as a dotted path shows it: itself when plain, else its repr."""
+    return key if isinstance(key, str) and key.isprintable() and len(key) <= 64 else shown(key, 40)
+
+
+def load_answers(data, where, error=None):
+    """Answers from YAML text or bytes (a file, a credential, a seed): a non-empty mapping, or raise.
+
+    The one place every answers source is parsed: size, aliases, duplicate keys and syntax errors
+    are refused by safeyaml (without quoting the input), and an empty source is an error rather than
+    a CA silently built from the defaults."""
+    error = error or AnswersError
+    try:
+        raw = safeyaml.loads(data, where)
+    except safeyaml.YAMLInputError as problem:
+        raise error(where, "<input>", problem.message) from None
+    if raw is None or raw == {}:
+        raise error(where, "<empty>", "holds no answers: give at least one (e.g. hostname: ca.lab.example)")
+    if not isinstance(raw, dict):
+        raise error(where, f"<{type(raw).__name__}>",
+                    "must be a YAML mapping of answers (hostname, network, ca, admin)")
+    return raw
 
 
 def load_defaults(prefix=None):
@@ -58,9 +102,9 @@ def load_defaults(prefix=None):
     if prefix is not None and (Path(prefix) / DEFAULTS_RELATIVE_PATH).is_file():
         path = Path(prefix) / DEFAULTS_RELATIVE_PATH
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise AnswersError(str(path), "<file>", f"is not valid YAML: {error}") from None
+        loaded = safeyaml.load_file(path)
+    except safeyaml.YAMLInputError as error:
+        raise AnswersError(str(path), "<file>", error.message) from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -87,7 +131,7 @@ def _dns_name_problem(name):
     if not name or len(name) > 253:
         return "must be 1-253 characters"
     for label in name.split("."):
-        if not _DNS_LABEL.match(label):
+        if not _DNS_LABEL.fullmatch(label):
             return "labels must be 1-63 of a-z, 0-9 and '-', not starting or ending with '-'"
     if name.rsplit(".", 1)[-1].isdigit():
         return "must not end in a numeric label"
@@ -114,14 +158,18 @@ def check_listen_address(value, key="ca.address"):
     host, separator, port = text.rpartition(":")
     if not separator:
         host, port = "", text
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise AnswersError(key, value, allowed)
+    if int(port) == SSH_PORT:
+        raise AnswersError(key, value, f"must not use port {SSH_PORT}: the appliance's SSH server listens there")
     if host:
         bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         try:
             address = ipaddress.ip_address(bare)
         except ValueError:
             raise AnswersError(key, value, allowed) from None
+        if getattr(address, "scope_id", None):
+            raise AnswersError(key, value, "must not carry an IPv6 zone id (%...): it only means something on one host")
         host = f"[{address}]" if address.version == 6 else str(address)
     return f"{host}:{int(port)}"
 
@@ -133,7 +181,7 @@ def check_email(value, key="ca.provisioner"):
         raise AnswersError(key, value, allowed)
     local, at, domain = value.strip().rpartition("@")
     domain = domain.lower()
-    if not at or not _EMAIL_LOCAL.match(local) or ".." in local or _dns_name_problem(domain):
+    if not at or not _EMAIL_LOCAL.fullmatch(local) or ".." in local or _dns_name_problem(domain):
         raise AnswersError(key, value, allowed)
     return f"{local}@{domain}"
 
@@ -156,6 +204,8 @@ def check_dns_names(value, key="ca.dns_names"):
         if not isinstance(item, str):
             raise AnswersError(key, item, allowed)
         text = item.strip().lower().rstrip(".")
+        if "%" in text:
+            raise AnswersError(key, item, "must not carry an IPv6 zone id (%...): certificates name no zones")
         try:
             text = str(ipaddress.ip_address(text))
         except ValueError:
@@ -194,7 +244,7 @@ def check_ipv4(value, key):
 def check_ssh_key(value, key="admin.ssh_authorized_keys"):
     """One OpenSSH public key line: '<type> <base64> [comment]'."""
     allowed = f"is not an OpenSSH public key: use '<type> <base64> [comment]' with a type of {', '.join(SSH_KEY_TYPES)}"
-    if not isinstance(value, str) or "\n" in value.strip():
+    if not isinstance(value, str) or not value.strip().isprintable():
         raise AnswersError(key, value, allowed)
     parts = value.strip().split(None, 2)
     if len(parts) < 2 or parts[0] not in SSH_KEY_TYPES:
@@ -221,14 +271,28 @@ def check_ssh_keys(value, key="admin.ssh_authorized_keys"):
     return [check_ssh_key(item, key) for item in value]
 
 
+def password_problem(value):
+    """None when value is a usable typed password, else why not (never quoting it)."""
+    if not isinstance(value, str):
+        return "must be text (quote it in YAML)"
+    if len(value) < MIN_PASSWORD:
+        return f"needs at least {MIN_PASSWORD} characters (or leave it empty to generate one)"
+    if value != value.strip():
+        # step-ca trims its password file: a key encrypted with the untrimmed one would never decrypt.
+        return "must not begin or end with a space or tab"
+    if not value.isprintable():
+        return "must be one line of printable characters"
+    return None
+
+
 def check_password(value, key="ca.password"):
-    """None (generate one) or a one-line password of at least MIN_PASSWORD characters."""
+    """None (generate one) or a one-line password of at least MIN_PASSWORD characters, not space-padded."""
     if value is None or value == "":
         return None
-    allowed = f"is not a usable password: at least {MIN_PASSWORD} characters on one line, or null to generate one"
-    if not isinstance(value, str) or len(value) < MIN_PASSWORD or "\n" in value or "\r" in value:
+    problem = password_problem(value)
+    if problem:
         # Never echo a password back, even a bad one.
-        raise AnswersError(key, "<hidden>", allowed)
+        raise AnswersError(key, "<hidden>", f"is not a usable password: it {problem}; null generates one")
     return value
 
 
@@ -279,8 +343,10 @@ def duration_seconds(value):
 
 
 def check_duration(value, key):
-    allowed = "is not a Go duration (e.g. 744h, 24h, 90m) greater than zero"
-    if not isinstance(value, str) or not _GO_DURATION.match(value.strip()) or duration_seconds(value) <= 0:
+    allowed = f"is not a Go duration (e.g. 744h, 24h, 90m) greater than zero and at most {MAX_DURATION_HOURS}h"
+    if not isinstance(value, str) or not _GO_DURATION.fullmatch(value.strip()):
+        raise AnswersError(key, value, allowed)
+    if not 0 < duration_seconds(value.strip()) <= MAX_DURATION_HOURS * 3600:
         raise AnswersError(key, value, allowed)
     return value.strip()
 
@@ -319,6 +385,8 @@ def check_name_constraints(value, key="ca.name_constraints"):
         domains.append(text)
     networks = []
     for item in _as_list(value.get("ip") or []):
+        if "%" in str(item):
+            raise AnswersError(f"{key}.ip", item, "must not carry an IPv6 zone id (%...)")
         try:
             networks.append(str(ipaddress.ip_network(str(item).strip())))
         except ValueError:
@@ -347,17 +415,102 @@ def check_network(value, key="network"):
     return {"mode": "static", "address": address, "gateway": gateway, "dns": servers}
 
 
+# ---- whole-tree checks: unknown keys and control characters, in every source alike ----
+
+
+def _key_tree(mapping):
+    """{key: subtree or None}: a mapping's keys, nested where the value is itself a mapping."""
+    return {key: _key_tree(value) if isinstance(value, dict) else None for key, value in mapping.items()}
+
+
+def _merge_trees(base, extra):
+    merged = dict(base)
+    for key, subtree in extra.items():
+        if isinstance(subtree, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge_trees(merged[key], subtree)
+        elif key not in merged or merged[key] is None:
+            merged[key] = subtree
+    return merged
+
+
+_known_packaged = None
+
+
+def known_keys(defaults=None):
+    """The answers keys that exist, as a key tree.
+
+    Contract: the shipped defaults.yaml is the list of answers keys. A key (or a section) added to
+    overlay/usr/lib/ca-appliance/defaults.yaml, even with a null default, is accepted in answers from
+    every source; only keys without a default go into OPTIONAL_KEYS. Anything else is refused with the
+    closest known key, so a typo never silently falls back to a default."""
+    global _known_packaged
+    if _known_packaged is None:
+        try:
+            packaged = safeyaml.load_file(PACKAGED_DEFAULTS)
+        except safeyaml.YAMLInputError:
+            packaged = None
+        _known_packaged = _key_tree(packaged if isinstance(packaged, dict) else {})
+        for dotted in OPTIONAL_KEYS:
+            *parents, leaf = dotted.split(".")
+            node = _known_packaged
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    node[part] = {}
+                node = node[part]
+            node.setdefault(leaf, None)
+    tree = _known_packaged
+    if isinstance(defaults, dict):
+        tree = _merge_trees(tree, _key_tree(defaults))
+    return tree
+
+
+def check_known_keys(raw, known, path=""):
+    """Refuse a key that is not in the known key tree, naming the closest known one."""
+    for key, value in raw.items():
+        dotted = f"{path}.{_key_text(key)}" if path else _key_text(key)
+        if key not in known:
+            close = difflib.get_close_matches(str(key), [str(name) for name in known], n=1, cutoff=0.6)
+            hint = f"did you mean {path + '.' if path else ''}{close[0]}?" if close else \
+                f"known keys here: {', '.join(str(name) for name in known)}"
+            secret = "pass" in str(key).lower() or any(
+                f"{path}.{name}".lstrip(".") in SECRET_KEYS for name in close)
+            raise AnswersError(dotted, "<hidden>" if secret else value, f"is an unknown key ({hint})")
+        if isinstance(known[key], dict) and isinstance(value, dict):
+            check_known_keys(value, known[key], dotted)
+
+
+_CONTROL_CATEGORIES = ("Cc", "Cf", "Cs", "Zl", "Zp")
+
+
+def check_no_control_characters(value, path=""):
+    """Refuse control and format characters in every string (they reach /etc/issue, ca.json, logs)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_no_control_characters(item, f"{path}.{_key_text(key)}" if path else _key_text(key))
+    elif isinstance(value, list):
+        for item in value:
+            check_no_control_characters(item, path)
+    elif isinstance(value, str):
+        bad = next((char for char in value if unicodedata.category(char) in _CONTROL_CATEGORIES), None)
+        if bad is not None:
+            hidden = path in SECRET_KEYS
+            raise AnswersError(path, "<hidden>" if hidden else value,
+                               f"must not contain control characters (found U+{ord(bad):04X})")
+
+
 def validate(raw, defaults):
     """A new, complete, normalized answers dict: raw merged over defaults, every value checked."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise AnswersError("(answers)", raw, "must be a mapping of hostname, network, ca, admin")
+    check_known_keys(raw, known_keys(defaults))
     for section in ("ca", "admin"):
         if section in raw and raw[section] is not None and not isinstance(raw[section], dict):
             raise AnswersError(section, raw[section], "must be a mapping")
     # A top-level null (e.g. "network:" left empty) means "use the default".
     merged = deep_merge(defaults or {}, {key: value for key, value in raw.items() if value is not None})
+    check_no_control_characters(merged)
     ca = merged.get("ca") or {}
     admin = merged.get("admin") or {}
 

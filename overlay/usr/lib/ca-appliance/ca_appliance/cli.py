@@ -7,8 +7,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
 from . import answers, apply, backup, provision, status
 from .errors import ApplianceError, UserError
 from .layout import Layout
@@ -59,13 +57,13 @@ def _parser():
 
 
 def _load_answers_file(path):
+    """The --answers file, parsed like every other source (answers.load_answers: safe, never quoted)."""
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        with open(path, "rb") as handle:
+            data = handle.read(answers.safeyaml.MAX_BYTES + 1)
     except OSError as error:
         raise UserError(f"answers error: {path}: cannot be read ({error.strerror})") from None
-    except yaml.YAMLError as error:
-        raise UserError(f"answers error: {path}: is not valid YAML ({' '.join(str(error).split())})") from None
-    return raw
+    return answers.load_answers(data, str(path))
 
 
 def run_wizard(args, defaults, **kwargs):

@@ -7,6 +7,7 @@ First found wins, in this order:
   caseed      `ca-appliance.yaml` on a volume labelled CASEED (ext4, vfat, ISO 9660...)
   ovf-env     the OVF environment (vSphere vApp properties `ca-appliance.<key path>`)
   baked       /etc/ca-appliance/answers.yaml, written into the image at build time
+Every YAML source is parsed by answers.load_answers (safeyaml): an empty one is an error too.
 A source that is present but unreadable raises SourceError rather than falling through,
 so a typo in a seed never silently configures a CA from another source.
 """
@@ -19,9 +20,8 @@ import tempfile
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
-import yaml
-
-from .answers import AnswersError
+from . import safeyaml
+from .answers import AnswersError, load_answers
 
 CREDENTIAL_NAME = "ca-appliance.answers"
 # Where PID 1 keeps the system credentials it imported (SMBIOS, fw_cfg, kernel command line).
@@ -76,7 +76,7 @@ def _find_credential(root):
     candidates.append(root / SYSTEM_CREDENTIALS_DIR / CREDENTIAL_NAME)
     for path in candidates:
         if path.is_file():
-            return _parse_yaml_answers(_read_text(path, "credential"), f"credential {path}")
+            return _parse_yaml_answers(_read_bytes(path, "credential"), f"credential {path}")
     return None
 
 
@@ -92,7 +92,7 @@ def _find_seed_volume(root):
     else:
         with _mounted_read_only(device, where) as mountpoint:
             path = mountpoint / SEED_FILE_NAME
-            text = _read_text(path, where) if path.is_file() else None
+            text = _read_bytes(path, where) if path.is_file() else None
     if text is None:
         raise SourceError(where, "<missing>", f"volume labelled {SEED_LABEL} has no {SEED_FILE_NAME} in its top folder")
     return _parse_yaml_answers(text, where)
@@ -100,6 +100,8 @@ def _find_seed_volume(root):
 
 def _find_ovf_environment(root):
     for text, where in _ovf_environment_documents():
+        if len(text) > safeyaml.MAX_BYTES:
+            raise SourceError(where, "<xml>", f"is larger than {safeyaml.MAX_BYTES} bytes")
         try:
             raw = parse_ovf_env(text)
         except ElementTree.ParseError as error:
@@ -115,7 +117,7 @@ def _find_baked(root):
     path = root / BAKED_ANSWERS
     if not path.is_file():
         return None
-    return _parse_yaml_answers(_read_text(path, "baked"), f"baked {path}")
+    return _parse_yaml_answers(_read_bytes(path, "baked"), f"baked {path}")
 
 
 # ---- the OVF environment ----
@@ -172,24 +174,18 @@ def _ovf_environment_documents():
 # ---- helpers ----
 
 
-def _read_text(path, where):
+def _read_bytes(path, where):
+    """At most MAX_BYTES + 1 bytes: an oversized source is refused without reading it whole."""
     try:
-        return Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise SourceError(where, str(path), f"can't be read as UTF-8 text: {error}") from None
+        with open(path, "rb") as handle:
+            return handle.read(safeyaml.MAX_BYTES + 1)
+    except OSError as error:
+        raise SourceError(where, str(path), f"can't be read ({error.strerror})") from None
 
 
-def _parse_yaml_answers(text, where):
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        detail = " ".join(str(error).split())
-        raise SourceError(where, "<yaml>", f"is not valid YAML: {detail}") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise SourceError(where, raw, "must be a YAML mapping of answers (hostname, network, ca, admin)")
-    return raw
+def _parse_yaml_answers(data, where):
+    """answers.load_answers (the one parser for every source), raising SourceError."""
+    return load_answers(data, where, error=SourceError)
 
 
 def _blkid(*args):
@@ -227,7 +223,7 @@ def _mounted_read_only(device, where):
 
 
 def _read_iso9660_file(device, file_name, where):
-    """A file in an ISO 9660 image's top folder, as text, or None; no mount needed.
+    """A file in an ISO 9660 image's top folder, as bytes, or None; no mount needed.
 
     Names are matched by Joliet, Rock Ridge and plain ISO names (OVF_ENV.XML;1 style)."""
     wanted = {file_name.lower(), file_name.lower().replace("-", "_")}
@@ -238,8 +234,10 @@ def _read_iso9660_file(device, file_name, where):
                 root_record = descriptor[156:190]
                 for name, extent, size in _iso_directory(image, root_record, joliet):
                     if name.lower() in wanted:
+                        if size > safeyaml.MAX_BYTES:
+                            raise SourceError(where, "<file>", f"is larger than {safeyaml.MAX_BYTES} bytes")
                         image.seek(extent * ISO_SECTOR)
-                        return image.read(size).decode("utf-8")
+                        return image.read(size)
     except (OSError, UnicodeDecodeError) as error:
         raise SourceError(where, device, f"can't be read: {error}") from None
     return None

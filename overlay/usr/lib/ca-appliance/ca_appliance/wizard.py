@@ -11,7 +11,6 @@ import socket
 import sys
 
 from .answers import (
-    MIN_PASSWORD,
     AnswersError,
     check_bool,
     check_ca_name,
@@ -22,9 +21,10 @@ from .answers import (
     check_ipv4_cidr,
     check_listen_address,
     check_network,
-    check_password,
     check_ssh_key,
+    check_ssh_keys,
     deep_merge,
+    password_problem,
     validate,
 )
 
@@ -54,6 +54,7 @@ class _Console:
         """Ask until check() accepts the reply (or the default, on an empty reply)."""
         if shown is None:
             shown = default
+        shown = _printable(shown)  # a preset value from a bad source may hold escape sequences
         while True:
             prompt = f"{question} [{shown}]: " if shown not in (None, "") else f"{question}: "
             self.output.flush()
@@ -80,10 +81,8 @@ class _Console:
         return self.ask(question, default, check, shown="Y/n" if default else "y/N")
 
     def refuse(self, error):
-        if error.key == "ca.password":  # never echo a password; the file-oriented message mentions null
-            self.say(f"  Not accepted: a password needs at least {MIN_PASSWORD} characters. Please try again.")
-        else:
-            self.say(f"  Not accepted: {error.value!r} {error.message}. Please try again.")
+        # str(error) shows the value escaped and shortened (and a password as <hidden>).
+        self.say(f"  Not accepted: {str(error).partition(f'{error.key}: ')[2]}. Please try again.")
 
 
 def run_wizard(defaults, *, error=None, preset=None, input=input, output=sys.stdout, getpass=getpass_module.getpass):
@@ -96,8 +95,8 @@ def run_wizard(defaults, *, error=None, preset=None, input=input, output=sys.std
         if value is not None and (isinstance(value, dict) or not isinstance(defaults.get(key), dict))
     }
     current = deep_merge(defaults, preset)
-    # The admin key is asked only when the image did not come with one.
-    ask_admin_key = not current.get("admin", {}).get("ssh_authorized_keys")
+    # The admin key is asked only when the image (or a usable preset) came with one.
+    ask_admin_key = not _usable_keys(current.get("admin", {}).get("ssh_authorized_keys"))
 
     console.say("\nCertificate authority appliance: first-boot setup")
     console.say("Press Enter to keep the [default]. Ctrl-C stops without changing anything.")
@@ -124,7 +123,7 @@ def _ask_everything(console, current, ask_admin_key):
     default_names = ca.get("dns_names") or [hostname] + _current_ipv4(network)
     dns_names = console.ask(
         "DNS names and IP addresses for your new CA (comma-separated)",
-        ", ".join(default_names),
+        _joined(default_names),
         check_dns_names,
     )
     address = console.ask("What address will your new CA listen at? (e.g. :443)", ca.get("address"),
@@ -160,7 +159,7 @@ def _ask_network(console, network):
         subnet_gateway = str(next(ipaddress.IPv4Interface(address).network.hosts(), ""))
         gateway = console.ask("  Gateway", network.get("gateway") or subnet_gateway,
                               lambda reply, address=address: _check_gateway(reply, address))
-        servers = console.ask("  DNS servers (comma-separated)", ", ".join(network.get("dns") or [gateway]),
+        servers = console.ask("  DNS servers (comma-separated)", _joined(network.get("dns") or [gateway]),
                               check_dns_servers)
         network = {"mode": "static", "address": address, "gateway": gateway, "dns": servers}
         try:
@@ -184,6 +183,11 @@ def check_dns_servers(reply):
 
 
 def _ask_password(console, previous):
+    if previous is not None and previous != "" and password_problem(previous):
+        # A bad preset (from an unattended source) is no default: Enter must not bring it back.
+        console.say("The password from the unattended answers can't be used: it "
+                    f"{password_problem(previous)}.")
+        previous = None
     console.say("Choose a password for your CA keys and first provisioner.")
     generate = console.ask_yes_no("  Generate a random one (shown once, at the end)?", previous is None)
     if generate:
@@ -193,10 +197,9 @@ def _ask_password(console, previous):
         first = console.read(console.getpass, f"  Password [{hint}]: ")
         if not first:
             return previous
-        try:
-            check_password(first)
-        except AnswersError as error:
-            console.refuse(error)
+        problem = password_problem(first)
+        if problem:
+            console.say(f"  Not accepted: a password {problem}. Please try again.")
             continue
         if console.read(console.getpass, "  Password again: ") != first:
             console.say("  The two passwords differ. Please try again.")
@@ -205,8 +208,7 @@ def _ask_password(console, previous):
 
 
 def _ask_admin_key(console, admin):
-    keys = admin.get("ssh_authorized_keys") or []
-    keys = [keys] if isinstance(keys, str) else list(keys)
+    keys = _usable_keys(admin.get("ssh_authorized_keys"))
 
     def check(reply):
         if reply == "keep" and keys:
@@ -226,7 +228,8 @@ def _validated(console, raw, defaults):
         try:
             return validate(raw, defaults)
         except AnswersError as error:
-            if any(error.key == key or error.key.startswith(key + ".") for key in ASKED_KEYS):
+            unknown = error.message.startswith("is an unknown key")
+            if not unknown and any(error.key == key or error.key.startswith(key + ".") for key in ASKED_KEYS):
                 raise  # asked answers were checked one by one: this is a bug, not a bad answer
             console.say(f"  Using the default for {error.key}: {error}")
             _drop(raw, error.key)
@@ -263,6 +266,26 @@ def _review(console, result, ask_admin_key):
     for label, value in rows:
         console.say(f"  {label + ':':<19}{value}")
     console.say("")
+
+
+def _usable_keys(keys):
+    try:
+        return check_ssh_keys(keys)
+    except AnswersError:
+        return []
+
+
+def _joined(values):
+    """A list default as the comma-separated reply it stands for (a bad preset may be a string or hold numbers)."""
+    if isinstance(values, str):
+        return values
+    return ", ".join(str(value) for value in values) if isinstance(values, list) else ""
+
+
+def _printable(value):
+    if value is None:
+        return None
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in str(value))
 
 
 def _as_bool(value):

@@ -1,0 +1,96 @@
+"""One set of answer rules: `invoke render` (and build) refuses what the appliance's first boot would refuse.
+
+The builder runs the guest's own validator (overlay ca_appliance.buildcheck) in a subprocess on the
+ca/admin defaults it bakes and on the baked answers file; these tests drive the real `invoke render`.
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+INVOKE = Path(sys.executable).parent / "invoke"
+SECRET = "Hunter2-never-shown-anywhere"
+GUEST_LIB = ROOT / "overlay/usr/lib/ca-appliance"
+
+
+def render(tmp_path, config: dict, answers_text: str | None = None):
+    if answers_text is not None:
+        answers = tmp_path / "baked-answers.yaml"
+        answers.write_text(answers_text)
+        config = {**config, "firstboot": {"mode": "unattended", "answers": str(answers)}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "render"
+    result = subprocess.run([str(INVOKE), "render", "--config", str(path), "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return result, out
+
+
+def assert_config_error(result, out, expected):
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0], lines[0]
+    assert SECRET not in result.stdout + result.stderr and "Hunter2" not in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("ca, expected", [
+    ({"name": "x" * 60}, "config error: ca.name: '" + "x" * 60 + "' is not a PKI name: 1-48"),
+    ({"root_years": 5, "intermediate_years": 10}, "config error: ca.intermediate_years: 10 must be"),
+    ({"address": "host:443"}, "config error: ca.address: 'host:443' is not a listen address"),
+    ({"address": ":22"}, "config error: ca.address: ':22' must not use port 22"),
+    ({"name": "Lab \x1b[2J CA"}, "config error: ca.name: 'Lab \\x1b[2J CA' must not contain control characters"),
+    ({"claims": {"jwk": {"default": "744h", "max": "2562048h"}}}, "config error: ca.claims.jwk.max: '2562048h'"),
+], ids=["60-char-name", "intermediate-outlives-root", "host-address", "ssh-port", "escape-in-name",
+        "duration-overflow"])
+def test_render_refuses_ca_defaults_first_boot_would_refuse(tmp_path, ca, expected):
+    result, out = render(tmp_path, {"ca": ca})
+    assert_config_error(result, out, expected)
+
+
+@pytest.mark.parametrize("answers_text, expected", [
+    (f"hostname: ca.lab.example\nca: {{password: {SECRET}}}\n",
+     "config error: firstboot.answers: ca.password: <hidden> must not be in a baked answers file"),
+    (f"ca:\n  password: {SECRET}: oops\n", "is not valid YAML at line 2, column"),
+    ("# all defaults\n", "holds no answers"),
+    ("hostname: ca.lab.example\nca: {nmae: Lab CA}\n",
+     "config error: firstboot.answers: ca.nmae: 'Lab CA' is an unknown key (did you mean ca.name?)"),
+    ('a: &a ["x","x"]\nb: [*a,*a]\n', "anchors and aliases"),
+    ("hostname: ca.lab.example\nca: {intermediate_years: 20}\n", "firstboot.answers: ca.intermediate_years: 20"),
+], ids=["password", "syntax-error-with-password", "empty", "unknown-key", "alias", "intermediate-outlives-root"])
+def test_render_refuses_a_baked_answers_file_first_boot_would_refuse(tmp_path, answers_text, expected):
+    result, out = render(tmp_path, {}, answers_text)
+    assert_config_error(result, out, expected)
+
+
+def test_render_accepts_good_baked_answers_and_bakes_them(tmp_path):
+    result, out = render(tmp_path, {"ca": {"name": "x" * 48}}, "hostname: ca.lab.example\nca: {ssh: false}\n")
+    assert result.returncode == 0, result.stderr
+    assert (out / "ks.cfg").is_file()
+
+
+def test_the_ova_max_len_of_ca_name_is_the_guests_limit():
+    sys.path.insert(0, str(GUEST_LIB))
+    from ca_appliance import answers
+
+    from image.config import guest_limits
+    assert guest_limits()["ca_name_max"] == answers.MAX_CA_NAME
+
+
+@pytest.mark.parametrize("text", [
+    f'admin:\n  password_hash: "$6${SECRET}\n',
+    f"ca:\n  name: {SECRET}: x\n",
+    f"ca:\n  name: \"{SECRET}\\q\"\n",
+], ids=["unterminated", "colon", "bad-escape"])
+def test_a_yaml_error_in_the_build_config_gives_line_and_column_never_the_line(tmp_path, text):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    result = subprocess.run([str(INVOKE), "render", "--config", str(path), "--out", str(tmp_path / "out")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert_config_error(result, tmp_path / "out", "is not valid YAML at line ")
+    assert ", column " in result.stderr
