@@ -44,7 +44,7 @@ def test_every_path_in_ca_json_is_under_the_prefix(make_ca):
 def test_provisioners_and_claims(make_ca):
     config = make_ca().config
     kinds = [(p["type"], p["name"]) for p in config["authority"]["provisioners"]]
-    assert kinds == [("JWK", "admin@test.example"), ("ACME", "acme"), ("X5C", "x5c"), ("SSHPOP", "sshpop")]
+    assert kinds == [("JWK", "admin@test.example"), ("ACME", "acme"), ("SSHPOP", "sshpop")]  # X5C: operator roots only
     jwk, acme = config["authority"]["provisioners"][:2]
     assert jwk["claims"] == {"defaultTLSCertDuration": "744h", "maxTLSCertDuration": "8760h", "enableSSHCA": True}
     assert acme["claims"] == {"defaultTLSCertDuration": "744h", "maxTLSCertDuration": "4320h"}
@@ -56,7 +56,7 @@ def test_ssh_off_leaves_out_ssh_keys_and_sshpop(make_ca):
     ca = make_ca(ssh=False)
     config = ca.config
     assert "ssh" not in config
-    assert [p["type"] for p in config["authority"]["provisioners"]] == ["JWK", "ACME", "X5C"]
+    assert [p["type"] for p in config["authority"]["provisioners"]] == ["JWK", "ACME"]
     assert not (ca.steppath / "secrets/ssh_host_ca_key").exists()
 
 
@@ -121,7 +121,7 @@ def test_status_reports_what_an_admin_needs(make_ca):
     out = run_cli("status", "--prefix", ca.prefix).stdout
     assert fingerprint in out
     assert f"{ca.url}/acme/acme/directory" in out
-    assert "admin@test.example (JWK), acme (ACME), x5c (X5C), sshpop (SSHPOP)" in out
+    assert "admin@test.example (JWK), acme (ACME), sshpop (SSHPOP)" in out
     assert "intermediate expires:" in out
     assert "answers-file" in out
     assert "step CLI:" in out
