@@ -130,8 +130,9 @@ def openssh_public(key, comment):
 
 
 def create_ca(name, password, *, key_type="EC-P256", root_years=10, intermediate_years=5,
-              permitted_dns=(), permitted_ip=(), ssh=False):
-    """A new root, intermediate and (with ssh) SSH host and user CA keys, all under `password`."""
+              permitted_dns=(), permitted_ip=(), ssh=False, root_password=None):
+    """A new root, intermediate and (with ssh) SSH host and user CA keys, all under `password`
+    (the root key under `root_password` when given: an offline root key has its own)."""
     root_key = generate_key(key_type)
     intermediate_key = generate_key(key_type)
     root_subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, name),
@@ -145,7 +146,7 @@ def create_ca(name, password, *, key_type="EC-P256", root_years=10, intermediate
     pem = serialization.Encoding.PEM
     material = CAMaterial(
         root_cert_pem=root.public_bytes(pem),
-        root_key_pem=encrypted_pem(root_key, password),
+        root_key_pem=encrypted_pem(root_key, root_password or password),
         intermediate_cert_pem=intermediate.public_bytes(pem),
         intermediate_key_pem=encrypted_pem(intermediate_key, password),
         root_fingerprint=fingerprint(root),
