@@ -66,11 +66,11 @@ class CAReplacement:
             for staged, final in self.staging._staged:
                 give_to_step(self.layout, staged, self.step_user, steppath_tree=final == self.layout.steppath)
         self.step = "move files into place"
-        if reset_complete:  # setup: the system steps must run (again) before the CA counts as set up
-            self.layout.setup_complete.unlink(missing_ok=True)
         self.staging.swap()
         if state_data is not None:
             self.staging.replace_file(self.layout.state_file, state_data, 0o644)
+        if reset_complete:  # setup: the system steps must run (again) before the new CA counts as set up
+            self.layout.setup_complete.unlink(missing_ok=True)
         self.staging.commit()
         self.committed = True
 
