@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-# step writes PBES2 with 100000 rounds; jwcrypto >= 1.5 stops at 16384 unless told otherwise.
-jwcrypto.jwa.default_max_pbkdf2_iterations = 200000
+# The appliance writes PBES2 with 600000 rounds; jwcrypto >= 1.5 stops at 16384 unless told otherwise.
+jwcrypto.jwa.default_max_pbkdf2_iterations = 1000000
 
 
 def provisioner_key(ca):
@@ -31,7 +31,7 @@ def provisioner_key(ca):
     jwk = ca.provisioner("JWK")
     jwe = jwcrypto.jwe.JWE()
     jwe.deserialize(jwk["encryptedKey"], key=jwcrypto.jwk.JWK.from_password(PASSWORD))
-    assert jwe.jose_header["cty"] == "jwk+json" and jwe.jose_header["p2c"] == 100000
+    assert jwe.jose_header["cty"] == "jwk+json" and jwe.jose_header["p2c"] == 600000
     key = jwcrypto.jwk.JWK.from_json(jwe.payload)
     assert key.thumbprint() == jwk["key"]["kid"]
     return key
