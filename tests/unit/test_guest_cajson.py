@@ -203,3 +203,28 @@ def test_chown_tree_gives_every_file_to_the_user(tmp_path):
     nobody = pwd.getpwnam("nobody")
     system.chown_tree(tmp_path / "tree", nobody)
     assert {p.stat().st_uid for p in [tmp_path / "tree", *(tmp_path / "tree").rglob("*")]} == {nobody.pw_uid}
+
+
+def test_the_root_key_stays_roots_when_the_tree_goes_to_step(tmp_path):
+    import pwd
+
+    from ca_appliance import replace
+    tree = tmp_path / "staged"
+    (tree / "secrets").mkdir(parents=True)
+    for name in ("root_ca_key", "intermediate_ca_key"):
+        (tree / "secrets" / name).write_text("k")
+    nobody = pwd.getpwnam("nobody")
+    replace.give_to_step(Layout(tmp_path), tree, nobody, steppath_tree=True)
+    assert (tree / "secrets/root_ca_key").stat().st_uid == 0  # step-ca never reads it
+    assert (tree / "secrets/intermediate_ca_key").stat().st_uid == nobody.pw_uid
+
+
+def test_sshd_dropin_is_key_only_for_the_admin(tmp_path):
+    layout = Layout(tmp_path)
+    apply.setup(validated(), "test", layout, use_system=False, out=io.StringIO())
+    text = layout.sshd_dropin.read_text()
+    settings = dict(line.split(None, 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert settings == {"PasswordAuthentication": "no", "KbdInteractiveAuthentication": "no",
+                        "PermitRootLogin": "no", "AllowUsers": "admin"}
+    assert layout.sshd_dropin.name.startswith("10-")  # sshd takes the first value: read before 50-*.conf
+    assert layout.setup_complete.exists()

@@ -209,7 +209,9 @@ def setup(answers, source, layout, *, use_system=True, force=False, root_key_out
         checkpoint("staged")
         replacing.commit(json.dumps(state, indent=2) + "\n", reset_complete=True)
     checkpoint("committed")
-
+    # `invoke verify` cuts the power when it sees this line on the console (COMMITTED_LINE there).
+    print("The CA's files are in place; system steps next (hostname, network, admin keys, sshd, firewall, "
+          "trust store, step-ca).", file=out, flush=True)
     finish(layout, state["system"], use_system=use_system, restart=replacing.was_running, out=out)
     _report(ca, material, password if generated else None, layout, out, use_system)
     return state
