@@ -191,7 +191,11 @@ def setup(answers, source, layout, *, use_system=True, force=False, root_key_out
     checkpoint("generated")
     if not keep_root_key:
         # Durable (or in front of a person) before the swap: a failure later can no longer lose it.
-        _deliver_root_key(material, root_passphrase, root_key_out, channel, out)
+        try:
+            _deliver_root_key(material, root_passphrase, root_key_out, channel, out)
+        finally:
+            if channel is not out:
+                channel.close()
 
     step_user = system.ensure_step_user() if use_system else None
     with replace.CAReplacement(layout, "setup", use_system=use_system, step_user=step_user) as replacing:
@@ -239,15 +243,20 @@ def finish(layout, saved, *, use_system=True, restart=False, out=sys.stdout):
         checkpoint("files written")
         if use_system:
             _system_steps(saved, layout, restart=restart, out=out)
-        write_file(layout.setup_complete, datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds") + "\n",
-                   0o644)
-        fsync_dir(layout.setup_complete.parent)
+        mark_complete(layout)
     except OSError as error:
         raise StepFailed("setup (finish the system steps)",
                          f"{error}; the CA is in place, rerun `ca-appliance setup` (or reboot) to finish") from None
     except StepFailed as error:
         raise StepFailed(error.step, f"{error.detail}; the CA is in place, rerun `ca-appliance setup` "
                                      "(or reboot) to finish", log=error.log) from None
+
+
+def mark_complete(layout):
+    """The completion marker (durable): the first-boot unit stops running once it exists. Written
+    last by setup; a first-boot restore must write it too once its own steps are done."""
+    write_file(layout.setup_complete, datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds") + "\n", 0o644)
+    fsync_dir(layout.setup_complete.parent)
 
 
 def _system_steps(saved, layout, restart, out):

@@ -119,6 +119,7 @@ def write_archive(layout, out_path, passphrase=None):
 
 def backup(layout, out_path, use_system=True, passphrase=None):
     """Stop step-ca, archive (sealed under `passphrase` when given), start it again (also when archiving fails)."""
+    replace.recover(layout)  # never archive a swap a crash left half done
     if use_system and layout.is_system:
         was_running = system.stop_service()
         try:
