@@ -94,6 +94,13 @@ def test_restore_reads_format_1_and_normalises_modes(make_ca, tmp_path):
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     fingerprint = x509.load_pem_x509_certificate(ca.root.read_bytes()).fingerprint(hashes.SHA256()).hex()
+    # as earlier versions wrote it: an X5C provisioner trusting the CA's own root (the ACME-to-any-name hole)
+    import base64
+    import json
+    config = ca.config
+    config["authority"]["provisioners"].append({"type": "X5C", "name": "x5c",
+                                                "roots": base64.b64encode(ca.root.read_bytes()).decode()})
+    ca.ca_json.write_text(json.dumps(config))
     evil = tarfile.TarInfo("etc/step-ca/config/helper")
     evil.mode, evil.size = 0o6777, 4
     loose = tarfile.TarInfo("etc/step-ca/secrets/extra_key")
@@ -107,3 +114,4 @@ def test_restore_reads_format_1_and_normalises_modes(make_ca, tmp_path):
     assert stat.S_IMODE((ca.steppath / "secrets/extra_key").stat().st_mode) == 0o600
     assert stat.S_IMODE((ca.steppath / "secrets").stat().st_mode) == 0o700
     assert stat.S_IMODE(ca.password_file.stat().st_mode) == 0o400
+    assert "X5C" not in [p["type"] for p in ca.config["authority"]["provisioners"]]

@@ -179,6 +179,26 @@ def read_archive(archive_path, layout, passphrase=None):
     return manifest, entries
 
 
+def without_self_trusting_x5c(config, root_pem):
+    """ca.json minus any X5C provisioner that trusts the CA's own root, as backups of earlier versions
+    have it: with it, any ACME client could get a certificate for any name (see cajson.provisioners)."""
+    own = "".join(root_pem.decode("ascii", "replace").split())
+    provisioners = config.get("authority", {}).get("provisioners") or []
+    kept = []
+    for provisioner in provisioners:
+        if provisioner.get("type") == "X5C":
+            try:
+                roots = base64.b64decode(provisioner.get("roots") or "").decode("ascii", "replace")
+            except ValueError:
+                roots = ""
+            if own and own in "".join(roots.split()):
+                continue
+        kept.append(provisioner)
+    if len(kept) != len(provisioners):
+        config["authority"]["provisioners"] = kept
+    return config
+
+
 def restored_mode(layout, name, is_dir):
     """The mode a restored path gets, from its path alone: the archive's modes are never trusted."""
     relative = PurePosixPath(name)
@@ -224,8 +244,10 @@ def restore(layout, archive_path, use_system=True, out=None, passphrase=None):
                 os.chmod(target, mode)
                 continue
             if name.endswith(("config/ca.json", "config/defaults.json")):
-                data = (json.dumps(_rebase(json.loads(data), manifest["prefix"], str(layout.prefix)), indent=2)
-                        + "\n").encode("utf-8")
+                config = _rebase(json.loads(data), manifest["prefix"], str(layout.prefix))
+                if name.endswith("config/ca.json"):
+                    config = without_self_trusting_x5c(config, root_data)
+                data = (json.dumps(config, indent=2) + "\n").encode("utf-8")
             write_file(target, data, mode)
         for root, tree in staged.items():
             os.chmod(tree, restored_mode(layout, str(root.relative_to(layout.prefix)), True))
