@@ -64,6 +64,7 @@ class Target:
     ready_timeout: float = DEFAULT_READY_TIMEOUT
     boot_times: dict = field(default_factory=dict)
     ssh_reached: bool = False          # SSH worked at least once (so the journal can be fetched)
+    first_boot_cut: bool = False       # the power was cut during first-boot setup (cut_first_boot)
     _host: object = None
 
     @property
@@ -151,6 +152,26 @@ class Target:
         self.vm.kill()
         self.vm.start()
         self.wait_ready("after power cut")
+
+
+# What the guest's setup prints on the console right after the CA is committed (apply.setup).
+COMMITTED_LINE = "The CA's files are in place; system steps next"
+
+
+def cut_first_boot(target: Target, say=print) -> None:
+    """Power cut (SIGKILL QEMU) during first-boot setup, right after the CA's files are committed and
+    before its system steps are done; then boot the same disk again. The first-boot unit must run
+    again (no completion marker yet) and finish; tests/vm then check the CA as after any first boot."""
+    deadline = time.monotonic() + target.ssh_timeout + target.ready_timeout
+    while COMMITTED_LINE not in target.vm.serial_log.read_text(errors="replace"):
+        target.vm.check_alive("first boot (waiting for setup to commit)")
+        if time.monotonic() > deadline:
+            raise StepFailed("first boot", "setup never reported its CA committed", target.vm.serial_log)
+        time.sleep(0.1)
+    target.vm.kill()
+    target.first_boot_cut = True
+    say("power cut during first-boot setup (after the commit, during the system steps); booting again")
+    target.vm.start()
 
 
 # ---- inputs: the test key, the answers
@@ -394,6 +415,8 @@ def verify_image(cfg: Config, *, image, answers=None, interactive=False, accel="
             vm.start()
             if interactive:
                 answer_wizard(vm, first_boot, log_to=VERIFY_DIR / "wizard-session.log", say=say)
+            else:
+                cut_first_boot(target, say)
             target.wait_ready("first boot")
             ssh_at, ready_at, state = target.boot_times["first boot"]
             say(f"first boot: SSH after {ssh_at:.0f}s, boot finished ({state}) after "

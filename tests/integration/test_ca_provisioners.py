@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-# step writes PBES2 with 100000 rounds; jwcrypto >= 1.5 stops at 16384 unless told otherwise.
-jwcrypto.jwa.default_max_pbkdf2_iterations = 200000
+# The appliance writes PBES2 with 600000 rounds; jwcrypto >= 1.5 stops at 16384 unless told otherwise.
+jwcrypto.jwa.default_max_pbkdf2_iterations = 1000000
 
 
 def provisioner_key(ca):
@@ -31,7 +31,7 @@ def provisioner_key(ca):
     jwk = ca.provisioner("JWK")
     jwe = jwcrypto.jwe.JWE()
     jwe.deserialize(jwk["encryptedKey"], key=jwcrypto.jwk.JWK.from_password(PASSWORD))
-    assert jwe.jose_header["cty"] == "jwk+json" and jwe.jose_header["p2c"] == 100000
+    assert jwe.jose_header["cty"] == "jwk+json" and jwe.jose_header["p2c"] == 600000
     key = jwcrypto.jwk.JWK.from_json(jwe.payload)
     assert key.thumbprint() == jwk["key"]["kid"]
     return key
@@ -125,20 +125,20 @@ def test_jwk_token_with_the_wrong_password_key_is_refused(running_ca):
     assert status == 401
 
 
-def test_x5c_token_from_a_certificate_chained_to_the_root(running_ca):
+def test_x5c_token_from_a_certificate_chained_to_the_root_is_refused(running_ca):
+    """X5C never trusts the CA's own root (see test_x5c.py): a JWK-issued leaf gets no other name."""
     status, body, leaf_key = sign(running_ca, "client.test.example", ["client.test.example"])
     assert status == 201, body
     chain = [x509.load_pem_x509_certificate(pem.encode()) for pem in body["certChain"]]
     x5c = [base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode() for cert in chain]
     signer = jwcrypto.jwk.JWK.from_pem(leaf_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    name = running_ca.provisioner("X5C")["name"]
+    name = "x5c"
     token = one_time_token(signer, name, "renewed.test.example", f"{running_ca.url}/1.0/sign#x5c/{name}",
                            {"alg": "ES256", "typ": "JWT", "x5c": x5c}, sans=["renewed.test.example"])
     _, csr = csr_for("renewed.test.example", ["renewed.test.example"])
     status, body = post(running_ca, "/1.0/sign", {"csr": csr, "ott": token})
-    assert status == 201, body
-    assert sans_of(x509.load_pem_x509_certificate(body["crt"].encode())) == ["renewed.test.example"]
+    assert status in (400, 401, 403), body
 
 
 def test_x5c_token_from_a_foreign_certificate_is_refused(running_ca, make_ca):

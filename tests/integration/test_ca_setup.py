@@ -4,7 +4,8 @@ import stat
 import subprocess
 
 import pytest
-from ca_helpers import CA, PASSWORD, answers_for, free_port, run_cli
+import yaml
+from ca_helpers import CA, CA_APPLIANCE, GUEST_PYTHON, PASSWORD, answers_for, free_port, run_cli
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -44,7 +45,7 @@ def test_every_path_in_ca_json_is_under_the_prefix(make_ca):
 def test_provisioners_and_claims(make_ca):
     config = make_ca().config
     kinds = [(p["type"], p["name"]) for p in config["authority"]["provisioners"]]
-    assert kinds == [("JWK", "admin@test.example"), ("ACME", "acme"), ("X5C", "x5c"), ("SSHPOP", "sshpop")]
+    assert kinds == [("JWK", "admin@test.example"), ("ACME", "acme"), ("SSHPOP", "sshpop")]  # X5C: operator roots only
     jwk, acme = config["authority"]["provisioners"][:2]
     assert jwk["claims"] == {"defaultTLSCertDuration": "744h", "maxTLSCertDuration": "8760h", "enableSSHCA": True}
     assert acme["claims"] == {"defaultTLSCertDuration": "744h", "maxTLSCertDuration": "4320h"}
@@ -56,7 +57,7 @@ def test_ssh_off_leaves_out_ssh_keys_and_sshpop(make_ca):
     ca = make_ca(ssh=False)
     config = ca.config
     assert "ssh" not in config
-    assert [p["type"] for p in config["authority"]["provisioners"]] == ["JWK", "ACME", "X5C"]
+    assert [p["type"] for p in config["authority"]["provisioners"]] == ["JWK", "ACME"]
     assert not (ca.steppath / "secrets/ssh_host_ca_key").exists()
 
 
@@ -121,7 +122,7 @@ def test_status_reports_what_an_admin_needs(make_ca):
     out = run_cli("status", "--prefix", ca.prefix).stdout
     assert fingerprint in out
     assert f"{ca.url}/acme/acme/directory" in out
-    assert "admin@test.example (JWK), acme (ACME), x5c (X5C), sshpop (SSHPOP)" in out
+    assert "admin@test.example (JWK), acme (ACME), sshpop (SSHPOP)" in out
     assert "intermediate expires:" in out
     assert "answers-file" in out
     assert "step CLI:" in out
@@ -167,16 +168,82 @@ def test_a_failed_setup_leaves_the_previous_ca(make_ca):
     assert not [p for p in (ca.prefix / "etc").iterdir() if p.name.startswith(".step-ca")]
 
 
-def test_offline_root_key_is_shown_once_and_not_kept(make_ca, tmp_path):
-    ca = make_ca(root_key="offline")
-    assert not (ca.steppath / "secrets/root_ca_key").exists()
-    out = ca.setup_output.stdout
-    assert "-----BEGIN ENCRYPTED PRIVATE KEY-----" in out
-    pem = out[out.index("-----BEGIN"):out.index("-----END ENCRYPTED PRIVATE KEY-----") + 35].encode()
-    root_key = serialization.load_pem_private_key(pem, password=PASSWORD.encode())
+def run_cli_on_terminal(*args):
+    """The guest CLI with stdin and stdout on a pseudo-terminal (a person at a console); stderr apart.
+    Returns (exit status, what the terminal showed, stderr)."""
+    import os
+    import pty
+    master, slave = pty.openpty()
+    process = subprocess.Popen([GUEST_PYTHON, str(CA_APPLIANCE), *map(str, args)], stdin=slave, stdout=slave,
+                               stderr=subprocess.PIPE, text=False)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the other side closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    stderr = process.stderr.read().decode()
+    return process.wait(timeout=300), shown.decode().replace("\r\n", "\n"), stderr
+
+
+def offline_ca(tmp_path, name="ca"):
+    port = free_port()
+    ca = CA(tmp_path / name, port, answers_for(port, root_key="offline"))
+    answers_file = tmp_path / f"{name}-answers.yaml"
+    answers_file.write_text(yaml.safe_dump(ca.answers))
+    return ca, answers_file
+
+
+def root_key_matches(ca, pem, passphrase):
+    root_key = serialization.load_pem_private_key(pem, password=passphrase.encode())
     root = x509.load_pem_x509_certificate(ca.root.read_bytes())
-    assert root_key.public_key().public_numbers() == root.public_key().public_numbers()
+    return root_key.public_key().public_numbers() == root.public_key().public_numbers()
+
+
+def test_offline_root_key_is_shown_on_the_terminal_only_under_its_own_passphrase(tmp_path):
+    ca, answers_file = offline_ca(tmp_path)
+    status, shown, stderr = run_cli_on_terminal("setup", "--answers", answers_file, "--prefix", ca.prefix,
+                                                "--no-system")
+    assert status == 0, shown + stderr
+    assert not (ca.steppath / "secrets/root_ca_key").exists()
+    pem = shown[shown.index("-----BEGIN ENCRYPTED"):shown.index("-----END ENCRYPTED PRIVATE KEY-----") + 35].encode()
+    passphrase = shown.split("shown once): ", 1)[1].split()[0]
+    assert passphrase != PASSWORD and len(passphrase) >= 32
+    assert root_key_matches(ca, pem, passphrase)
+    with pytest.raises(ValueError):  # not under the CA password kept in password.txt
+        serialization.load_pem_private_key(pem, password=ca.password_file.read_bytes())
     assert "offline" in run_cli("status", "--prefix", ca.prefix).stdout
+
+
+def test_offline_root_key_never_goes_to_a_log(tmp_path):
+    ca, answers_file = offline_ca(tmp_path)
+    result = run_cli("setup", "--answers", answers_file, "--prefix", ca.prefix, "--no-system", check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "BEGIN" not in result.stdout + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "root_key: offline" in result.stderr
+    assert not ca.prefix.exists() or not any(ca.prefix.rglob("*.json"))
+
+
+def test_root_key_out_is_written_before_the_commit_and_a_bad_path_changes_nothing(tmp_path):
+    ca, answers_file = offline_ca(tmp_path)
+    for bad in (tmp_path / "missing-dir/root.key", tmp_path):
+        status, shown, stderr = run_cli_on_terminal("setup", "--answers", answers_file, "--prefix", ca.prefix,
+                                                    "--no-system", "--root-key-out", bad)
+        assert status == 2, shown + stderr
+        assert len(stderr.strip().splitlines()) == 1 and "--root-key-out" in stderr and "Traceback" not in stderr
+        assert not ca.ca_json.exists() and "BEGIN" not in shown
+    key_file = tmp_path / "root.key"
+    status, shown, stderr = run_cli_on_terminal("setup", "--answers", answers_file, "--prefix", ca.prefix,
+                                                "--no-system", "--root-key-out", key_file)
+    assert status == 0, shown + stderr
+    assert "BEGIN" not in shown and mode(key_file) == 0o600
+    passphrase = shown.split("shown once): ", 1)[1].split()[0]
+    assert root_key_matches(ca, key_file.read_bytes(), passphrase)
 
 
 def test_generated_password_is_long_and_shown_once(tmp_path):

@@ -44,12 +44,59 @@ def test_ca_json_fields_for_step_ca(tmp_path):
     assert config["dnsNames"] == ["ca.lab.example", "192.168.70.10"]
     assert config["ssh"]["hostKey"].endswith("secrets/ssh_host_ca_key")
     assert "tls" not in config  # step-ca's defaults fit RSA and EC intermediates alike
-    jwk, acme, x5c, sshpop = config["authority"]["provisioners"]
+    # No X5C without operator roots: never this CA's own root (any ACME client could get any name).
+    jwk, acme, sshpop = config["authority"]["provisioners"]
     assert (jwk["type"], jwk["name"], jwk["encryptedKey"]) == ("JWK", "admin@lab.example", "jwe")
     assert jwk["claims"]["enableSSHCA"] is True
     assert acme["claims"] == {"defaultTLSCertDuration": "744h", "maxTLSCertDuration": "4320h"}
-    assert x5c["roots"] == "Uk9PVCBQRU0="  # base64 of the PEM bundle: Go's []byte
     assert sshpop == {"type": "SSHPOP", "name": "sshpop", "claims": {"enableSSHCA": True}}
+
+
+def operator_root_pem(ca=True):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Operator Root")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_x5c_trusts_only_the_operator_roots(tmp_path):
+    import base64
+    pem = operator_root_pem()
+    ca = validated(x5c_roots="\n" + pem + pem)["ca"]
+    assert ca["x5c_roots"] == pem + pem
+    x5c = [p for p in cajson.ca_json(ca, Layout(tmp_path), b"ROOT PEM", {}, "")["authority"]["provisioners"]
+           if p["type"] == "X5C"]
+    assert x5c == [{"type": "X5C", "name": "x5c", "roots": base64.b64encode((pem + pem).encode()).decode()}]
+
+
+@pytest.mark.parametrize("value, words", [
+    ("not pem", "holds no PEM certificate"),
+    ("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "not a readable PEM certificate"),
+    (None, None), ("", None), (42, "must be a PEM bundle"),
+])
+def test_x5c_roots_validation(value, words):
+    if words is None:
+        assert validated(x5c_roots=value)["ca"]["x5c_roots"] is None
+        return
+    with pytest.raises(answers.AnswersError) as caught:
+        validated(x5c_roots=value)
+    assert str(caught.value).startswith("answers error: ca.x5c_roots:") and words in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_x5c_roots_must_be_ca_certificates():
+    with pytest.raises(answers.AnswersError, match="certificate 1 is not a CA certificate"):
+        validated(x5c_roots=operator_root_pem(ca=False))
 
 
 def test_claims_follow_the_answers(tmp_path):
@@ -156,3 +203,28 @@ def test_chown_tree_gives_every_file_to_the_user(tmp_path):
     nobody = pwd.getpwnam("nobody")
     system.chown_tree(tmp_path / "tree", nobody)
     assert {p.stat().st_uid for p in [tmp_path / "tree", *(tmp_path / "tree").rglob("*")]} == {nobody.pw_uid}
+
+
+def test_the_root_key_stays_roots_when_the_tree_goes_to_step(tmp_path):
+    import pwd
+
+    from ca_appliance import replace
+    tree = tmp_path / "staged"
+    (tree / "secrets").mkdir(parents=True)
+    for name in ("root_ca_key", "intermediate_ca_key"):
+        (tree / "secrets" / name).write_text("k")
+    nobody = pwd.getpwnam("nobody")
+    replace.give_to_step(Layout(tmp_path), tree, nobody, steppath_tree=True)
+    assert (tree / "secrets/root_ca_key").stat().st_uid == 0  # step-ca never reads it
+    assert (tree / "secrets/intermediate_ca_key").stat().st_uid == nobody.pw_uid
+
+
+def test_sshd_dropin_is_key_only_for_the_admin(tmp_path):
+    layout = Layout(tmp_path)
+    apply.setup(validated(), "test", layout, use_system=False, out=io.StringIO())
+    text = layout.sshd_dropin.read_text()
+    settings = dict(line.split(None, 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert settings == {"PasswordAuthentication": "no", "KbdInteractiveAuthentication": "no",
+                        "PermitRootLogin": "no", "AllowUsers": "admin"}
+    assert layout.sshd_dropin.name.startswith("10-")  # sshd takes the first value: read before 50-*.conf
+    assert layout.setup_complete.exists()

@@ -23,7 +23,7 @@ sys.path.insert(0, str(GUEST_LIB))
 from ca_appliance import jose, pki  # noqa: E402
 
 PASSWORD = "unit-test-password"
-jwcrypto.jwa.default_max_pbkdf2_iterations = 200000  # step's 100000 rounds
+jwcrypto.jwa.default_max_pbkdf2_iterations = 1000000  # the appliance writes 600000 rounds
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_pbes2_jwe_opens_with_jwcrypto_and_says_what_it_is():
     jwe = jwcrypto.jwe.JWE()
     jwe.deserialize(compact, key=jwcrypto.jwk.JWK.from_password(PASSWORD))
     assert jwe.jose_header == {"alg": "PBES2-HS256+A128KW", "enc": "A256GCM", "cty": "jwk+json",
-                               "p2c": 100000, "p2s": jwe.jose_header["p2s"]}
+                               "p2c": 600000, "p2s": jwe.jose_header["p2s"]}
     opened = jwcrypto.jwk.JWK.from_json(jwe.payload)
     assert opened.thumbprint() == jose.public_jwk(key)["kid"]
     assert int.from_bytes(jose.b64url_decode(opened["d"]), "big") == key.private_numbers().private_value
@@ -230,3 +230,22 @@ def test_leading_dot_means_subdomains_only_and_empty_means_anything():
     assert pki.name_permitted("ca.lab.example", [".lab.example"], [])
     assert pki.name_permitted("anything.example", [], ["10.0.0.0/8"])
     assert pki.name_permitted("172.16.0.1", ["lab.example"], [])
+
+
+def test_key_files_use_pbkdf2_sha256_with_the_raised_counts():
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    material = pki.create_ca("KDF CA", PASSWORD, root_password="root-passphrase-0123456789", ssh=False)
+
+    def der(pem):
+        return base64.b64decode("".join(pem.decode().splitlines()[1:-1]))
+
+    # INTEGER 600000 / 100000 right after the 16-byte salt, then hmacWithSHA256 (as OpenSSL writes PBES2)
+    assert b"\x02\x03\x09\x27\xc0\x30\x0c\x06\x08\x2a\x86\x48\x86\xf7\x0d\x02\x09" in der(material.root_key_pem)
+    assert b"\x02\x03\x01\x86\xa0\x30\x0c\x06\x08\x2a\x86\x48\x86\xf7\x0d\x02\x09" in der(
+        material.intermediate_key_pem)
+    serialization.load_pem_private_key(material.root_key_pem, b"root-passphrase-0123456789")
+    serialization.load_pem_private_key(material.intermediate_key_pem, PASSWORD.encode())
+    with pytest.raises(ValueError):
+        serialization.load_pem_private_key(material.root_key_pem, PASSWORD.encode())

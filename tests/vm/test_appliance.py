@@ -45,6 +45,26 @@ def test_first_boot_ran_once_and_is_done(host):
     assert unit["Result"] == "success", shown
     assert unit["ActiveState"] in ("active", "inactive"), shown
     assert host.file(f"{STEPPATH}/config/ca.json").exists
+    assert host.file("/etc/ca-appliance/setup-complete").exists  # written last: a cut setup reruns
+    assert not host.file("/etc/ca-appliance/replace-journal.json").exists
+
+
+def test_a_first_boot_cut_after_the_commit_was_finished_on_the_next_boot(host, target):
+    if not target.first_boot_cut:
+        pytest.skip("this run did not cut the first boot (interactive mode)")
+    log = host.run("journalctl -b -u ca-appliance-firstboot --no-pager").stdout
+    assert "setup did not finish; finishing its system steps" in log, log[-2000:]
+    assert "Setup finished." in log
+
+
+def test_sshd_is_key_only_for_the_admin(host, target):
+    effective = host.run("sshd -T -C user=%s,host=client,addr=10.0.2.2", target.user)
+    assert effective.rc == 0, effective.stderr
+    settings = dict(line.split(None, 1) for line in effective.stdout.splitlines() if " " in line)
+    assert settings["passwordauthentication"] == "no"
+    assert settings["kbdinteractiveauthentication"] == "no"
+    assert settings["permitrootlogin"] == "no"
+    assert settings["allowusers"] == target.user
 
 
 def test_time_sync_is_active(host):
@@ -80,12 +100,13 @@ def test_firewall_allows_only_ssh_and_the_ca(host, target):
     assert open_ports - allowed <= {"80/tcp"}, f"also open: {sorted(open_ports - allowed)}"
 
 
-@pytest.mark.parametrize("name", ["root_ca_key", "intermediate_ca_key"])
-def test_secrets_are_private_to_step(host, name):
+@pytest.mark.parametrize("name, owner", [("root_ca_key", "root"), ("intermediate_ca_key", "step")])
+def test_secrets_are_private_to_step(host, name, owner):
     key = host.file(f"{STEPPATH}/secrets/{name}")
     if name == "root_ca_key" and not key.exists:
         pytest.skip("the root key is offline (root_key: offline)")
-    assert (key.user, key.group, key.mode) == ("step", "step", 0o600)
+    # step-ca never reads the root key: it stays root's (issue 11, item 10)
+    assert (key.user, key.group, key.mode) == (owner, owner, 0o600)
 
 
 def test_the_secrets_directory_is_closed(host):

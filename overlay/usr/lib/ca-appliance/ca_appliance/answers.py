@@ -394,6 +394,41 @@ def check_name_constraints(value, key="ca.name_constraints"):
     return {"dns": domains, "ip": networks}
 
 
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.*?-----END CERTIFICATE-----", re.DOTALL)
+MAX_X5C_ROOTS_BYTES = 256 * 1024
+
+
+def check_x5c_roots(value, key="ca.x5c_roots"):
+    """None (no X5C provisioner) or a PEM bundle of CA certificates from ANOTHER CA (the operator's).
+
+    Whoever holds a certificate chaining to these roots may ask the X5C provisioner for any name,
+    so this CA's own root is never one of them (an ACME client would then get every name).
+    """
+    from cryptography import x509  # only needed when X5C is configured
+
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    shown = f"<PEM, {len(value)} characters>" if isinstance(value, str) else value
+    if not isinstance(value, str) or len(value) > MAX_X5C_ROOTS_BYTES:
+        raise AnswersError(key, shown, "must be a PEM bundle of CA certificates (at most 256 KiB), or null for no X5C")
+    blocks = _PEM_CERTIFICATE.findall(value.encode("utf-8", "replace"))
+    if not blocks:
+        raise AnswersError(key, shown, "holds no PEM certificate (-----BEGIN CERTIFICATE-----); or null for no X5C")
+    roots = []
+    for number, block in enumerate(blocks, 1):
+        try:
+            cert = x509.load_pem_x509_certificate(block)
+            constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            constraints = None
+        except ValueError:
+            raise AnswersError(key, shown, f"certificate {number} is not a readable PEM certificate") from None
+        if constraints is None or not constraints.ca:
+            raise AnswersError(key, shown, f"certificate {number} is not a CA certificate (basicConstraints CA:TRUE)")
+        roots.append(block.decode("ascii").replace("\r\n", "\n") + "\n")
+    return "".join(roots)
+
+
 def check_network(value, key="network"):
     """DHCP, or a static IPv4 address/prefix with a gateway and DNS servers."""
     if value is None:
@@ -533,6 +568,7 @@ def validate(raw, defaults):
             "intermediate_years": check_years(ca.get("intermediate_years"), "ca.intermediate_years", root_years),
             "name_constraints": check_name_constraints(ca.get("name_constraints"), "ca.name_constraints"),
             "claims": check_claims(ca.get("claims"), "ca.claims"),
+            "x5c_roots": check_x5c_roots(ca.get("x5c_roots"), "ca.x5c_roots"),
         },
         "admin": {
             "user": check_user_name(admin.get("user", "admin"), "admin.user"),

@@ -1,21 +1,24 @@
 """Turn validated answers into a configured CA: all or nothing.
 
 Everything is generated in memory, written to staged trees beside the real ones, then renamed
-into place. A failure or Ctrl-C before that point leaves the previous state exactly as it was;
-the system steps (hostname, network, firewall, trust store, service) come after, each naming
-itself when it fails.
+into place (replace.CAReplacement, shared with restore). A failure, Ctrl-C or power cut before
+that point leaves the previous state exactly as it was; an offline root key is delivered before
+it. The system steps (hostname, network, admin keys, sshd, firewall, trust store, service) come
+after, each idempotent; the completion marker is written last, so a cut first boot reruns them.
 """
 import datetime
 import json
+import os
 import secrets
 import string
 import sys
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from . import backup, cajson, jose, pki, system
+from . import backup, cajson, jose, pki, replace, system
 from .errors import StepFailed, UserError
-from .staging import Staging, make_dir, write_file
+from .staging import checkpoint, fsync_dir, make_dir, write_file
 
 # 32 characters from 64 symbols: 192 bits; no quotes, spaces or backslashes to trip a shell or a console.
 PASSWORD_ALPHABET = string.ascii_letters + string.digits + "-_"
@@ -75,39 +78,70 @@ def _write_step_tree(root, ca, material, config, defaults, password, keep_root_k
     root.chmod(0o755)
 
 
-def _show_root_key(material, root_key_out, out):
-    if root_key_out:
-        path = root_key_out
-        write_file(path, material.root_key_pem, 0o600)
-        print(f"Root private key (encrypted with the CA password) written to {path}: "
-              "move it off the appliance; it is not kept here.", file=out)
-        return
-    print("Root private key (encrypted with the CA password). Copy it now and keep it offline;\n"
-          "it is not stored on the appliance and will not be shown again:", file=out)
-    print(material.root_key_pem.decode("ascii"), file=out)
+def sshd_dropin(admin_user):
+    """Key-only SSH for the admin alone: the admin's password is for the console."""
+    return ("# Written by ca-appliance setup: SSH is key-only and for the appliance's admin alone.\n"
+            "PasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\n"
+            "PermitRootLogin no\n"
+            f"AllowUsers {admin_user}\n")
 
 
-def setup(answers, source, layout, *, use_system=True, force=False, root_key_out=None, out=sys.stdout):
-    """Create the CA described by validated `answers` under `layout`; returns the state recorded."""
-    ca = answers["ca"]
-    if layout.is_configured() and not force:
-        raise UserError(f"setup: a CA is already configured ({layout.ca_json}); "
-                        "run `ca-appliance setup --force` to replace it (a timestamped backup is written first)")
-    check_constraints_cover_dns_names(ca)
-    generated = ca["password"] is None
-    password = generate_password() if generated else ca["password"]
+def _secret_channel(out, use_system):
+    """Where a secret may be shown: this terminal, or /dev/console when output goes to a log (the
+    journal); None when neither exists. Never a pipe or a file."""
+    if out.isatty():
+        return out
+    if use_system:
+        try:
+            return open("/dev/console", "w")
+        except OSError:
+            return None
+    return None
 
-    print("Generating root and intermediate certificates...", file=out, flush=True)
-    material = pki.create_ca(
-        ca["name"], password, key_type=ca["key_type"], root_years=ca["root_years"],
-        intermediate_years=ca["intermediate_years"], permitted_dns=ca["name_constraints"]["dns"],
-        permitted_ip=ca["name_constraints"]["ip"], ssh=ca["ssh"])
-    provisioner_key = ec.generate_private_key(ec.SECP256R1())
-    config = cajson.ca_json(ca, layout, material.root_cert_pem, jose.public_jwk(provisioner_key),
-                            jose.encrypted_private_jwk(provisioner_key, password))
-    defaults = cajson.defaults_json(ca, layout, material.root_fingerprint)
-    keep_root_key = ca["root_key"] == "keep"
-    state = {
+
+def check_root_key_out(path):
+    """--root-key-out must name a new file in an existing, writable directory (checked before any work)."""
+    if path is None:
+        return None
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"setup: --root-key-out {str(path)!r} is a directory; name a new file in it")
+    if target.exists():
+        raise UserError(f"setup: --root-key-out {str(path)!r} exists; name a new file (a key is never overwritten)")
+    if not target.parent.is_dir() or not os.access(target.parent, os.W_OK | os.X_OK):
+        raise UserError(f"setup: --root-key-out {str(path)!r}: {target.parent} is not a writable directory")
+    return target
+
+
+def _deliver_root_key(material, passphrase, root_key_out, channel, out):
+    """Before anything is committed: the offline root key to its file (fsynced) or the console, and
+    its passphrase to the console. Never to `out` when that is a log."""
+    if root_key_out is not None:
+        try:
+            write_file(root_key_out, material.root_key_pem, 0o600)
+            fsync_dir(root_key_out.parent)
+        except OSError as error:
+            root_key_out.unlink(missing_ok=True)
+            raise UserError(f"setup: --root-key-out {str(root_key_out)!r}: cannot be written "
+                            f"({error.strerror}); nothing was changed") from None
+        where, text = f"written to {root_key_out}", ""
+    else:
+        where = "below"
+        text = ("Copy it now and keep it offline; it is not stored on the appliance and will not be shown again:\n"
+                + material.root_key_pem.decode("ascii") + "\n")
+    channel.write(f"\nRoot key passphrase (its own, not the CA password; shown once): {passphrase}\n"
+                  f"Root private key (encrypted with that passphrase) {where}.\n" + text)
+    channel.flush()
+    if channel is not out:
+        print("The offline root key's passphrase" + ("" if root_key_out else " and the key itself")
+              + " were shown on the system console, not in this output"
+              + (f"; the key was written to {root_key_out}" if root_key_out else "") + ".", file=out)
+    checkpoint("root key delivered")
+
+
+def _state(answers, source, ca, material):
+    return {
         "version": STATE_VERSION,
         "configured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "answers_source": source,
@@ -118,73 +152,130 @@ def setup(answers, source, layout, *, use_system=True, force=False, root_key_out
         "root_key": ca["root_key"],
         "key_type": ca["key_type"],
         "ssh": ca["ssh"],
+        # What the system steps need when a cut first boot reruns them (no secrets).
+        "system": {"hostname": answers["hostname"], "network": answers["network"], "admin": answers["admin"],
+                   "ca": {key: ca[key] for key in ("name", "address", "dns_names")}},
     }
 
+
+def setup(answers, source, layout, *, use_system=True, force=False, root_key_out=None, out=sys.stdout):
+    """Create the CA described by validated `answers` under `layout`; returns the state recorded."""
+    ca = answers["ca"]
+    replace.recover(layout)
+    if layout.is_configured() and not force:
+        raise UserError(f"setup: a CA is already configured ({layout.ca_json}); "
+                        "run `ca-appliance setup --force` to replace it (a timestamped backup is written first)")
+    check_constraints_cover_dns_names(ca)
+    keep_root_key = ca["root_key"] == "keep"
+    channel = None
+    if not keep_root_key:
+        root_key_out = check_root_key_out(root_key_out)
+        channel = _secret_channel(out, use_system)
+        if channel is None:
+            raise UserError("setup: ca.root_key: offline shows the root key's passphrase only on a terminal or "
+                            "the system console, and this run has neither; run setup on a console")
+    generated = ca["password"] is None
+    password = generate_password() if generated else ca["password"]
+    root_passphrase = None if keep_root_key else generate_password()
+
+    print("Generating root and intermediate certificates...", file=out, flush=True)
+    material = pki.create_ca(
+        ca["name"], password, key_type=ca["key_type"], root_years=ca["root_years"],
+        intermediate_years=ca["intermediate_years"], permitted_dns=ca["name_constraints"]["dns"],
+        permitted_ip=ca["name_constraints"]["ip"], ssh=ca["ssh"], root_password=root_passphrase)
+    provisioner_key = ec.generate_private_key(ec.SECP256R1())
+    config = cajson.ca_json(ca, layout, material.root_cert_pem, jose.public_jwk(provisioner_key),
+                            jose.encrypted_private_jwk(provisioner_key, password))
+    defaults = cajson.defaults_json(ca, layout, material.root_fingerprint)
+    state = _state(answers, source, ca, material)
+    checkpoint("generated")
+    if not keep_root_key:
+        # Durable (or in front of a person) before the swap: a failure later can no longer lose it.
+        try:
+            _deliver_root_key(material, root_passphrase, root_key_out, channel, out)
+        finally:
+            if channel is not out:
+                channel.close()
+
     step_user = system.ensure_step_user() if use_system else None
-    was_running = False
-    staging = Staging()
-    current = "stop step-ca"
-    try:
-        if use_system:
-            was_running = system.stop_service() if layout.is_configured() else False
+    with replace.CAReplacement(layout, "setup", use_system=use_system, step_user=step_user) as replacing:
         if layout.is_configured():
-            current = "back up the previous CA"
+            replacing.step = "back up the previous CA"
             stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
             saved = backup.write_archive(layout, layout.backup_dir / f"ca-appliance-{stamp}.tar.gz")
             print(f"Previous CA saved to {saved}", file=out)
-        current = "stage files"
-        step_tree = staging.stage_dir(layout.steppath)
+        replacing.step = "stage files"
+        step_tree = replacing.stage(layout.steppath)
         _write_step_tree(step_tree, ca, material, config, defaults, password, keep_root_key)
-        data_tree = staging.stage_dir(layout.data_dir)
+        data_tree = replacing.stage(layout.data_dir)
         data_tree.chmod(0o750)
         make_dir(data_tree / "db", 0o700)
-        if step_user is not None:
-            current = "give the files to user step"
-            system.chown_tree(step_tree, step_user)
-            system.chown_tree(data_tree, step_user)
-        current = "move files into place"
-        staging.swap()
-        staging.replace_file(layout.state_file, json.dumps(state, indent=2) + "\n", 0o644)
-        staging.commit()
-    except KeyboardInterrupt:
-        staging.rollback()
-        _restart_previous(use_system, was_running)
-        raise
-    except (OSError, StepFailed) as error:
-        staging.rollback()
-        _restart_previous(use_system, was_running)
-        detail = error.detail if isinstance(error, StepFailed) else str(error)
-        raise StepFailed(f"setup ({current})", f"{detail}; the previous state was left as it was") from None
-
-    if not keep_root_key:
-        _show_root_key(material, root_key_out, out)
-    write_file(layout.firewalld_service, firewalld_service_xml(cajson.listen_port(ca["address"])), 0o644)
-    write_file(layout.issue_file, issue_text(ca, material.root_fingerprint), 0o644)
-    if use_system:
-        _system_steps(answers, layout, restart=was_running, out=out)
+        checkpoint("staged")
+        replacing.commit(json.dumps(state, indent=2) + "\n", reset_complete=True)
+    checkpoint("committed")
+    # `invoke verify` cuts the power when it sees this line on the console (COMMITTED_LINE there).
+    print("The CA's files are in place; system steps next (hostname, network, admin keys, sshd, firewall, "
+          "trust store, step-ca).", file=out, flush=True)
+    finish(layout, state["system"], use_system=use_system, restart=replacing.was_running, out=out)
     _report(ca, material, password if generated else None, layout, out, use_system)
     return state
 
 
-def _restart_previous(use_system, was_running):
-    if use_system and was_running:
-        try:
-            system.start_service()
-        except StepFailed:
-            pass  # the failure being reported matters more
+def resumable(layout):
+    """The saved system inputs when a committed CA's setup did not finish (a cut first boot), else None."""
+    if not layout.is_configured() or layout.setup_complete.exists() or not layout.state_file.exists():
+        return None
+    try:
+        return json.loads(layout.state_file.read_text()).get("system")
+    except ValueError:
+        return None
 
 
-def _system_steps(answers, layout, restart, out):
+def finish(layout, saved, *, use_system=True, restart=False, out=sys.stdout):
+    """Everything after the commit, each step idempotent, then the completion marker LAST.
+    A failure here leaves no marker: the first-boot unit (or `ca-appliance setup`) reruns it."""
+    ca = saved["ca"]
+    try:
+        write_file(layout.firewalld_service, firewalld_service_xml(cajson.listen_port(ca["address"])), 0o644)
+        fingerprint = pki.fingerprint(pki.load_certificate(layout.root_cert))
+        write_file(layout.issue_file, issue_text(ca, fingerprint), 0o644)
+        write_file(layout.sshd_dropin, sshd_dropin(saved["admin"]["user"]), 0o644)
+        checkpoint("files written")
+        if use_system:
+            _system_steps(saved, layout, restart=restart, out=out)
+        mark_complete(layout)
+    except OSError as error:
+        raise StepFailed("setup (finish the system steps)",
+                         f"{error}; the CA is in place, rerun `ca-appliance setup` (or reboot) to finish") from None
+    except StepFailed as error:
+        raise StepFailed(error.step, f"{error.detail}; the CA is in place, rerun `ca-appliance setup` "
+                                     "(or reboot) to finish", log=error.log) from None
+
+
+def mark_complete(layout):
+    """The completion marker (durable): the first-boot unit stops running once it exists. Written
+    last by setup; a first-boot restore must write it too once its own steps are done."""
+    write_file(layout.setup_complete, datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds") + "\n", 0o644)
+    fsync_dir(layout.setup_complete.parent)
+
+
+def _system_steps(saved, layout, restart, out):
     system.restore_selinux_labels(layout.steppath, layout.data_dir, layout.state_dir, layout.firewalld_service,
-                                  layout.issue_file)
-    system.set_hostname(answers["hostname"])
-    system.configure_network(answers["network"])
-    admin = answers["admin"]
-    for note in (system.install_admin_keys(admin["user"], admin["ssh_authorized_keys"]), system.open_firewall()):
+                                  layout.issue_file, layout.sshd_dropin)
+    system.set_hostname(saved["hostname"])
+    checkpoint("hostname set")
+    system.configure_network(saved["network"])
+    checkpoint("network configured")
+    admin = saved["admin"]
+    for note in (system.install_admin_keys(admin["user"], admin["ssh_authorized_keys"]), system.reload_sshd(),
+                 system.open_firewall()):
         if note:
             print(f"note: {note}", file=out)
+    checkpoint("admin keys and firewall")
     system.install_trust_anchor(layout.root_cert)
+    checkpoint("trust store")
     system.start_service(restart=restart)
+    checkpoint("step-ca started")
     system.refresh_console_issue()
 
 

@@ -44,7 +44,11 @@ def _tls_claims(durations):
 
 
 def provisioners(ca, root_cert_pem, jwk_public, jwk_encrypted):
-    """JWK first (the admin's), then ACME, X5C and, with SSH on, SSHPOP."""
+    """JWK first (the admin's), then ACME, X5C (only with operator roots) and, with SSH on, SSHPOP.
+
+    X5C never trusts this CA's own root: step-ca takes the names from the token, so any holder of
+    an ACME certificate for one name could otherwise sign a token for every other name.
+    """
     jwk_claims = _tls_claims(ca["claims"]["jwk"])
     if ca["ssh"]:
         jwk_claims["enableSSHCA"] = True
@@ -53,9 +57,11 @@ def provisioners(ca, root_cert_pem, jwk_public, jwk_encrypted):
          "claims": jwk_claims},
         {"type": "ACME", "name": ACME_NAME, "challenges": list(ACME_CHALLENGES),
          "claims": _tls_claims(ca["claims"]["acme"])},
-        # step-ca unmarshals `roots` as []byte: base64 of the PEM bundle.
-        {"type": "X5C", "name": X5C_NAME, "roots": base64.b64encode(root_cert_pem).decode("ascii")},
     ]
+    if ca.get("x5c_roots"):
+        # step-ca unmarshals `roots` as []byte: base64 of the PEM bundle.
+        result.append({"type": "X5C", "name": X5C_NAME,
+                       "roots": base64.b64encode(ca["x5c_roots"].encode("ascii")).decode("ascii")})
     if ca["ssh"]:
         result.append({"type": "SSHPOP", "name": SSHPOP_NAME, "claims": {"enableSSHCA": True}})
     return result

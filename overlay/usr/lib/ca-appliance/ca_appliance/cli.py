@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import answers, apply, backup, provision, status
+from . import answers, apply, backup, provision, replace, status
 from .errors import ApplianceError, UserError
 from .layout import Layout
 
@@ -39,10 +39,14 @@ def _parser():
     save = add("backup", "Stop step-ca, archive config, certificates, secrets and database (mode 0600), restart it.")
     save.add_argument("--out", metavar="FILE", required=True, help="archive to write (.tar.gz)")
     save.add_argument("--no-system", action="store_true", help="do not stop or start the step-ca service")
+    save.add_argument("--passphrase-file", metavar="FILE",
+                      help="the backup passphrase (first line of FILE); without it, asked twice on the terminal")
     load = add("restore", "Replace the CA with a backup archive's (all or nothing), then restart step-ca.")
     load.add_argument("archive", metavar="FILE", help="archive written by `ca-appliance backup`")
     load.add_argument("--no-system", action="store_true",
                       help="do not stop or start the service nor chown to user step")
+    load.add_argument("--passphrase-file", metavar="FILE",
+                      help="the passphrase of an encrypted backup (first line of FILE); else asked on the terminal")
     prov = commands.add_parser(
         "provision", help="Build time, inside the target root: make the installed tree the appliance.",
         description="Build time, inside the target root: users, sudoers, units, firewall zone, initramfs "
@@ -119,6 +123,13 @@ def _asked(result, source):
 
 def cmd_setup(args):
     layout = Layout(args.prefix)
+    replace.recover(layout)  # a swap a power cut interrupted is undone first
+    saved = None if args.force else apply.resumable(layout)
+    if saved is not None:  # committed, but the system steps were cut short (e.g. a power cut at first boot)
+        print("setup: the CA was created but setup did not finish; finishing its system steps", flush=True)
+        apply.finish(layout, saved, use_system=not args.no_system)
+        print("Setup finished.")
+        return
     if layout.is_configured() and not args.force:  # refuse before asking anything
         raise UserError(f"setup: a CA is already configured ({layout.ca_json}); "
                         "run `ca-appliance setup --force` to replace it (a timestamped backup is written first)")
@@ -131,13 +142,42 @@ def cmd_status(args):
     print(status.render(status.collect(Layout(args.prefix))))
 
 
+def _passphrase(args, command, confirm):
+    """The backup passphrase: --passphrase-file's first line, else asked on the terminal (None: none here)."""
+    if args.passphrase_file:
+        try:
+            lines = Path(args.passphrase_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise UserError(f"{command}: --passphrase-file {args.passphrase_file!r}: cannot be read "
+                            f"({error})") from None
+        return lines[0] if lines else ""
+    if not sys.stdin.isatty():
+        return None
+    import getpass
+    first = getpass.getpass("Backup passphrase: ")
+    if confirm and getpass.getpass("Same passphrase again: ") != first:
+        raise UserError(f"{command}: the two passphrases differ; nothing was written")
+    return first
+
+
 def cmd_backup(args):
-    path = backup.backup(Layout(args.prefix), args.out, use_system=not args.no_system)
-    print(f"Backup written to {path} (mode 0600: it holds the encrypted keys and the password)")
+    layout = Layout(args.prefix)
+    if not layout.is_configured():
+        raise UserError(f"backup: no CA is configured under {layout.prefix} (no {layout.ca_json}); nothing to back up")
+    passphrase = _passphrase(args, "backup", confirm=True)
+    if passphrase is None:
+        raise UserError("backup: a backup is encrypted with a passphrase: give --passphrase-file FILE "
+                        "or run on a terminal to be asked")
+    if len(passphrase) < backup.MIN_PASSPHRASE or passphrase != passphrase.strip():
+        raise UserError(f"backup: the passphrase must be at least {backup.MIN_PASSPHRASE} characters, "
+                        "without leading or trailing spaces")
+    path = backup.backup(layout, args.out, use_system=not args.no_system, passphrase=passphrase)
+    print(f"Backup written to {path} (encrypted with the passphrase: AES-256-GCM, scrypt; mode 0600)")
 
 
 def cmd_restore(args):
-    fingerprint = backup.restore(Layout(args.prefix), args.archive, use_system=not args.no_system)
+    fingerprint = backup.restore(Layout(args.prefix), args.archive, use_system=not args.no_system,
+                                 passphrase=_passphrase(args, "restore", confirm=False))
     print(f"Restored the CA with root fingerprint {fingerprint}")
 
 
@@ -162,4 +202,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"\nca-appliance {args.command}: interrupted; nothing was changed", file=sys.stderr)
         return 130
+    except OSError as error:  # one line, never a traceback (the step that raised it names no path here)
+        print(f"ca-appliance: {args.command} failed: {error}", file=sys.stderr)
+        return 1
     return 0

@@ -1,8 +1,9 @@
 """The bits of JOSE the provisioner key needs, written against `cryptography` alone.
 
 step-ca's JWK provisioner carries its public key as a JWK and its private key as a compact
-JWE (PBES2-HS256+A128KW, A256GCM, cty jwk+json, 100000 PBKDF2 rounds), exactly as
-`step ca init` writes it (go.step.sm/crypto/jose.EncryptJWK). jwcrypto 1.1 cannot write a
+JWE (PBES2-HS256+A128KW, A256GCM, cty jwk+json, 600000 PBKDF2 rounds), as `step ca init`
+writes it with go.step.sm/crypto's current jose.EncryptJWK (step-ca itself never decrypts it:
+the step CLI and the admin's clients do). jwcrypto 1.1 cannot write a
 PBES2 count other than 8192 and jwcrypto >= 1.5 refuses to read more than 16384, so the
 few primitives are composed here instead (RFC 7516, 7517, 7518 section 4.8, 7638).
 """
@@ -20,8 +21,8 @@ from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
 PBES2_ALG = "PBES2-HS256+A128KW"
 CONTENT_ENC = "A256GCM"
 JWK_CONTENT_TYPE = "jwk+json"
-# go.step.sm/crypto/jose.PBKDF2Iterations and PBKDF2SaltSize.
-PBKDF2_ITERATIONS = 100000
+# go.step.sm/crypto/jose.PBKDF2Iterations (600000 since it followed OWASP) and PBKDF2SaltSize.
+PBKDF2_ITERATIONS = 600000
 PBKDF2_SALT_SIZE = 16
 # Refuse absurd counts on decrypt: a hostile JWE could otherwise burn minutes of CPU.
 MAX_PBKDF2_ITERATIONS = 1000000

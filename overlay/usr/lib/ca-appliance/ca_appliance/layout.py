@@ -76,6 +76,24 @@ class Layout:
         return self.state_dir / "state.json"
 
     @property
+    def setup_complete(self):
+        """Written last by setup, after every system step: the first-boot unit runs until it exists."""
+        return self.state_dir / "setup-complete"
+
+    @property
+    def replace_journal(self):
+        """Present only while the CA's trees are being swapped: a crash leaves it for recovery."""
+        return self.state_dir / "replace-journal.json"
+
+    @property
+    def root_key(self):
+        return self.secrets_dir / "root_ca_key"
+
+    @property
+    def sshd_dropin(self):
+        return self.path("/etc/ssh/sshd_config.d/10-ca-appliance.conf")
+
+    @property
     def backup_dir(self):
         return self.path("/var/backups/ca-appliance")
 

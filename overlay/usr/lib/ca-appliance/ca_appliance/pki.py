@@ -4,6 +4,7 @@ Root: self-signed, pathlen 1. Intermediate: signed by the root, pathlen 0, optio
 X.509 name constraints. Keys are serialized as encrypted PKCS#8 (PBES2, AES-256-CBC), which
 step-ca's pemutil reads with the password it is started with.
 """
+import base64
 import datetime
 import hashlib
 import ipaddress
@@ -114,9 +115,60 @@ class CAMaterial:
     ssh_user_pub: str = None
 
 
-def encrypted_pem(key, password):
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.BestAvailableEncryption(password.encode("utf-8")))
+# PBKDF2-HMAC-SHA256 rounds for the key files: what step's current library (go.step.sm/crypto) and
+# OWASP use. cryptography 38's BestAvailableEncryption leaves OpenSSL's default of 2048 and offers no
+# knob for PKCS#8 (its encryption_builder covers OpenSSH and PKCS#12 only), so the PKCS#8
+# EncryptedPrivateKeyInfo is composed here: the same PBES2 / AES-256-CBC structure OpenSSL writes.
+# The root key (offline, or kept root-only) gets the full 600000: nothing decrypts it but its owner.
+# The keys step-ca opens at every start (intermediate, SSH CAs) get 100000 (as the JWE used to): they
+# sit beside password.txt anyway, and step-ca under emulation (TCG) must still start in seconds.
+ROOT_KEY_PBKDF2_ITERATIONS = 600000
+KEY_FILE_PBKDF2_ITERATIONS = 100000
+_OID_PBES2 = bytes.fromhex("06092a864886f70d01050d")
+_OID_PBKDF2 = bytes.fromhex("06092a864886f70d01050c")
+_OID_HMAC_SHA256 = bytes.fromhex("06082a864886f70d0209")
+_OID_AES256_CBC = bytes.fromhex("060960864801650304012a")
+
+
+def _der(tag, content):
+    size = len(content)
+    if size < 0x80:
+        length = bytes([size])
+    else:
+        raw = size.to_bytes((size.bit_length() + 7) // 8, "big")
+        length = bytes([0x80 | len(raw)]) + raw
+    return bytes([tag]) + length + content
+
+
+def _der_int(value):
+    return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
+
+
+def encrypted_pem(key, password, iterations=KEY_FILE_PBKDF2_ITERATIONS):
+    """Encrypted PKCS#8 PEM (PBES2: PBKDF2-HMAC-SHA256 `iterations`, AES-256-CBC), readable by
+    step-ca's pemutil, OpenSSL and cryptography."""
+    import os
+
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
+    plain = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption())
+    salt, iv = os.urandom(16), os.urandom(16)
+    derived = PBKDF2HMAC(algorithm=hashes.SHA256(), length=32, salt=salt, iterations=iterations).derive(
+        password.encode("utf-8"))
+    padder = padding.PKCS7(128).padder()
+    encryptor = Cipher(algorithms.AES(derived), modes.CBC(iv)).encryptor()
+    sealed = encryptor.update(padder.update(plain) + padder.finalize()) + encryptor.finalize()
+    prf = _der(0x30, _OID_HMAC_SHA256 + b"\x05\x00")
+    kdf = _der(0x30, _OID_PBKDF2 + _der(0x30, _der(0x04, salt) + _der_int(iterations) + prf))
+    scheme = _der(0x30, _OID_AES256_CBC + _der(0x04, iv))
+    algorithm = _der(0x30, _OID_PBES2 + _der(0x30, kdf + scheme))
+    der = _der(0x30, algorithm + _der(0x04, sealed))
+    body = base64.encodebytes(der).decode("ascii").replace("\n", "")
+    lines = "\n".join(body[i:i + 64] for i in range(0, len(body), 64))
+    return f"-----BEGIN ENCRYPTED PRIVATE KEY-----\n{lines}\n-----END ENCRYPTED PRIVATE KEY-----\n".encode("ascii")
 
 
 def fingerprint(cert):
@@ -130,8 +182,9 @@ def openssh_public(key, comment):
 
 
 def create_ca(name, password, *, key_type="EC-P256", root_years=10, intermediate_years=5,
-              permitted_dns=(), permitted_ip=(), ssh=False):
-    """A new root, intermediate and (with ssh) SSH host and user CA keys, all under `password`."""
+              permitted_dns=(), permitted_ip=(), ssh=False, root_password=None):
+    """A new root, intermediate and (with ssh) SSH host and user CA keys, all under `password`
+    (the root key under `root_password` when given: an offline root key has its own)."""
     root_key = generate_key(key_type)
     intermediate_key = generate_key(key_type)
     root_subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, name),
@@ -145,7 +198,7 @@ def create_ca(name, password, *, key_type="EC-P256", root_years=10, intermediate
     pem = serialization.Encoding.PEM
     material = CAMaterial(
         root_cert_pem=root.public_bytes(pem),
-        root_key_pem=encrypted_pem(root_key, password),
+        root_key_pem=encrypted_pem(root_key, root_password or password, ROOT_KEY_PBKDF2_ITERATIONS),
         intermediate_cert_pem=intermediate.public_bytes(pem),
         intermediate_key_pem=encrypted_pem(intermediate_key, password),
         root_fingerprint=fingerprint(root),

@@ -209,7 +209,9 @@ def _filesystem_type(device):
 def _mounted_read_only(device, where):
     mountpoint = Path(tempfile.mkdtemp(prefix="ca-appliance-seed-"))
     try:
-        result = subprocess.run(["mount", "-o", "ro", device, str(mountpoint)], capture_output=True, text=True)
+        # Whatever the volume holds, nothing on it runs or acts as a device.
+        result = subprocess.run(["mount", "-o", "ro,nosuid,nodev,noexec", device, str(mountpoint)],
+                                capture_output=True, text=True)
         if result.returncode != 0:
             detail = " ".join(result.stderr.split())
             raise SourceError(where, device, f"can't be mounted read-only: {detail}")

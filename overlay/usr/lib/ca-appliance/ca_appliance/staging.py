@@ -3,19 +3,59 @@
 A staged tree lives next to its target (same file system, so rename is atomic). swap() moves
 each old tree aside and the new one in; any failure or Ctrl-C before it returns puts every old
 tree back. The old trees are deleted only once the caller commits.
+
+Power cuts: every staged file and directory is fsynced before the renames, and each rename's
+directory after it. With a journal path, swap() first records (fsynced) what it is about to
+move; a crash before commit() leaves that journal, and recover() puts the previous trees and
+files back on the next run. commit() deletes the journal: that unlink is the commit point.
 """
+import base64
+import json
 import os
 import secrets
 import shutil
 import tempfile
 from pathlib import Path
 
+KILL_AT_VARIABLE = "CA_APPLIANCE_TEST_KILL_AT"
+
+
+def checkpoint(name):
+    """Test hook: SIGKILL this process at the named point when the environment asks for it, so the
+    tests can cut setup (a real signal, as a power cut would) at every step and check the rerun."""
+    if os.environ.get(KILL_AT_VARIABLE) == name:
+        os.kill(os.getpid(), 9)
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root):
+    """fsync every file and directory under root (symlinks are not followed)."""
+    for directory, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(directory, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(directory)
+
 
 class Staging:
-    def __init__(self):
+    def __init__(self, journal=None):
         self._staged = []   # (staged dir, final dir)
         self._moved = []    # (staged dir, final dir, old dir or None), in swap order
         self._files = []    # (final file, previous bytes or None)
+        self._journal = Path(journal) if journal else None
 
     def stage_dir(self, final):
         """A new empty directory beside `final`, to fill with what `final` should hold."""
@@ -25,29 +65,49 @@ class Staging:
         self._staged.append((staged, final))
         return staged
 
+    def _write_journal(self, planned):
+        if self._journal is None:
+            return
+        record = {"trees": [[str(s), str(f), str(o) if o else None] for s, f, o in planned],
+                  "files": [[str(path), base64.b64encode(previous).decode("ascii") if previous is not None else None]
+                            for path, previous in self._files]}
+        write_file(self._journal, json.dumps(record) + "\n", 0o600, durable=True)
+
     def swap(self):
         """Move every staged tree into place; on any failure, put the old trees back and re-raise."""
         token = secrets.token_hex(4)
+        planned = []
+        for staged, final in self._staged:
+            old = final.with_name(f".{final.name}.old-{token}") if (final.exists() or final.is_symlink()) else None
+            planned.append((staged, final, old))
         try:
-            for staged, final in self._staged:
-                old = None
-                if final.exists() or final.is_symlink():
-                    old = final.with_name(f".{final.name}.old-{token}")
+            for staged, _final, _old in planned:
+                fsync_tree(staged)
+            self._planned = planned
+            self._write_journal(planned)
+            for staged, final, old in planned:
+                if old is not None:
                     os.rename(final, old)
                 self._moved.append((staged, final, old))
+                checkpoint(f"swap {final.name} (old moved aside)")
                 os.rename(staged, final)
+                fsync_dir(final.parent)
+                checkpoint(f"swap {final.name} (new in place)")
         except BaseException:
             self.rollback()
             raise
 
     def replace_file(self, final, data, mode):
-        """Atomically write one file (e.g. state.json in a directory shared with others)."""
+        """Atomically and durably write one file (e.g. state.json in a directory shared with others)."""
         final = Path(final)
         previous = final.read_bytes() if final.exists() else None
         self._files.append((final, previous))
+        if self._moved:
+            self._write_journal(self._planned)
         final.parent.mkdir(parents=True, exist_ok=True)
         write_file(final.with_name(f".{final.name}.new"), data, mode)
         os.replace(final.with_name(f".{final.name}.new"), final)
+        fsync_dir(final.parent)
 
     def rollback(self):
         """Undo swap() and replace_file(), then delete whatever was staged."""
@@ -64,9 +124,14 @@ class Staging:
         self._moved = []
         self._files = []
         self.discard()
+        if self._journal is not None:
+            self._journal.unlink(missing_ok=True)
 
     def commit(self):
-        """Forget the old trees for good."""
+        """The commit point: the journal goes (durably); then the old trees are deleted for good."""
+        if self._journal is not None and self._journal.exists():
+            self._journal.unlink()
+            fsync_dir(self._journal.parent)
         for _staged, _final, old in self._moved:
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
@@ -80,8 +145,45 @@ class Staging:
         self._staged = []
 
 
-def write_file(path, data, mode):
-    """Create path with `mode` from the start (never world-readable, not even for a moment)."""
+def recover(journal):
+    """Undo a swap that a crash interrupted before its commit; True when there was one to undo."""
+    journal = Path(journal)
+    if not journal.exists():
+        return False
+    try:
+        record = json.loads(journal.read_text())
+    except ValueError:
+        record = {"trees": [], "files": []}  # torn before its fsync: the swap had not started
+    for path, previous in reversed(record.get("files", [])):
+        if previous is None:
+            Path(path).unlink(missing_ok=True)
+        else:
+            write_file(path, base64.b64decode(previous), 0o644, durable=True)
+    for staged, final, old in reversed(record.get("trees", [])):
+        final, staged = Path(final), Path(staged)
+        if old is not None and Path(old).exists():
+            if final.exists():
+                shutil.rmtree(final)   # the new tree: its old one is still aside
+            os.rename(old, final)
+        elif old is None and not staged.exists() and final.exists():
+            shutil.rmtree(final)       # nothing was there before: the new tree goes
+        shutil.rmtree(staged, ignore_errors=True)
+        fsync_dir(final.parent)
+    journal.unlink()
+    fsync_dir(journal.parent)
+    return True
+
+
+def remove_leftovers(final):
+    """Staged trees a crash left beside `final` (.NAME.new-*): never part of anything committed."""
+    final = Path(final)
+    if final.parent.is_dir():
+        for leftover in final.parent.glob(f".{final.name}.new-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def write_file(path, data, mode, durable=True):
+    """Create path with `mode` from the start (never world-readable, not even for a moment), fsynced."""
     if isinstance(data, str):
         data = data.encode("utf-8")
     path = Path(path)
@@ -89,6 +191,9 @@ def write_file(path, data, mode):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
+        handle.flush()
+        if durable:
+            os.fsync(handle.fileno())
     os.chmod(path, mode)  # umask may have taken bits away
 
 
