@@ -67,7 +67,9 @@ def test_shipped_defaults_validate_to_a_complete_configuration(defaults):
             "intermediate_years": 5,
             "name_constraints": {"dns": [], "ip": []},
             "claims": {"acme": {"default": "744h", "max": "4320h"}, "jwk": {"default": "744h", "max": "8760h"}},
+            "database": {"type": "badger"},
         },
+        "join": None,
         "admin": {"user": "admin", "ssh_authorized_keys": []},
     }
 

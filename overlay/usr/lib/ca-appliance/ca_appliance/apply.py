@@ -13,7 +13,7 @@ import sys
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from . import backup, cajson, jose, pki, system
+from . import backup, cajson, database, jose, pki, system
 from .errors import StepFailed, UserError
 from .staging import Staging, make_dir, write_file
 
@@ -54,12 +54,26 @@ def issue_text(ca, root_fingerprint):
     )
 
 
+def ca_json_mode(db):
+    """ca.json holds a shared database's DSN (its password): then it is a secret like password.txt."""
+    return 0o400 if database.is_shared(db) else 0o644
+
+
+def check_database(db):
+    """A shared database must take our credentials before anything is written (exit 2 otherwise)."""
+    try:
+        database.check_reachable(db)
+    except database.Unreachable as error:
+        raise UserError(f"answers error: ca.database: {error}; nothing was changed") from None
+
+
 def _write_step_tree(root, ca, material, config, defaults, password, keep_root_key):
     """STEPPATH's contents under `root` (a staged directory); secrets 0600 in a 0700 dir, password 0400."""
     config_dir = make_dir(root / "config", 0o755)
     certs_dir = make_dir(root / "certs", 0o755)
     secrets_dir = make_dir(root / "secrets", 0o700)
-    write_file(config_dir / "ca.json", json.dumps(config, indent=2) + "\n", 0o644)
+    write_file(config_dir / "ca.json", json.dumps(config, indent=2) + "\n",
+               ca_json_mode(ca.get("database") or database.DEFAULT))
     write_file(config_dir / "defaults.json", json.dumps(defaults, indent=2) + "\n", 0o644)
     write_file(certs_dir / "root_ca.crt", material.root_cert_pem, 0o644)
     write_file(certs_dir / "intermediate_ca.crt", material.intermediate_cert_pem, 0o644)
@@ -94,6 +108,8 @@ def setup(answers, source, layout, *, use_system=True, force=False, root_key_out
         raise UserError(f"setup: a CA is already configured ({layout.ca_json}); "
                         "run `ca-appliance setup --force` to replace it (a timestamped backup is written first)")
     check_constraints_cover_dns_names(ca)
+    db = ca.get("database") or database.DEFAULT
+    check_database(db)
     generated = ca["password"] is None
     password = generate_password() if generated else ca["password"]
 
@@ -118,6 +134,7 @@ def setup(answers, source, layout, *, use_system=True, force=False, root_key_out
         "root_key": ca["root_key"],
         "key_type": ca["key_type"],
         "ssh": ca["ssh"],
+        "database": {key: value for key, value in db.items() if key != "dsn"},  # never the DSN: it holds a password
     }
 
     step_user = system.ensure_step_user() if use_system else None
@@ -137,7 +154,8 @@ def setup(answers, source, layout, *, use_system=True, force=False, root_key_out
         _write_step_tree(step_tree, ca, material, config, defaults, password, keep_root_key)
         data_tree = staging.stage_dir(layout.data_dir)
         data_tree.chmod(0o750)
-        make_dir(data_tree / "db", 0o700)
+        if not database.is_shared(db):
+            make_dir(data_tree / "db", 0o700)
         if step_user is not None:
             current = "give the files to user step"
             system.chown_tree(step_tree, step_user)
@@ -194,7 +212,8 @@ def _report(ca, material, generated_password, layout, out, use_system):
           f"  Root fingerprint:  {material.root_fingerprint}\n"
           f"  CA URL:            {cajson.ca_url(ca)}\n"
           f"  ACME directory:    {cajson.acme_directory_url(ca)}\n"
-          f"  Provisioner:       {ca['provisioner']} (JWK)", file=out)
+          f"  Provisioner:       {ca['provisioner']} (JWK)\n"
+          f"  Database:          {database.describe(ca.get('database') or database.DEFAULT)}", file=out)
     if generated_password:
         # Shown once, on the console only: it is in password.txt (0400, user step) and nowhere else.
         _show_on_console(f"\n  CA password (generated; shown once, write it down): {generated_password}\n",

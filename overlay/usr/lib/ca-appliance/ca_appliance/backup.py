@@ -11,7 +11,7 @@ import os
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from . import pki, system
+from . import database, pki, system
 from .errors import StepFailed, UserError
 from .staging import Staging, write_file
 
@@ -34,6 +34,7 @@ def write_archive(layout, out_path):
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "prefix": str(layout.prefix),
         "root_fingerprint": pki.fingerprint(pki.load_certificate(layout.root_cert)),
+        "database": database_entry(layout),
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(f".{out_path.name}.partial")
@@ -55,9 +56,18 @@ def write_archive(layout, out_path):
     return out_path
 
 
+def database_entry(layout):
+    """What the manifest says of the database: a shared one's state stays on its server (never the DSN)."""
+    db = database.from_ca_json(json.loads(layout.ca_json.read_text()))
+    entry = {key: value for key, value in db.items() if key != "dsn"}
+    entry["included"] = not database.is_shared(db)
+    return entry
+
+
 def backup(layout, out_path, use_system=True):
-    """Stop step-ca, archive, start it again (also when archiving fails)."""
-    if use_system and layout.is_system:
+    """Stop step-ca, archive, start it again (also when archiving fails). With a shared database
+    there is no local database to quiesce: step-ca keeps serving."""
+    if use_system and layout.is_system and database_entry(layout)["included"]:
         was_running = system.stop_service()
         try:
             return write_archive(layout, out_path)
