@@ -230,3 +230,48 @@ def test_two_nodes_from_setup_and_join_serve_one_ca_through_a_round_robin_proxy(
     # Both ACME accounts were created once and used on both nodes; every certificate is in the database.
     assert count(mariadb, "acme_accounts") == 2
     assert count(mariadb, "x509_certs") >= len(leaves)
+
+
+# ---- join: from the unattended answers, and what it refuses ----
+
+
+def test_unattended_answers_join_a_node_and_restore_keeps_the_database_out(tmp_path, mariadb):
+    port1, port2 = free_port(), free_port()
+    node1 = CA(tmp_path / "node1", port1, answers_for(port1, database=shared_db(mariadb)))
+    node1.setup()
+    archive = tmp_path / "node1.tar.gz"
+    run_cli("backup", "--prefix", node1.prefix, "--no-system", "--out", archive)
+    answers = tmp_path / "node2-answers.yaml"
+    answers.write_text(yaml.safe_dump({"hostname": "ca2.test.example", "join": {"backup": str(archive)},
+                                       "ca": {"address": f"127.0.0.1:{port2}"}}))
+    joined = run_cli("setup", "--answers", answers, "--prefix", tmp_path / "node2", "--no-system")
+    assert "is now a node of the CA" in joined.stdout and DB_PASSWORD not in joined.stdout + joined.stderr
+    node2 = CA(tmp_path / "node2", port2, node1.answers)
+    assert node2.config["address"] == f"127.0.0.1:{port2}"
+    assert node2.config["db"] == node1.config["db"]
+    state = json.loads((node2.prefix / "etc/ca-appliance/state.json").read_text())
+    assert state["hostname"] == "ca2.test.example" and state["database"] == {"type": "mysql", "database": DB_NAME}
+    # A restore on a shared-database node says the database was not in the backup.
+    restored = run_cli("restore", archive, "--prefix", node2.prefix, "--no-system")
+    assert "the database was not in the backup and was not changed" in restored.stdout
+    assert DB_PASSWORD not in restored.stdout + restored.stderr
+
+
+def test_join_refuses_a_backup_of_a_badger_ca_and_an_unreachable_database(tmp_path, make_ca, mariadb):
+    badger = make_ca()
+    archive = tmp_path / "badger.tar.gz"
+    run_cli("backup", "--prefix", badger.prefix, "--no-system", "--out", archive)
+    with tarfile.open(archive) as tar:
+        assert json.load(tar.extractfile("ca-appliance-backup.json"))["database"]["included"] is True
+    target = tmp_path / "node"
+    result = run_cli("join", "--from", archive, "--prefix", target, "--no-system", check=False)
+    assert_refused_and_nothing_written(result, target, "embedded badger database")
+
+    port = free_port()
+    shared = CA(tmp_path / "shared", port, answers_for(port, database=shared_db(mariadb)))
+    shared.setup()
+    run_cli("backup", "--prefix", shared.prefix, "--no-system", "--out", archive)
+    answers = tmp_path / "join.yaml"
+    answers.write_text(yaml.safe_dump({"ca": {"database": shared_db(mariadb, password="not-the-password")}}))
+    result = run_cli("join", "--from", archive, "--answers", answers, "--prefix", target, "--no-system", check=False)
+    assert_refused_and_nothing_written(result, target, "Access denied for user")

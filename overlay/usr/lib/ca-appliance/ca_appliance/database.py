@@ -117,7 +117,8 @@ def parse_dsn(dsn):
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     elif not address.startswith("/"):
         return None
-    return {"user": user, "password": password, "net": net, "address": address, "dsn": text}
+    return {"user": user, "password": password, "net": net, "address": address,
+            "dsn": f"{credentials}@{net}({address})/"}
 
 
 def _split_host_port(address):

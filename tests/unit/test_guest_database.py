@@ -1,0 +1,163 @@
+"""ca.database: the DSN rules, the drivers read from a step-ca binary, ca.json's db block, and the
+password never showing in an error or a description."""
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+GUEST_LIB = Path(__file__).resolve().parents[2] / "overlay/usr/lib/ca-appliance"
+sys.path.insert(0, str(GUEST_LIB))
+
+from ca_appliance import cajson, database  # noqa: E402
+from ca_appliance.answers import AnswersError, load_defaults, validate  # noqa: E402
+from ca_appliance.layout import Layout  # noqa: E402
+
+SECRET = "s3cret-Pass@word"
+DSN = f"stepca:{SECRET}@tcp(db.lab.example:3306)/"
+MYSQL = ("badger", "mysql")
+
+
+def test_default_is_the_embedded_badger_database():
+    assert validate({}, load_defaults())["ca"]["database"] == {"type": "badger"}
+    assert database.validate(None, MYSQL) == {"type": "badger"}
+    assert database.validate("badger", MYSQL) == {"type": "badger"}
+
+
+@pytest.mark.parametrize("dsn, normalized", [
+    (DSN, DSN),
+    (f"stepca:{SECRET}@tcp(db.lab.example:3306)", DSN),  # the trailing '/' step-ca needs is added
+    ("stepca:pw@tcp(10.0.0.5)/", "stepca:pw@tcp(10.0.0.5:3306)/"),
+    ("stepca:pw@tcp([fd00::5]:3307)/", "stepca:pw@tcp([fd00::5]:3307)/"),
+    ("stepca@unix(/run/mysqld/mysqld.sock)/", "stepca@unix(/run/mysqld/mysqld.sock)/"),
+    ("stepca:p/a@ss@tcp(h:1)/", "stepca:p/a@ss@tcp(h:1)/"),  # go-sql-driver splits at the last '@'
+])
+def test_mysql_dsn_is_accepted_and_normalized(dsn, normalized):
+    result = database.validate({"type": "mysql", "dsn": dsn, "database": "stepca"}, MYSQL)
+    assert result == {"type": "mysql", "dsn": normalized, "database": "stepca"}
+
+
+@pytest.mark.parametrize("dsn", [
+    f"stepca:{SECRET}@db.lab.example:3306",           # no tcp(...)
+    f"stepca:{SECRET}@tcp(db:3306)/stepca",           # step-ca appends the name itself
+    f"stepca:{SECRET}@tcp(db:3306)/?tls=true",        # nor parameters
+    f"mysql://stepca:{SECRET}@db:3306/",              # a URL, not a go-sql-driver DSN
+    f"stepca:{SECRET}@tcp(db:99999)/",
+    f":{SECRET}@tcp(db:3306)/",                       # no user
+    f"stepca:{SECRET}@unix(relative.sock)/",
+    f"stepca:{SECRET}\n@tcp(db:3306)/",
+    None, 42,
+])
+def test_a_bad_dsn_is_one_line_that_never_shows_the_password(dsn):
+    with pytest.raises(AnswersError) as caught:
+        database.validate({"type": "mysql", "dsn": dsn, "database": "stepca"}, MYSQL)
+    message = str(caught.value)
+    assert message.startswith("answers error: ca.database.dsn: '<hidden>' is not a MySQL DSN")
+    assert SECRET not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"type": "mysql", "dsn": DSN, "database": "step-ca"}, "ca.database.database"),
+    ({"type": "mysql", "dsn": DSN, "database": "x; DROP DATABASE y"}, "ca.database.database"),
+    ({"type": "mongodb", "dsn": DSN}, "ca.database.type"),
+    ({"type": "mysql", "dsn": DSN, "password": SECRET}, "ca.database.password"),
+    ({"type": "badger", "dsn": DSN}, "ca.database.dsn"),
+    (["mysql"], "ca.database"),
+])
+def test_other_bad_database_answers_name_their_key(raw, key):
+    with pytest.raises(AnswersError) as caught:
+        database.validate(raw, MYSQL)
+    assert caught.value.key == key
+    assert SECRET not in str(caught.value)
+
+
+def test_postgresql_only_where_the_step_ca_has_the_driver():
+    raw = {"type": "postgresql", "dsn": f"postgresql://stepca:{SECRET}@db:5432/", "database": "stepca"}
+    with pytest.raises(AnswersError, match="not supported by .* step-ca .it was built with: badger, mysql"):
+        database.validate(raw, MYSQL)
+    assert database.validate(raw, ("badger", "mysql", "postgresql"))["type"] == "postgresql"
+
+
+def test_supported_types_are_read_from_the_binary(tmp_path):
+    plain, both = tmp_path / "plain", tmp_path / "both"
+    plain.write_bytes(b"\0" * 100 + b"github.com/smallstep/nosql/badger/v2.(*DB).Open" + b"\0" * 100)
+    # the marker straddles the scanner's chunk boundary
+    both.write_bytes(b"\0" * ((1 << 22) - 10) + b"github.com/smallstep/nosql/mysql.(*DB).Open\0"
+                     + b"github.com/smallstep/nosql/postgresql.(*DB).Open")
+    assert database.supported_types(plain) == ("badger",)
+    assert database.supported_types(both) == ("badger", "mysql", "postgresql")
+    assert database.supported_types(tmp_path / "missing") == database.FALLBACK_TYPES
+
+
+def test_supported_types_of_step_ca_built_from_debian_sources_include_mysql():
+    import os
+    cache = os.environ.get("CA_APPLIANCE_CACHE")
+    binary = Path(cache) / "source/step-ca" if cache else None
+    if binary is None or not binary.exists():
+        pytest.skip("no step-ca built from source in CA_APPLIANCE_CACHE (invoke step-ca-from-source)")
+    assert database.supported_types(binary) == ("badger", "mysql")
+
+
+def test_redact_and_describe_never_show_the_password():
+    shared = database.validate({"type": "mysql", "dsn": DSN, "database": "stepca"}, MYSQL)
+    assert database.redact(DSN) == "stepca:***@tcp(db.lab.example:3306)/"
+    assert database.redact(f"junk {SECRET}") == "<hidden>"
+    assert database.describe(shared) == "mysql: database stepca on tcp(db.lab.example:3306) as user stepca (shared)"
+    assert database.describe({"type": "badger"}).startswith("badger")
+
+
+def test_ca_json_db_block_follows_the_answer(tmp_path):
+    layout = Layout(tmp_path)
+    ca = validate({}, load_defaults())["ca"]
+    block = cajson.ca_json(ca, layout, b"PEM", {}, "jwe")["db"]
+    assert block == {"type": "badgerv2", "dataSource": str(layout.db_dir), "badgerFileLoadingMode": ""}
+    ca["database"] = {"type": "mysql", "dsn": DSN, "database": "stepca"}
+    assert cajson.ca_json(ca, layout, b"PEM", {}, "jwe")["db"] == {"type": "mysql", "dataSource": DSN,
+                                                                  "database": "stepca"}
+    assert database.from_ca_json({"db": {"type": "mysql", "dataSource": DSN, "database": "stepca"}}) == ca["database"]
+
+
+def test_join_answer():
+    defaults = load_defaults()
+    assert validate({"join": {"backup": " /root/node1.tar.gz "}}, defaults)["join"] == {"backup": "/root/node1.tar.gz"}
+    with pytest.raises(AnswersError, match="join"):
+        validate({"join": "/root/node1.tar.gz"}, defaults)
+
+
+def _one_shot_server(reply):
+    """A TCP server that sends `reply` to the first connection and closes it."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve():
+        conn, _ = listener.accept()
+        conn.sendall(reply)
+        conn.close()
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1]
+
+
+def test_reachability_reports_a_server_that_is_not_mysql_or_refuses_us():
+    port = _one_shot_server(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    with pytest.raises(database.Unreachable, match="does not speak the MySQL protocol|closed the connection"):
+        database.check_reachable({"type": "mysql", "dsn": f"u:{SECRET}@tcp(127.0.0.1:{port})/", "database": "d"})
+    error = b"\xffj\x04Host '127.0.0.1' is not allowed to connect"
+    port = _one_shot_server(len(error).to_bytes(3, "little") + b"\0" + error)
+    with pytest.raises(database.Unreachable) as caught:
+        database.check_reachable({"type": "mysql", "dsn": f"u:{SECRET}@tcp(127.0.0.1:{port})/", "database": "d"})
+    assert "is not allowed to connect (error 1130)" in str(caught.value) and SECRET not in str(caught.value)
+
+
+def test_scrambles_match_the_documented_algorithms():
+    import hashlib
+    salt = bytes(range(20))
+    stage1 = hashlib.sha1(b"pw").digest()
+    expected = bytes(a ^ b for a, b in zip(stage1, hashlib.sha1(salt + hashlib.sha1(stage1).digest()).digest(),
+                                           strict=True))
+    assert database._scramble("mysql_native_password", b"pw", salt) == expected
+    assert len(database._scramble("caching_sha2_password", b"pw", salt)) == 32
+    assert database._scramble("mysql_native_password", b"", salt) == b""
