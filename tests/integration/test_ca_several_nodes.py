@@ -2,6 +2,7 @@
 and stopped here), two step-ca nodes made by `ca-appliance setup` and `ca-appliance join`, and
 two ACME clients (certbot, acme-tiny) going through a round-robin TCP proxy in front of them.
 """
+import io
 import json
 import os
 import signal
@@ -275,3 +276,35 @@ def test_join_refuses_a_backup_of_a_badger_ca_and_an_unreachable_database(tmp_pa
     answers.write_text(yaml.safe_dump({"ca": {"database": shared_db(mariadb, password="not-the-password")}}))
     result = run_cli("join", "--from", archive, "--answers", answers, "--prefix", target, "--no-system", check=False)
     assert_refused_and_nothing_written(result, target, "Access denied for user")
+
+
+def test_wizard_after_a_bad_unattended_database_falls_back_to_badger_without_showing_the_password(tmp_path):
+    from test_wizard import answer, finish, start_setup
+
+    prefix = tmp_path / "root"
+    baked = prefix / "etc/ca-appliance/answers.yaml"
+    baked.parent.mkdir(parents=True)
+    baked.write_text(yaml.safe_dump({"hostname": "baked.lab.example", "ca": {
+        "name": "Baked CA", "provisioner": "ops@lab.example",
+        "database": {"type": "mysql", "dsn": f"stepca:{DB_PASSWORD}@db.lab.example", "database": DB_NAME}}}))
+    child = start_setup(prefix)
+    child.logfile_read = seen = io.StringIO()  # everything the console showed
+    child.expect_exact("The unattended answers could not be used:")
+    child.expect_exact("ca.database.dsn: '<hidden>' is not a MySQL DSN")
+    answer(child, "Host name of this appliance (fully qualified) [baked.lab.example]: ", "")
+    answer(child, "Network: dhcp or static? [dhcp]: ", "")
+    answer(child, "name your new PKI? (e.g. Lab CA) [Baked CA]: ", "")
+    answer(child, "(comma-separated) [", "baked.lab.example")
+    answer(child, "listen at? (e.g. :443) [:443]: ", "")
+    answer(child, "first provisioner? (an email) [ops@lab.example]: ", "")
+    answer(child, "Generate a random one (shown once, at the end)? [Y/n]: ", "")
+    answer(child, "sign SSH host and user certificates? [Y/n]: ", "")
+    answer(child, "Admin's SSH public key ('none' for console login only) [none]: ", "")
+    child.expect_exact("Using the default for ca.database")
+    child.expect_exact("Database:")
+    child.expect_exact("badger (embedded")
+    answer(child, "Apply? [Y/n]: ", "")
+    child.expect_exact("Your CA is ready.")
+    assert finish(child) == 0
+    assert "Your CA is ready." in seen.getvalue() and DB_PASSWORD not in seen.getvalue()
+    assert json.loads((prefix / "etc/step-ca/config/ca.json").read_text())["db"]["type"] == "badgerv2"
