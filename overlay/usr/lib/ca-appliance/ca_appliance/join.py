@@ -19,23 +19,25 @@ from .errors import UserError
 from .staging import write_file
 
 
-def _backup_ca_json(archive, layout):
-    manifest, entries = backup.read_archive(archive, layout)
+def _backup_ca_json(archive, layout, sealed):
+    manifest, entries = backup.read_archive(archive, layout, **sealed)
     name = str(layout.ca_json.relative_to(layout.prefix))
     data = next(data for entry, _member, data in entries if entry == name)
     return manifest, json.loads(data)
 
 
-def join(layout, archive, *, answers=None, address=None, use_system=True, out=sys.stdout):
+def join(layout, archive, *, answers=None, address=None, use_system=True, out=sys.stdout, passphrase=None):
     """Become a node of the CA `archive` backs up; returns the root fingerprint.
 
     answers: validated answers (hostname, network, admin, ca.address, and ca.database when it
     names a shared database) or None: keep the backup's address and database, touch no system
-    setting but the firewall, trust store and service."""
+    setting but the firewall, trust store and service.
+    passphrase: of an encrypted (format 2) backup, passed on to backup's read_archive/restore."""
+    sealed = {"passphrase": passphrase} if passphrase is not None else {}
     if layout.is_configured():
         raise UserError(f"join: a CA is already configured ({layout.ca_json}); a node joins from a fresh "
                         "appliance (or restore the backup with `ca-appliance restore` to replace this CA)")
-    manifest, config = _backup_ca_json(archive, layout)
+    manifest, config = _backup_ca_json(archive, layout, sealed)
     db = database.from_ca_json(config)
     if answers is not None and database.is_shared(answers["ca"]["database"]):
         db = answers["ca"]["database"]
@@ -46,7 +48,7 @@ def join(layout, archive, *, answers=None, address=None, use_system=True, out=sy
     if address is None:
         address = answers["ca"]["address"] if answers is not None else config["address"]
 
-    fingerprint = backup.restore(layout, archive, use_system=use_system)
+    fingerprint = backup.restore(layout, archive, use_system=use_system, **sealed)
     config = json.loads(layout.ca_json.read_text())
     config["address"] = address
     config["db"] = database.ca_json_block(db, layout.db_dir)
