@@ -161,3 +161,14 @@ def test_scrambles_match_the_documented_algorithms():
     assert database._scramble("mysql_native_password", b"pw", salt) == expected
     assert len(database._scramble("caching_sha2_password", b"pw", salt)) == 32
     assert database._scramble("mysql_native_password", b"", salt) == b""
+
+
+def test_postgresql_is_described_without_its_password_and_checked_for_an_answering_port():
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    db = {"type": "postgresql", "dsn": f"postgresql://stepca:{SECRET}@127.0.0.1:{port}/", "database": "stepca"}
+    assert database.describe(db) == f"postgresql: database stepca on tcp(127.0.0.1:{port}) as user stepca (shared)"
+    with pytest.raises(database.Unreachable, match=f"cannot connect to the PostgreSQL server at 127.0.0.1:{port}"):
+        database.check_reachable(db, timeout=2)

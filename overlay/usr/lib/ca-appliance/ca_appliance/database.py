@@ -151,9 +151,20 @@ def describe(db):
     """One line for status, reports and logs; never the password."""
     if db.get("type", "badger") == "badger":
         return "badger (embedded, on this appliance)"
-    parsed = parse_dsn(db["dsn"]) or {"user": "?", "net": "?", "address": "?"}
+    parsed = parse_dsn(db["dsn"]) or _url_parts(db["dsn"])
     return (f"{db['type']}: database {db['database']} on {parsed['net']}({parsed['address']}) "
             f"as user {parsed['user']} (shared)")
+
+
+def _url_parts(dsn):
+    """user, net and address of a URL DSN (PostgreSQL) for describe(); never its password."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(dsn)
+        return {"user": parts.username or "?", "net": "tcp", "address": f"{parts.hostname}:{parts.port or 5432}"}
+    except ValueError:
+        return {"user": "?", "net": "?", "address": "?"}
 
 
 def is_shared(db):
@@ -231,8 +242,9 @@ def check_reachable(db, timeout=CONNECT_TIMEOUT):
     does at start: CREATE DATABASE IF NOT EXISTS); raises Unreachable(reason) otherwise."""
     if not is_shared(db):
         return
-    if db["type"] != "mysql":
-        raise Unreachable(f"cannot check a {db['type']} server from the appliance")
+    if db["type"] == "postgresql":  # no PostgreSQL client here: the server's port must at least answer
+        _check_tcp_only(db["dsn"], timeout)
+        return
     parsed = parse_dsn(db["dsn"])
     where = f"{parsed['net']}({parsed['address']})"
     try:
@@ -251,6 +263,22 @@ def check_reachable(db, timeout=CONNECT_TIMEOUT):
             _MySQLSession(sock, where).login(parsed["user"], parsed["password"], db["database"])
     except OSError as error:
         raise Unreachable(f"the MySQL server at {where} broke off: {_os_reason(error)}") from None
+
+
+def _check_tcp_only(dsn, timeout):
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(dsn)
+        host, port = parts.hostname, parts.port or 5432
+    except ValueError:
+        host = port = None
+    if not host:
+        raise Unreachable("the PostgreSQL DSN names no host")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        raise Unreachable(f"cannot connect to the PostgreSQL server at {host}:{port}: {_os_reason(error)}") from None
 
 
 def _os_reason(error):
