@@ -91,11 +91,11 @@ def test_supported_types_are_read_from_the_binary(tmp_path):
 
 
 def test_supported_types_of_step_ca_built_from_debian_sources_include_mysql():
-    import os
-    cache = os.environ.get("CA_APPLIANCE_CACHE")
-    binary = Path(cache) / "source/step-ca" if cache else None
-    if binary is None or not binary.exists():
-        pytest.skip("no step-ca built from source in CA_APPLIANCE_CACHE (invoke step-ca-from-source)")
+    from image.stepca_source import source_binary_path
+
+    binary = source_binary_path()
+    if not binary.exists():
+        pytest.skip(f"no step-ca built from source at {binary} (invoke step-ca-from-source builds it)")
     assert database.supported_types(binary) == ("badger", "mysql")
 
 
@@ -172,3 +172,115 @@ def test_postgresql_is_described_without_its_password_and_checked_for_an_answeri
     assert database.describe(db) == f"postgresql: database stepca on tcp(127.0.0.1:{port}) as user stepca (shared)"
     with pytest.raises(database.Unreachable, match=f"cannot connect to the PostgreSQL server at 127.0.0.1:{port}"):
         database.check_reachable(db, timeout=2)
+
+
+# ---- the login against a scripted server that checks the client's proofs the way MySQL 8 does ----
+
+
+class ScriptedMySQL:
+    """One connection: greeting with `plugin`; verifies the client's proof for PASSWORD; then `mode`:
+    'ok', 'fast' (caching_sha2 fast auth), 'full' (caching_sha2 full auth over RSA), 'switch'
+    (greets with caching_sha2, switches to mysql_native_password). Records what it checked."""
+
+    NONCE = bytes(range(65, 85))  # 20 printable bytes, as servers send
+
+    def __init__(self, plugin, mode, password):
+        self.plugin, self.mode, self.password = plugin, mode, password.encode()
+        self.checked = []
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _send(self, conn, seq, payload):
+        conn.sendall(len(payload).to_bytes(3, "little") + bytes([seq]) + payload)
+
+    def _recv(self, conn):
+        header = b""
+        while len(header) < 4:
+            header += conn.recv(4 - len(header))
+        length, body = int.from_bytes(header[:3], "little"), b""
+        while len(body) < length:
+            body += conn.recv(length - len(body))
+        return header[3], body
+
+    def _expected(self, plugin):
+        import hashlib
+        if plugin == "mysql_native_password":
+            stage1 = hashlib.sha1(self.password).digest()
+            other = hashlib.sha1(self.NONCE + hashlib.sha1(stage1).digest()).digest()
+        else:
+            stage1 = hashlib.sha256(self.password).digest()
+            other = hashlib.sha256(hashlib.sha256(stage1).digest() + self.NONCE).digest()
+        return bytes(a ^ b for a, b in zip(stage1, other, strict=True))
+
+    def _serve(self):
+        conn, _ = self.listener.accept()
+        with conn:
+            caps = 0x1 | 0x200 | 0x2000 | 0x8000 | 0x80000
+            greeting = (b"\x0a8.0.36-scripted\0" + (7).to_bytes(4, "little") + self.NONCE[:8] + b"\0"
+                        + (caps & 0xFFFF).to_bytes(2, "little") + bytes([45]) + (2).to_bytes(2, "little")
+                        + (caps >> 16).to_bytes(2, "little") + bytes([21]) + b"\0" * 10
+                        + self.NONCE[8:] + b"\0" + self.plugin.encode() + b"\0")
+            self._send(conn, 0, greeting)
+            seq, response = self._recv(conn)
+            user_end = response.index(b"\0", 32)
+            proof = response[user_end + 2:user_end + 2 + response[user_end + 1]]
+            if self.mode == "switch":
+                self._send(conn, seq + 1, b"\xfemysql_native_password\0" + self.NONCE + b"\0")
+                seq, proof = self._recv(conn)
+                ok = proof == self._expected("mysql_native_password")
+            elif self.mode == "full":
+                from cryptography.hazmat.primitives import hashes, serialization
+                from cryptography.hazmat.primitives.asymmetric import padding, rsa
+                key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+                self._send(conn, seq + 1, b"\x01\x04")
+                seq, request = self._recv(conn)
+                assert request == b"\x02"
+                pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
+                self._send(conn, seq + 1, b"\x01" + pem)
+                seq, sealed = self._recv(conn)
+                plain = key.decrypt(sealed, padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(),
+                                                         label=None))
+                mask = (self.NONCE * 4)[:len(plain)]
+                ok = bytes(a ^ b for a, b in zip(plain, mask, strict=True)) == self.password + b"\0"
+            else:
+                ok = proof == self._expected(self.plugin)
+                if ok and self.mode == "fast":
+                    self._send(conn, seq + 1, b"\x01\x03")
+                    seq += 1
+            self.checked.append(ok)
+            if not ok:
+                self._send(conn, seq + 1, b"\xff\x15\x04#28000Access denied for user 'stepca'@'127.0.0.1'")
+                return
+            self._send(conn, seq + 1, b"\x00\x00\x00\x02\x00\x00\x00")
+            for _ in range(2):  # CREATE DATABASE, USE
+                _seq, query = self._recv(conn)
+                self.checked.append(query[1:].decode())
+                self._send(conn, 1, b"\x00\x01\x00\x02\x00\x00\x00")
+
+
+@pytest.mark.parametrize("plugin, mode", [
+    ("mysql_native_password", "ok"),
+    ("caching_sha2_password", "fast"),
+    ("caching_sha2_password", "full"),
+    ("caching_sha2_password", "switch"),
+])
+def test_login_proofs_are_what_the_server_computes(plugin, mode):
+    server = ScriptedMySQL(plugin, mode, SECRET)
+    database.check_reachable({"type": "mysql", "dsn": f"stepca:{SECRET}@tcp(127.0.0.1:{server.port})/",
+                              "database": "stepca"}, timeout=10)
+    server.thread.join(timeout=10)
+    assert server.checked == [True, "CREATE DATABASE IF NOT EXISTS stepca", "USE stepca"]
+
+
+def test_a_wrong_password_is_refused_without_showing_it():
+    server = ScriptedMySQL("caching_sha2_password", "fast", SECRET)
+    with pytest.raises(database.Unreachable) as caught:
+        database.check_reachable({"type": "mysql", "dsn": f"stepca:wrong-{SECRET}@tcp(127.0.0.1:{server.port})/",
+                                  "database": "stepca"}, timeout=10)
+    assert "refused the login: Access denied for user 'stepca'@'127.0.0.1' (error 1045)" in str(caught.value)
+    assert SECRET not in str(caught.value) and server.checked == [False]
