@@ -45,16 +45,17 @@ def shared_db(mariadb, password=DB_PASSWORD, name=DB_NAME):
 def assert_refused_and_nothing_written(result, prefix, expected):
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0], result.stderr
+    expected = (expected,) if isinstance(expected, str) else expected
+    assert len(lines) == 1 and all(part in lines[0] for part in expected), result.stderr
     assert DB_PASSWORD not in result.stdout + result.stderr
     assert not prefix.exists() or not any(prefix.rglob("*")), sorted(prefix.rglob("*"))
 
 
 @pytest.mark.parametrize("database, expected", [
     ({"type": "mysql", "dsn": f"stepca:{DB_PASSWORD}@127.0.0.1:3306", "database": DB_NAME},
-     "ca.database.dsn: '<hidden>' is not a MySQL DSN"),
+     ("ca.database.dsn:", "<hidden>", "is not a MySQL DSN")),
     ({"type": "mysql", "dsn": f"stepca:{DB_PASSWORD}@tcp(127.0.0.1:3306)/stepca?tls=true", "database": DB_NAME},
-     "ca.database.dsn: '<hidden>' is not a MySQL DSN"),
+     ("ca.database.dsn:", "<hidden>", "is not a MySQL DSN")),
     ({"type": "mysql", "dsn": f"stepca:{DB_PASSWORD}@tcp(127.0.0.1:3306)/", "database": "step-ca; DROP"},
      "ca.database.database"),
     ({"type": "postgresql", "dsn": f"postgresql://u:{DB_PASSWORD}@127.0.0.1/", "database": DB_NAME},
@@ -290,7 +291,8 @@ def test_wizard_after_a_bad_unattended_database_falls_back_to_badger_without_sho
     child = start_setup(prefix)
     child.logfile_read = seen = io.StringIO()  # everything the console showed
     child.expect_exact("The unattended answers could not be used:")
-    child.expect_exact("ca.database.dsn: '<hidden>' is not a MySQL DSN")
+    child.expect_exact("ca.database.dsn:")
+    child.expect_exact("is not a MySQL DSN")
     answer(child, "Host name of this appliance (fully qualified) [baked.lab.example]: ", "")
     answer(child, "Network: dhcp or static? [dhcp]: ", "")
     answer(child, "name your new PKI? (e.g. Lab CA) [Baked CA]: ", "")

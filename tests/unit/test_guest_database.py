@@ -21,6 +21,10 @@ MYSQL = ("badger", "mysql")
 
 def test_default_is_the_embedded_badger_database():
     assert validate({}, load_defaults())["ca"]["database"] == {"type": "badger"}
+    # every key of ca.database is listed in defaults.yaml (the answers' list of known keys)
+    assert set(load_defaults()["ca"]["database"]) == {"type", "dsn", "database"}
+    mysql = validate({"ca": {"database": {"type": "mysql", "dsn": DSN}}}, load_defaults())["ca"]["database"]
+    assert mysql == {"type": "mysql", "dsn": DSN, "database": "stepca"}
     assert database.validate(None, MYSQL) == {"type": "badger"}
     assert database.validate("badger", MYSQL) == {"type": "badger"}
 
@@ -53,7 +57,9 @@ def test_a_bad_dsn_is_one_line_that_never_shows_the_password(dsn):
     with pytest.raises(AnswersError) as caught:
         database.validate({"type": "mysql", "dsn": dsn, "database": "stepca"}, MYSQL)
     message = str(caught.value)
-    assert message.startswith("answers error: ca.database.dsn: '<hidden>' is not a MySQL DSN")
+    # the value shows as <hidden> (quoted or not, as AnswersError formats values)
+    assert message.startswith("answers error: ca.database.dsn: ") and "<hidden>" in message
+    assert "is not a MySQL DSN" in message
     assert SECRET not in message and "\n" not in message
 
 

@@ -209,7 +209,7 @@ def validate(raw, supported=None, key="ca.database"):
     elif parsed is None:
         raise DatabaseError(f"{key}.dsn", "<hidden>", "is not a MySQL DSN: use 'USER:PASSWORD@tcp(HOST:PORT)/' "
                                                       "(nothing after the '/': step-ca appends the database name)")
-    name = raw.get("database", DEFAULT_DATABASE)
+    name = raw.get("database") or DEFAULT_DATABASE
     if not isinstance(name, str) or not _DATABASE_NAME.match(name):
         raise DatabaseError(f"{key}.database", name, "is not a database name: a letter or '_', then up to 63 "
                                                      "letters, digits and '_' (e.g. stepca)")
