@@ -70,7 +70,7 @@ class MariaDB:
         return result
 
     def add_user(self, user, password, database):
-        """A user that may create and use `database` only (what step-ca needs), from 127.0.0.1."""
+        """A user that may create and use `database` only (a name or a LIKE pattern: what step-ca needs)."""
         self.sql(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY '{password}'; "
                  f"GRANT ALL PRIVILEGES ON `{database}`.* TO '{user}'@'127.0.0.1'")
 

@@ -32,7 +32,7 @@ def mariadb(tmp_path_factory):
     server = MariaDB(tmp_path_factory.mktemp("mariadb"))
     server.start()
     try:
-        server.add_user(DB_USER, DB_PASSWORD, DB_NAME)
+        server.add_user(DB_USER, DB_PASSWORD, "stepca%")  # each test its own database: stepca, stepca_join, ...
         yield server
     finally:
         server.stop()
@@ -181,6 +181,12 @@ def test_two_nodes_from_setup_and_join_serve_one_ca_through_a_round_robin_proxy(
     assert node2.config["authority"] == node1.config["authority"]  # the same provisioners, keys included
     assert node2.root.read_bytes() == node1.root.read_bytes()
     server2 = serve(node2)
+    # The database now holds this CA's state: a new CA set up on it is refused (join is the way in).
+    other = tmp_path / "other"
+    (tmp_path / "other-answers.yaml").write_text(yaml.safe_dump(answers_for(free_port(), database=shared_db(mariadb))))
+    refused = run_cli("setup", "--answers", tmp_path / "other-answers.yaml", "--prefix", other, "--no-system",
+                      check=False)
+    assert_refused_and_nothing_written(refused, other, "already holds a CA's state")
     status = run_cli("status", "--prefix", node2.prefix).stdout
     assert f"database {DB_NAME} on tcp(127.0.0.1:{mariadb.port})" in status and "; reachable" in status
     assert DB_PASSWORD not in status
@@ -239,7 +245,7 @@ def test_two_nodes_from_setup_and_join_serve_one_ca_through_a_round_robin_proxy(
 
 def test_unattended_answers_join_a_node_and_restore_keeps_the_database_out(tmp_path, mariadb):
     port1, port2 = free_port(), free_port()
-    node1 = CA(tmp_path / "node1", port1, answers_for(port1, database=shared_db(mariadb)))
+    node1 = CA(tmp_path / "node1", port1, answers_for(port1, database=shared_db(mariadb, name="stepca_join")))
     node1.setup()
     archive = tmp_path / "node1.tar.gz"
     run_cli("backup", "--prefix", node1.prefix, "--no-system", "--out", archive)
@@ -252,7 +258,8 @@ def test_unattended_answers_join_a_node_and_restore_keeps_the_database_out(tmp_p
     assert node2.config["address"] == f"127.0.0.1:{port2}"
     assert node2.config["db"] == node1.config["db"]
     state = json.loads((node2.prefix / "etc/ca-appliance/state.json").read_text())
-    assert state["hostname"] == "ca2.test.example" and state["database"] == {"type": "mysql", "database": DB_NAME}
+    assert state["hostname"] == "ca2.test.example"
+    assert state["database"] == {"type": "mysql", "database": "stepca_join"}
     # A restore on a shared-database node says the database was not in the backup.
     restored = run_cli("restore", archive, "--prefix", node2.prefix, "--no-system")
     assert "the database was not in the backup and was not changed" in restored.stdout
@@ -270,7 +277,7 @@ def test_join_refuses_a_backup_of_a_badger_ca_and_an_unreachable_database(tmp_pa
     assert_refused_and_nothing_written(result, target, "embedded badger database")
 
     port = free_port()
-    shared = CA(tmp_path / "shared", port, answers_for(port, database=shared_db(mariadb)))
+    shared = CA(tmp_path / "shared", port, answers_for(port, database=shared_db(mariadb, name="stepca_refuse")))
     shared.setup()
     run_cli("backup", "--prefix", shared.prefix, "--no-system", "--out", archive)
     answers = tmp_path / "join.yaml"

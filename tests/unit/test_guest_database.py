@@ -189,6 +189,7 @@ class ScriptedMySQL:
     (greets with caching_sha2, switches to mysql_native_password). Records what it checked."""
 
     NONCE = bytes(range(65, 85))  # 20 printable bytes, as servers send
+    TABLES = b"7"
 
     def __init__(self, plugin, mode, password):
         self.plugin, self.mode, self.password = plugin, mode, password.encode()
@@ -267,6 +268,13 @@ class ScriptedMySQL:
                 _seq, query = self._recv(conn)
                 self.checked.append(query[1:].decode())
                 self._send(conn, 1, b"\x00\x01\x00\x02\x00\x00\x00")
+            _seq, query = self._recv(conn)  # the table count: a one-column, one-row result set
+            self.checked.append(query[1:].decode())
+            column = b"".join(bytes([len(part)]) + part for part in (b"def", b"", b"", b"", b"COUNT(*)", b""))
+            column += b"\x0c\x3f\x00\x15\x00\x00\x00\x08\x81\x00\x00\x00\x00"
+            eof = b"\xfe\x00\x00\x02\x00"
+            for number, payload in enumerate([b"\x01", column, eof, bytes([len(self.TABLES)]) + self.TABLES, eof]):
+                self._send(conn, number + 1, payload)
 
 
 @pytest.mark.parametrize("plugin, mode", [
@@ -277,10 +285,11 @@ class ScriptedMySQL:
 ])
 def test_login_proofs_are_what_the_server_computes(plugin, mode):
     server = ScriptedMySQL(plugin, mode, SECRET)
-    database.check_reachable({"type": "mysql", "dsn": f"stepca:{SECRET}@tcp(127.0.0.1:{server.port})/",
-                              "database": "stepca"}, timeout=10)
+    tables = database.check_reachable({"type": "mysql", "dsn": f"stepca:{SECRET}@tcp(127.0.0.1:{server.port})/",
+                                       "database": "stepca"}, timeout=10)
     server.thread.join(timeout=10)
-    assert server.checked == [True, "CREATE DATABASE IF NOT EXISTS stepca", "USE stepca"]
+    assert server.checked[:3] == [True, "CREATE DATABASE IF NOT EXISTS stepca", "USE stepca"]
+    assert server.checked[3].startswith("SELECT COUNT(*) FROM information_schema.tables") and tables == 7
 
 
 def test_a_wrong_password_is_refused_without_showing_it():

@@ -60,9 +60,10 @@ def ca_json_mode(db):
 
 
 def check_database(db):
-    """A shared database must take our credentials before anything is written (exit 2 otherwise)."""
+    """A shared database must take our credentials before anything is written (exit 2 otherwise);
+    returns how many tables it holds (see database.check_reachable)."""
     try:
-        database.check_reachable(db)
+        return database.check_reachable(db)
     except database.Unreachable as error:
         raise UserError(f"answers error: ca.database: {error}; nothing was changed") from None
 
@@ -109,7 +110,10 @@ def setup(answers, source, layout, *, use_system=True, force=False, root_key_out
                         "run `ca-appliance setup --force` to replace it (a timestamped backup is written first)")
     check_constraints_cover_dns_names(ca)
     db = ca.get("database") or database.DEFAULT
-    check_database(db)
+    if check_database(db) and not force:  # another CA's state: this appliance should join it instead
+        raise UserError(f"answers error: ca.database: {database.describe(db)} already holds a CA's state; "
+                        "to add this appliance to that CA run `ca-appliance join --from BACKUP`, for a new CA "
+                        "name an empty database (setup --force uses it anyway); nothing was changed")
     generated = ca["password"] is None
     password = generate_password() if generated else ca["password"]
 

@@ -238,8 +238,9 @@ def from_ca_json(config):
 
 
 def check_reachable(db, timeout=CONNECT_TIMEOUT):
-    """None when the server accepts the credentials and the database can be created/used (as step-ca
-    does at start: CREATE DATABASE IF NOT EXISTS); raises Unreachable(reason) otherwise."""
+    """Log in, create the database if missing (as step-ca does at start) and use it; raises
+    Unreachable(reason) when any of that fails. Returns how many tables the MySQL database
+    holds (0: no CA has used it yet), None for the other types."""
     if not is_shared(db):
         return
     if db["type"] == "postgresql":  # no PostgreSQL client here: the server's port must at least answer
@@ -260,7 +261,7 @@ def check_reachable(db, timeout=CONNECT_TIMEOUT):
     try:
         with sock:
             sock.settimeout(timeout)
-            _MySQLSession(sock, where).login(parsed["user"], parsed["password"], db["database"])
+            return _MySQLSession(sock, where).login(parsed["user"], parsed["password"], db["database"])
     except OSError as error:
         raise Unreachable(f"the MySQL server at {where} broke off: {_os_reason(error)}") from None
 
@@ -360,8 +361,14 @@ class _MySQLSession:
         self._finish_auth(plugin, secret, salt)
         self.query(f"CREATE DATABASE IF NOT EXISTS {database}", f"to create or use database {database}")
         self.query(f"USE {database}", f"access to database {database}")
+        rows = self.query("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE()",
+                          f"to list the tables of database {database}")
         self.seq = 0
         self.write(b"\x01")  # COM_QUIT
+        try:
+            return int(rows[0][0])
+        except (TypeError, IndexError, ValueError):
+            raise Unreachable(f"the MySQL server at {self.where} gave no table count for {database}") from None
 
     def _finish_auth(self, plugin, secret, salt):
         while True:
@@ -389,11 +396,51 @@ class _MySQLSession:
                               f"does not speak ({plugin})")
 
     def query(self, sql, doing):
+        """COM_QUERY: None for an OK, else the rows of the result set (lists of str or None)."""
         self.seq = 0
         self.write(b"\x03" + sql.encode("utf-8"))
         reply = self.read()
         if reply[:1] == b"\xff":
             raise self._error(reply, doing)
+        if reply[:1] == b"\x00":
+            return None
+        columns, _ = _lenenc_int(reply, 0)
+        for _ in range(columns):  # column definitions, then an EOF packet
+            self.read()
+        self._read_eof()
+        rows = []
+        while True:
+            packet = self.read()
+            if packet[:1] == b"\xfe" and len(packet) < 9:
+                return rows
+            if packet[:1] == b"\xff":
+                raise self._error(packet, doing)
+            row, pos = [], 0
+            for _ in range(columns):
+                if packet[pos:pos + 1] == b"\xfb":
+                    row.append(None)
+                    pos += 1
+                    continue
+                length, pos = _lenenc_int(packet, pos)
+                row.append(packet[pos:pos + length].decode("utf-8", "replace"))
+                pos += length
+            rows.append(row)
+
+    def _read_eof(self):
+        packet = self.read()
+        if not (packet[:1] == b"\xfe" and len(packet) < 9):
+            raise Unreachable(f"the MySQL server at {self.where} sent an unexpected reply")
+
+
+def _lenenc_int(data, pos):
+    """A length-encoded integer at data[pos]: (value, position after it)."""
+    first = data[pos]
+    if first < 0xFB:
+        return first, pos + 1
+    size = {0xFC: 2, 0xFD: 3, 0xFE: 8}.get(first)
+    if size is None:
+        raise Unreachable("the MySQL server sent a malformed length")
+    return int.from_bytes(data[pos + 1:pos + 1 + size], "little"), pos + 1 + size
 
 
 def _xor(left, right):
