@@ -250,7 +250,7 @@ def test_unattended_answers_join_a_node_and_restore_keeps_the_database_out(tmp_p
     archive = tmp_path / "node1.tar.gz"
     run_cli("backup", "--prefix", node1.prefix, "--no-system", "--out", archive)
     answers = tmp_path / "node2-answers.yaml"
-    answers.write_text(yaml.safe_dump({"hostname": "ca2.test.example", "join": {"backup": str(archive)},
+    answers.write_text(yaml.safe_dump({"hostname": "ca2.test.example", "join": {"backup": archive.name},
                                        "ca": {"address": f"127.0.0.1:{port2}"}}))
     joined = run_cli("setup", "--answers", answers, "--prefix", tmp_path / "node2", "--no-system")
     assert "is now a node of the CA" in joined.stdout and DB_PASSWORD not in joined.stdout + joined.stderr

@@ -125,8 +125,10 @@ def cmd_setup(args):
                         "run `ca-appliance setup --force` to replace it (a timestamped backup is written first)")
     validated, source, out = gather_answers(args)
     if validated.get("join"):  # unattended `join: {backup: FILE}`: another node of an existing CA
-        join.join(Layout(args.prefix), validated["join"]["backup"], answers=validated,
-                  use_system=not args.no_system, out=out)
+        archive = Path(validated["join"]["backup"])
+        if args.answers and not archive.is_absolute():  # relative to the answers file, like an include
+            archive = Path(args.answers).resolve().parent / archive
+        join.join(layout, archive, answers=validated, use_system=not args.no_system, out=out)
         return
     apply.setup(validated, source, layout, use_system=not args.no_system, force=args.force,
                 root_key_out=args.root_key_out, out=out)
