@@ -37,6 +37,8 @@ def join(layout, archive, *, answers=None, address=None, use_system=True, out=sy
     if layout.is_configured():
         raise UserError(f"join: a CA is already configured ({layout.ca_json}); a node joins from a fresh "
                         "appliance (or restore the backup with `ca-appliance restore` to replace this CA)")
+    if not os.path.isfile(archive):
+        raise UserError(f"join: {archive}: no such file; give a `ca-appliance backup` of a node of the CA to join")
     manifest, config = _backup_ca_json(archive, layout, sealed)
     db = database.from_ca_json(config)
     if answers is not None and database.is_shared(answers["ca"]["database"]):
