@@ -68,7 +68,9 @@ def test_shipped_defaults_validate_to_a_complete_configuration(defaults):
             "name_constraints": {"dns": [], "ip": []},
             "claims": {"acme": {"default": "744h", "max": "4320h"}, "jwk": {"default": "744h", "max": "8760h"}},
             "x5c_roots": None,
+            "database": {"type": "badger"},
         },
+        "join": None,
         "admin": {"user": "admin", "ssh_authorized_keys": []},
     }
 

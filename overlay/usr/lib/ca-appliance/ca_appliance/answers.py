@@ -12,7 +12,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-from . import safeyaml
+from . import database, safeyaml
 
 DEFAULTS_RELATIVE_PATH = Path("usr/lib/ca-appliance/defaults.yaml")
 # The defaults.yaml shipped next to this package (the image's, or the repo checkout's).
@@ -533,6 +533,16 @@ def check_no_control_characters(value, path=""):
                                f"must not contain control characters (found U+{ord(bad):04X})")
 
 
+def check_join(value, key="join"):
+    """None (a new CA), or {backup: FILE}: become another node of the CA that FILE backs up."""
+    if value is None or value == {} or value == {"backup": None}:
+        return None
+    if not isinstance(value, dict) or set(value) != {"backup"} or not isinstance(value["backup"], str) \
+            or not value["backup"].strip():
+        raise AnswersError(key, value, "must be {backup: FILE} (a `ca-appliance backup` of a node of the CA to join)")
+    return {"backup": value["backup"].strip()}
+
+
 def validate(raw, defaults):
     """A new, complete, normalized answers dict: raw merged over defaults, every value checked."""
     if raw is None:
@@ -569,7 +579,9 @@ def validate(raw, defaults):
             "name_constraints": check_name_constraints(ca.get("name_constraints"), "ca.name_constraints"),
             "claims": check_claims(ca.get("claims"), "ca.claims"),
             "x5c_roots": check_x5c_roots(ca.get("x5c_roots"), "ca.x5c_roots"),
+            "database": database.validate(ca.get("database")),
         },
+        "join": check_join(merged.get("join")),
         "admin": {
             "user": check_user_name(admin.get("user", "admin"), "admin.user"),
             "ssh_authorized_keys": check_ssh_keys(admin.get("ssh_authorized_keys"), "admin.ssh_authorized_keys"),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from . import backup, cajson, jose, pki, replace, system
+from . import backup, cajson, database, jose, pki, replace, system
 from .errors import StepFailed, UserError
 from .staging import checkpoint, fsync_dir, make_dir, write_file
 
@@ -57,12 +57,27 @@ def issue_text(ca, root_fingerprint):
     )
 
 
+def ca_json_mode(db):
+    """ca.json holds a shared database's DSN (its password): then it is a secret like password.txt."""
+    return 0o400 if database.is_shared(db) else 0o644
+
+
+def check_database(db):
+    """A shared database must take our credentials before anything is written (exit 2 otherwise);
+    returns how many tables it holds (see database.check_reachable)."""
+    try:
+        return database.check_reachable(db)
+    except database.Unreachable as error:
+        raise UserError(f"answers error: ca.database: {error}; nothing was changed") from None
+
+
 def _write_step_tree(root, ca, material, config, defaults, password, keep_root_key):
     """STEPPATH's contents under `root` (a staged directory); secrets 0600 in a 0700 dir, password 0400."""
     config_dir = make_dir(root / "config", 0o755)
     certs_dir = make_dir(root / "certs", 0o755)
     secrets_dir = make_dir(root / "secrets", 0o700)
-    write_file(config_dir / "ca.json", json.dumps(config, indent=2) + "\n", 0o644)
+    write_file(config_dir / "ca.json", json.dumps(config, indent=2) + "\n",
+               ca_json_mode(ca.get("database") or database.DEFAULT))
     write_file(config_dir / "defaults.json", json.dumps(defaults, indent=2) + "\n", 0o644)
     write_file(certs_dir / "root_ca.crt", material.root_cert_pem, 0o644)
     write_file(certs_dir / "intermediate_ca.crt", material.intermediate_cert_pem, 0o644)
@@ -152,6 +167,8 @@ def _state(answers, source, ca, material):
         "root_key": ca["root_key"],
         "key_type": ca["key_type"],
         "ssh": ca["ssh"],
+        "database": {key: value for key, value in (ca.get("database") or database.DEFAULT).items()
+                     if key != "dsn"},  # never the DSN: it holds a password
         # What the system steps need when a cut first boot reruns them (no secrets).
         "system": {"hostname": answers["hostname"], "network": answers["network"], "admin": answers["admin"],
                    "ca": {key: ca[key] for key in ("name", "address", "dns_names")}},
@@ -166,6 +183,11 @@ def setup(answers, source, layout, *, use_system=True, force=False, root_key_out
         raise UserError(f"setup: a CA is already configured ({layout.ca_json}); "
                         "run `ca-appliance setup --force` to replace it (a timestamped backup is written first)")
     check_constraints_cover_dns_names(ca)
+    db = ca.get("database") or database.DEFAULT
+    if check_database(db) and not force:  # another CA's state: this appliance should join it instead
+        raise UserError(f"answers error: ca.database: {database.describe(db)} already holds a CA's state; "
+                        "to add this appliance to that CA run `ca-appliance join --from BACKUP`, for a new CA "
+                        "name an empty database (setup --force uses it anyway); nothing was changed")
     keep_root_key = ca["root_key"] == "keep"
     channel = None
     if not keep_root_key:
@@ -209,7 +231,8 @@ def setup(answers, source, layout, *, use_system=True, force=False, root_key_out
         _write_step_tree(step_tree, ca, material, config, defaults, password, keep_root_key)
         data_tree = replacing.stage(layout.data_dir)
         data_tree.chmod(0o750)
-        make_dir(data_tree / "db", 0o700)
+        if not database.is_shared(db):
+            make_dir(data_tree / "db", 0o700)
         checkpoint("staged")
         replacing.commit(json.dumps(state, indent=2) + "\n", reset_complete=True)
     checkpoint("committed")
@@ -285,7 +308,8 @@ def _report(ca, material, generated_password, layout, out, use_system):
           f"  Root fingerprint:  {material.root_fingerprint}\n"
           f"  CA URL:            {cajson.ca_url(ca)}\n"
           f"  ACME directory:    {cajson.acme_directory_url(ca)}\n"
-          f"  Provisioner:       {ca['provisioner']} (JWK)", file=out)
+          f"  Provisioner:       {ca['provisioner']} (JWK)\n"
+          f"  Database:          {database.describe(ca.get('database') or database.DEFAULT)}", file=out)
     if generated_password:
         # Shown once, on the console only: it is in password.txt (0400, user step) and nowhere else.
         _show_on_console(f"\n  CA password (generated; shown once, write it down): {generated_password}\n",

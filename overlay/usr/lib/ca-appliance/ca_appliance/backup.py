@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.x509 import load_pem_x509_certificate
 
-from . import pki, replace, system
+from . import database, pki, replace, system
 from .errors import UserError
 from .staging import write_file
 
@@ -94,6 +94,7 @@ def write_archive(layout, out_path, passphrase=None):
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "prefix": str(layout.prefix),
         "root_fingerprint": pki.fingerprint(pki.load_certificate(layout.root_cert)),
+        "database": database_entry(layout),
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(f".{out_path.name}.partial")
@@ -117,10 +118,19 @@ def write_archive(layout, out_path, passphrase=None):
     return out_path
 
 
+def database_entry(layout):
+    """What the manifest says of the database: a shared one's state stays on its server (never the DSN)."""
+    db = database.from_ca_json(json.loads(layout.ca_json.read_text()))
+    entry = {key: value for key, value in db.items() if key != "dsn"}
+    entry["included"] = not database.is_shared(db)
+    return entry
+
+
 def backup(layout, out_path, use_system=True, passphrase=None):
-    """Stop step-ca, archive (sealed under `passphrase` when given), start it again (also when archiving fails)."""
+    """Stop step-ca, archive (sealed under `passphrase` when given), start it again (also when archiving
+    fails). With a shared database there is no local database to quiesce: step-ca keeps serving."""
     replace.recover(layout)  # never archive a swap a crash left half done
-    if use_system and layout.is_system:
+    if use_system and layout.is_system and database_entry(layout)["included"]:
         was_running = system.stop_service()
         try:
             return write_archive(layout, out_path, passphrase)

@@ -8,6 +8,8 @@ Field names follow step-ca's authority/config (0.19 through 0.30). Two choices w
 import base64
 import ipaddress
 
+from . import database
+
 ACME_NAME = "acme"
 X5C_NAME = "x5c"
 SSHPOP_NAME = "sshpop"
@@ -78,7 +80,8 @@ def ca_json(ca, layout, root_cert_pem, jwk_public, jwk_encrypted):
         "insecureAddress": "",
         "dnsNames": list(ca["dns_names"]),
         "logger": {"format": "text"},
-        "db": {"type": "badgerv2", "dataSource": str(layout.db_dir), "badgerFileLoadingMode": ""},
+        # badger (embedded) unless the answers name a shared database (the DSN is then in ca.json: 0400, user step)
+        "db": database.ca_json_block(ca.get("database") or database.DEFAULT, layout.db_dir),
         "authority": {"provisioners": provisioners(ca, root_cert_pem, jwk_public, jwk_encrypted)},
     }
     if ca["ssh"]:

@@ -4,10 +4,11 @@ Exit status: 0 done, 2 bad input or a state that does not allow the command (one
 1 a failed step (one line naming it), 130 interrupted (nothing changed).
 """
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from . import answers, apply, backup, provision, replace, status
+from . import answers, apply, backup, database, join, provision, replace, status
 from .errors import ApplianceError, UserError
 from .layout import Layout
 
@@ -47,6 +48,16 @@ def _parser():
                       help="do not stop or start the service nor chown to user step")
     load.add_argument("--passphrase-file", metavar="FILE",
                       help="the passphrase of an encrypted backup (first line of FILE); else asked on the terminal")
+    node = add("join", "Become another node of an existing CA on a shared database, from a backup of one of its nodes.")
+    node.add_argument("--from", dest="backup", metavar="FILE", required=True,
+                      help="archive written by `ca-appliance backup` on a node of the CA")
+    node.add_argument("--answers", metavar="FILE",
+                      help="YAML answers for this node (hostname, network, admin, ca.address, ca.database)")
+    node.add_argument("--address", metavar="ADDR", help="this node's listen address (default: the backup's)")
+    node.add_argument("--no-system", action="store_true",
+                      help="skip user step/chown, hostname, network, firewall, trust store and systemctl")
+    node.add_argument("--passphrase-file", metavar="FILE",
+                      help="the passphrase of the encrypted backup (first line of FILE); else asked on the terminal")
     prov = commands.add_parser(
         "provision", help="Build time, inside the target root: make the installed tree the appliance.",
         description="Build time, inside the target root: users, sudoers, units, firewall zone, initramfs "
@@ -134,6 +145,12 @@ def cmd_setup(args):
         raise UserError(f"setup: a CA is already configured ({layout.ca_json}); "
                         "run `ca-appliance setup --force` to replace it (a timestamped backup is written first)")
     validated, source, out = gather_answers(args)
+    if validated.get("join"):  # unattended `join: {backup: FILE}`: another node of an existing CA
+        archive = Path(validated["join"]["backup"])
+        if args.answers and not archive.is_absolute():  # relative to the answers file, like an include
+            archive = Path(args.answers).resolve().parent / archive
+        join.join(layout, archive, answers=validated, use_system=not args.no_system, out=out)
+        return
     apply.setup(validated, source, layout, use_system=not args.no_system, force=args.force,
                 root_key_out=args.root_key_out, out=out)
 
@@ -176,17 +193,30 @@ def cmd_backup(args):
 
 
 def cmd_restore(args):
-    fingerprint = backup.restore(Layout(args.prefix), args.archive, use_system=not args.no_system,
+    layout = Layout(args.prefix)
+    fingerprint = backup.restore(layout, args.archive, use_system=not args.no_system,
                                  passphrase=_passphrase(args, "restore", confirm=False))
     print(f"Restored the CA with root fingerprint {fingerprint}")
+    db = database.from_ca_json(json.loads(layout.ca_json.read_text()))
+    if database.is_shared(db):
+        print(f"note: the database was not in the backup and was not changed: {database.describe(db)}")
 
 
 def cmd_provision(args):
     provision.provision(args.base, args.root, stand_ins=args.stand_in, record=args.record)
 
 
+def cmd_join(args):
+    validated = None
+    if args.answers:
+        validated = answers.validate(_load_answers_file(args.answers), answers.load_defaults(args.prefix))
+    address = answers.check_listen_address(args.address, "--address") if args.address else None
+    join.join(Layout(args.prefix), args.backup, answers=validated, address=address,
+              use_system=not args.no_system, passphrase=_passphrase(args, "join", confirm=False))
+
+
 COMMANDS = {"setup": cmd_setup, "status": cmd_status, "backup": cmd_backup, "restore": cmd_restore,
-            "provision": cmd_provision}
+            "join": cmd_join, "provision": cmd_provision}
 
 
 def main(argv=None):

@@ -2,7 +2,7 @@
 import json
 import shutil
 
-from . import cajson, pki, system
+from . import cajson, database, pki, system
 from .errors import UserError
 
 
@@ -35,11 +35,24 @@ def collect(layout, use_system=True):
         ("intermediate expires", pki.not_after(intermediate).strftime("%Y-%m-%d %H:%M:%S UTC")),
         ("provisioners", provisioners),
         ("SSH CA", "on" if config.get("ssh") else "off"),
+        ("database", database_status(config)),
         ("root key", root_key),
         ("configured by", configured),
         ("step CLI", step_cli if step_cli else
          "not installed (the CA does not need it; clients use ACME or the root above)"),
     ]
+
+
+def database_status(config):
+    """The database step-ca uses and, for a shared one, whether it takes our credentials now."""
+    db = database.from_ca_json(config)
+    if not database.is_shared(db):
+        return database.describe(db)
+    try:
+        database.check_reachable(db, timeout=3)
+    except database.Unreachable as error:
+        return f"{database.describe(db)}; NOT reachable: {error}"
+    return f"{database.describe(db)}; reachable"
 
 
 def render(rows):

@@ -10,6 +10,7 @@ import ipaddress
 import socket
 import sys
 
+from . import database
 from .answers import (
     AnswersError,
     check_bool,
@@ -224,6 +225,7 @@ def _ask_admin_key(console, admin):
 
 def _validated(console, raw, defaults):
     """validate(); a bad preset value the wizard does not ask about falls back to its default."""
+    dropped = set()
     while True:
         try:
             return validate(raw, defaults)
@@ -231,8 +233,12 @@ def _validated(console, raw, defaults):
             unknown = error.message.startswith("is an unknown key")
             if not unknown and any(error.key == key or error.key.startswith(key + ".") for key in ASKED_KEYS):
                 raise  # asked answers were checked one by one: this is a bug, not a bad answer
-            console.say(f"  Using the default for {error.key}: {error}")
-            _drop(raw, error.key)
+            key = error.key
+            while key in dropped and "." in key:  # e.g. ca.database.dsn missing once dropped: drop ca.database
+                key = key.rsplit(".", 1)[0]
+            console.say(f"  Using the default for {key}: {error}")
+            _drop(raw, key)
+            dropped.add(key)
 
 
 def _drop(raw, dotted_key):
@@ -260,6 +266,7 @@ def _review(console, result, ask_admin_key):
         ("First provisioner", ca["provisioner"]),
         ("Password", "generated, shown once when setup is done" if ca["password"] is None else "as typed (hidden)"),
         ("SSH certificates", "yes" if ca["ssh"] else "no"),
+        ("Database", database.describe(ca.get("database") or database.DEFAULT)),  # never the DSN's password
         ("Admin SSH key", ", ".join(_short_key(key) for key in keys) if keys else "none (console login only)"),
     ]
     console.say("\nPlease review:")

@@ -1,0 +1,319 @@
+"""Several appliances serving one CA over a shared database: a real MariaDB on loopback (started
+and stopped here), two step-ca nodes made by `ca-appliance setup` and `ca-appliance join`, and
+two ACME clients (certbot, acme-tiny) going through a round-robin TCP proxy in front of them.
+"""
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+from ca_helpers import CA, answers_for, free_port, openssl_verify, run_cli
+from cluster_helpers import MariaDB, RoundRobinProxy, mariadb_missing
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+VENV_BIN = Path(sys.executable).parent
+DB_PASSWORD = "db-Secret-0f-the-test-42"
+DB_USER, DB_NAME = "stepca_node", "stepca"
+NAME = "localhost"
+
+
+@pytest.fixture(scope="module")
+def mariadb(tmp_path_factory):
+    problem = mariadb_missing()
+    if problem:
+        pytest.skip(f"the shared-database tests need Debian's MariaDB: {problem}")
+    server = MariaDB(tmp_path_factory.mktemp("mariadb"))
+    server.start()
+    try:
+        server.add_user(DB_USER, DB_PASSWORD, "stepca%")  # each test its own database: stepca, stepca_join, ...
+        yield server
+    finally:
+        server.stop()
+
+
+def shared_db(mariadb, password=DB_PASSWORD, name=DB_NAME):
+    return {"type": "mysql", "dsn": mariadb.dsn(DB_USER, password), "database": name}
+
+
+def assert_refused_and_nothing_written(result, prefix, expected):
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    expected = (expected,) if isinstance(expected, str) else expected
+    assert len(lines) == 1 and all(part in lines[0] for part in expected), result.stderr
+    assert DB_PASSWORD not in result.stdout + result.stderr
+    assert not prefix.exists() or not any(prefix.rglob("*")), sorted(prefix.rglob("*"))
+
+
+@pytest.mark.parametrize("database, expected", [
+    ({"type": "mysql", "dsn": f"stepca:{DB_PASSWORD}@127.0.0.1:3306", "database": DB_NAME},
+     ("ca.database.dsn:", "<hidden>", "is not a MySQL DSN")),
+    ({"type": "mysql", "dsn": f"stepca:{DB_PASSWORD}@tcp(127.0.0.1:3306)/stepca?tls=true", "database": DB_NAME},
+     ("ca.database.dsn:", "<hidden>", "is not a MySQL DSN")),
+    ({"type": "mysql", "dsn": f"stepca:{DB_PASSWORD}@tcp(127.0.0.1:3306)/", "database": "step-ca; DROP"},
+     "ca.database.database"),
+    ({"type": "postgresql", "dsn": f"postgresql://u:{DB_PASSWORD}@127.0.0.1/", "database": DB_NAME},
+     "ca.database.type: 'postgresql' is not supported by this appliance's step-ca"),
+    ({"type": "mysql", "dsn": f"stepca:{DB_PASSWORD}@tcp(127.0.0.1:{free_port()})/", "database": DB_NAME},
+     "cannot connect to the MySQL server at tcp(127.0.0.1:"),
+])
+def test_setup_refuses_a_bad_or_unreachable_database_in_one_line_writing_nothing(tmp_path, database, expected):
+    prefix = tmp_path / "ca"
+    answers = tmp_path / "answers.yaml"
+    answers.write_text(yaml.safe_dump(answers_for(free_port(), database=database)))
+    result = run_cli("setup", "--answers", answers, "--prefix", prefix, "--no-system", check=False)
+    assert_refused_and_nothing_written(result, prefix, expected)
+
+
+def test_setup_refuses_credentials_the_server_rejects(tmp_path, mariadb):
+    prefix = tmp_path / "ca"
+    answers = tmp_path / "answers.yaml"
+    answers.write_text(yaml.safe_dump(answers_for(free_port(), database=shared_db(mariadb, password="wrong-pw-1"))))
+    result = run_cli("setup", "--answers", answers, "--prefix", prefix, "--no-system", check=False)
+    assert_refused_and_nothing_written(result, prefix, "Access denied for user")
+
+
+# ---- two nodes, one CA ----
+
+
+def certbot(url, root, workdir, *args):
+    env = dict(os.environ, REQUESTS_CA_BUNDLE=str(root))
+    dirs = ["--config-dir", workdir / "config", "--work-dir", workdir / "work", "--logs-dir", workdir / "logs"]
+    result = subprocess.run([str(VENV_BIN / "certbot"), *args, "-n", *map(str, dirs),
+                             "--server", f"{url}/acme/acme/directory"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, f"certbot {args[0]}:\n{result.stdout}{result.stderr}"
+    return result
+
+
+def certbot_certonly(url, root, workdir, *extra):
+    return certbot(url, root, workdir, "certonly", "--standalone", "-d", NAME, "--http-01-address", "127.0.0.1",
+                   "--http-01-port", "80", *extra)
+
+
+def acme_tiny(url, root, workdir, account_key, challenges):
+    """acme-tiny: urllib opens a new connection per request, so the proxy alternates nodes within one order."""
+    domain_key, csr = workdir / "domain.key", workdir / "domain.csr"
+    subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(domain_key), "-subj", f"/CN={NAME}", "-addext", f"subjectAltName=DNS:{NAME}",
+                    "-out", str(csr)], check=True, capture_output=True)
+    env = dict(os.environ, SSL_CERT_FILE=str(root))
+    result = subprocess.run([str(VENV_BIN / "acme-tiny"), "--account-key", str(account_key), "--csr", str(csr),
+                             "--acme-dir", str(challenges), "--directory-url", f"{url}/acme/acme/directory",
+                             "--disable-check"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, f"acme-tiny:\n{result.stderr}"
+    return x509.load_pem_x509_certificate(result.stdout.encode())
+
+
+def certbot_leaf(workdir):
+    return x509.load_pem_x509_certificate((workdir / "config/live" / NAME / "cert.pem").read_bytes())
+
+
+def count(mariadb, table):
+    return int(mariadb.sql(f"SELECT COUNT(*) FROM `{DB_NAME}`.`{table}`").stdout.strip())
+
+
+@pytest.fixture
+def challenge_dir(tmp_path, port_80_free):
+    """acme-tiny's webroot, served on 127.0.0.1:80 only while acme-tiny runs (certbot needs the port too)."""
+    challenges = tmp_path / "webroot/.well-known/acme-challenge"
+    challenges.mkdir(parents=True)
+    return challenges
+
+
+class ChallengeServer:
+    def __init__(self, challenges):
+        import functools
+        import http.server
+        import threading
+
+        class Quiet(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 80), functools.partial(Quiet, directory=str(challenges.parent.parent)))
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@pytest.mark.slow
+def test_two_nodes_from_setup_and_join_serve_one_ca_through_a_round_robin_proxy(
+        mariadb, serve, tmp_path, challenge_dir):
+    port1, port2 = free_port(), free_port()
+    node1 = CA(tmp_path / "node1", port1, answers_for(port1, database=shared_db(mariadb)))
+    setup = node1.setup()
+    assert DB_PASSWORD not in setup.stdout + setup.stderr
+    assert f"database {DB_NAME} on tcp(127.0.0.1:{mariadb.port}) as user {DB_USER} (shared)" in setup.stdout
+    assert node1.ca_json.stat().st_mode & 0o777 == 0o400  # it holds the DSN
+    assert node1.config["db"] == {"type": "mysql", "dataSource": mariadb.dsn(DB_USER, DB_PASSWORD),
+                                  "database": DB_NAME}
+    assert DB_PASSWORD not in (node1.prefix / "etc/ca-appliance/state.json").read_text()
+    assert not (node1.prefix / "var/lib/step-ca/db").exists()
+    server1 = serve(node1)
+
+    # The second node: from a backup of the first (taken while it serves: nothing local to quiesce).
+    archive = tmp_path / "node1-backup.tar.gz"
+    run_cli("backup", "--prefix", node1.prefix, "--no-system", "--out", archive)
+    with tarfile.open(archive) as tar:
+        manifest = json.load(tar.extractfile("ca-appliance-backup.json"))
+    assert manifest["database"] == {"type": "mysql", "database": DB_NAME, "included": False}
+    joined = run_cli("join", "--from", archive, "--prefix", tmp_path / "node2", "--no-system",
+                     "--address", f"127.0.0.1:{port2}")
+    assert DB_PASSWORD not in joined.stdout + joined.stderr
+    node2 = CA(tmp_path / "node2", port2, node1.answers)
+    assert node2.ca_json.stat().st_mode & 0o777 == 0o400
+    assert node2.config["address"] == f"127.0.0.1:{port2}"
+    assert node2.config["authority"] == node1.config["authority"]  # the same provisioners, keys included
+    assert node2.root.read_bytes() == node1.root.read_bytes()
+    server2 = serve(node2)
+    # The database now holds this CA's state: a new CA set up on it is refused (join is the way in).
+    other = tmp_path / "other"
+    (tmp_path / "other-answers.yaml").write_text(yaml.safe_dump(answers_for(free_port(), database=shared_db(mariadb))))
+    refused = run_cli("setup", "--answers", tmp_path / "other-answers.yaml", "--prefix", other, "--no-system",
+                      check=False)
+    assert_refused_and_nothing_written(refused, other, "already holds a CA's state")
+    status = run_cli("status", "--prefix", node2.prefix).stdout
+    assert f"database {DB_NAME} on tcp(127.0.0.1:{mariadb.port})" in status and "; reachable" in status
+    assert DB_PASSWORD not in status
+
+    proxy = RoundRobinProxy([port1, port2]).start()
+    try:
+        url, root = f"https://{NAME}:{proxy.port}", node1.root
+        # certbot: an account, then a certificate.
+        bot = tmp_path / "certbot"
+        certbot(url, root, bot, "register", "--agree-tos", "--register-unsafely-without-email")
+        certbot_certonly(url, root, bot)
+        first = certbot_leaf(bot)
+        # acme-tiny: every request on a new connection, so nonces and orders made on one node are
+        # used on the other within one order.
+        account_key = tmp_path / "acme-tiny-account.key"
+        subprocess.run(["openssl", "genrsa", "-out", str(account_key), "2048"], check=True, capture_output=True)
+        with ChallengeServer(challenge_dir):
+            tiny_first = acme_tiny(url, root, tmp_path, account_key, challenge_dir)
+        assert proxy.served[port1] > 0 and proxy.served[port2] > 0, proxy.served
+
+        # Node 1 dies (SIGKILL, no goodbye): issuance goes on through node 2.
+        server1.process.send_signal(signal.SIGKILL)
+        server1.process.wait()
+        before = dict(proxy.served)
+        certbot_certonly(url, root, bot, "--force-renewal")  # the account made before
+        second = certbot_leaf(bot)
+        with ChallengeServer(challenge_dir):
+            tiny_second = acme_tiny(url, root, tmp_path, account_key, challenge_dir)
+        assert proxy.served[port1] == before[port1] and proxy.served[port2] > before[port2]
+
+        # Node 1 comes back and node 2 goes away: nothing issued or registered meanwhile is lost.
+        server1.stop()
+        server1.start()
+        server2.stop()
+        certbot_certonly(url, root, bot, "--force-renewal")
+        third = certbot_leaf(bot)
+        with ChallengeServer(challenge_dir):
+            tiny_third = acme_tiny(url, root, tmp_path, account_key, challenge_dir)
+    finally:
+        proxy.stop()
+
+    leaves = [first, tiny_first, second, tiny_second, third, tiny_third]
+    assert len({leaf.serial_number for leaf in leaves}) == 6
+    for index, leaf in enumerate(leaves):
+        path = tmp_path / f"leaf{index}.pem"
+        path.write_bytes(leaf.public_bytes(Encoding.PEM))
+        verified = openssl_verify(node1.root, node1.intermediate, path)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+    # Both ACME accounts were created once and used on both nodes; every certificate is in the database.
+    assert count(mariadb, "acme_accounts") == 2
+    assert count(mariadb, "x509_certs") >= len(leaves)
+
+
+# ---- join: from the unattended answers, and what it refuses ----
+
+
+def test_unattended_answers_join_a_node_and_restore_keeps_the_database_out(tmp_path, mariadb):
+    port1, port2 = free_port(), free_port()
+    node1 = CA(tmp_path / "node1", port1, answers_for(port1, database=shared_db(mariadb, name="stepca_join")))
+    node1.setup()
+    archive = tmp_path / "node1.tar.gz"
+    run_cli("backup", "--prefix", node1.prefix, "--no-system", "--out", archive)
+    answers = tmp_path / "node2-answers.yaml"
+    answers.write_text(yaml.safe_dump({"hostname": "ca2.test.example", "join": {"backup": archive.name},
+                                       "ca": {"address": f"127.0.0.1:{port2}"}}))
+    joined = run_cli("setup", "--answers", answers, "--prefix", tmp_path / "node2", "--no-system")
+    assert "is now a node of the CA" in joined.stdout and DB_PASSWORD not in joined.stdout + joined.stderr
+    node2 = CA(tmp_path / "node2", port2, node1.answers)
+    assert node2.config["address"] == f"127.0.0.1:{port2}"
+    assert node2.config["db"] == node1.config["db"]
+    state = json.loads((node2.prefix / "etc/ca-appliance/state.json").read_text())
+    assert state["hostname"] == "ca2.test.example"
+    assert state["database"] == {"type": "mysql", "database": "stepca_join"}
+    # A restore on a shared-database node says the database was not in the backup.
+    restored = run_cli("restore", archive, "--prefix", node2.prefix, "--no-system")
+    assert "the database was not in the backup and was not changed" in restored.stdout
+    assert DB_PASSWORD not in restored.stdout + restored.stderr
+
+
+def test_join_refuses_a_backup_of_a_badger_ca_and_an_unreachable_database(tmp_path, make_ca, mariadb):
+    badger = make_ca()
+    archive = tmp_path / "badger.tar.gz"
+    run_cli("backup", "--prefix", badger.prefix, "--no-system", "--out", archive)
+    with tarfile.open(archive) as tar:
+        assert json.load(tar.extractfile("ca-appliance-backup.json"))["database"]["included"] is True
+    target = tmp_path / "node"
+    result = run_cli("join", "--from", archive, "--prefix", target, "--no-system", check=False)
+    assert_refused_and_nothing_written(result, target, "embedded badger database")
+
+    port = free_port()
+    shared = CA(tmp_path / "shared", port, answers_for(port, database=shared_db(mariadb, name="stepca_refuse")))
+    shared.setup()
+    run_cli("backup", "--prefix", shared.prefix, "--no-system", "--out", archive)
+    answers = tmp_path / "join.yaml"
+    answers.write_text(yaml.safe_dump({"ca": {"database": shared_db(mariadb, password="not-the-password")}}))
+    result = run_cli("join", "--from", archive, "--answers", answers, "--prefix", target, "--no-system", check=False)
+    assert_refused_and_nothing_written(result, target, "Access denied for user")
+
+
+def test_wizard_after_a_bad_unattended_database_falls_back_to_badger_without_showing_the_password(tmp_path):
+    from test_wizard import answer, finish, start_setup
+
+    prefix = tmp_path / "root"
+    baked = prefix / "etc/ca-appliance/answers.yaml"
+    baked.parent.mkdir(parents=True)
+    baked.write_text(yaml.safe_dump({"hostname": "baked.lab.example", "ca": {
+        "name": "Baked CA", "provisioner": "ops@lab.example",
+        "database": {"type": "mysql", "dsn": f"stepca:{DB_PASSWORD}@db.lab.example", "database": DB_NAME}}}))
+    child = start_setup(prefix)
+    child.logfile_read = seen = io.StringIO()  # everything the console showed
+    child.expect_exact("The unattended answers could not be used:")
+    child.expect_exact("ca.database.dsn:")
+    child.expect_exact("is not a MySQL DSN")
+    answer(child, "Host name of this appliance (fully qualified) [baked.lab.example]: ", "")
+    answer(child, "Network: dhcp or static? [dhcp]: ", "")
+    answer(child, "name your new PKI? (e.g. Lab CA) [Baked CA]: ", "")
+    answer(child, "(comma-separated) [", "baked.lab.example")
+    answer(child, "listen at? (e.g. :443) [:443]: ", "")
+    answer(child, "first provisioner? (an email) [ops@lab.example]: ", "")
+    answer(child, "Generate a random one (shown once, at the end)? [Y/n]: ", "")
+    answer(child, "sign SSH host and user certificates? [Y/n]: ", "")
+    answer(child, "Admin's SSH public key ('none' for console login only) [none]: ", "")
+    child.expect_exact("Using the default for ca.database")
+    child.expect_exact("Database:")
+    child.expect_exact("badger (embedded")
+    answer(child, "Apply? [Y/n]: ", "")
+    child.expect_exact("Your CA is ready.")
+    assert finish(child) == 0
+    assert "Your CA is ready." in seen.getvalue() and DB_PASSWORD not in seen.getvalue()
+    assert json.loads((prefix / "etc/step-ca/config/ca.json").read_text())["db"]["type"] == "badgerv2"
