@@ -121,10 +121,10 @@ def test_a_mistyped_password_key_is_refused_without_showing_its_value(defaults):
 
 def test_a_key_added_to_the_shipped_defaults_is_known_without_code(defaults, tmp_path):
     # The contract with every other answers key: defaults.yaml lists them.
-    extended = {**defaults, "ca": {**defaults["ca"], "database": None}, "restore": None}
-    validate({"ca": {"database": "x"}, "restore": {"archive": "a"}}, extended)
-    with pytest.raises(AnswersError, match="did you mean ca.database"):
-        validate({"ca": {"databse": "x"}}, extended)
+    extended = {**defaults, "ca": {**defaults["ca"], "telemetry": None}, "restore": None}
+    validate({"ca": {"telemetry": "x"}, "restore": {"archive": "a"}}, extended)
+    with pytest.raises(AnswersError, match="did you mean ca.telemetry"):
+        validate({"ca": {"telemetyr": "x"}}, extended)
     assert set(answers.known_keys()["ca"]) >= {"name", "password", "claims", "name_constraints"}
     assert set(answers.known_keys()["network"]) == {"mode", "address", "gateway", "dns"}
 

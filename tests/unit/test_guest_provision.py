@@ -31,7 +31,7 @@ from ca_appliance import provision  # noqa: E402
 
 GUEST_PYTHON = "/usr/bin/python3"
 LAUNCHER = PROJECT_ROOT / "overlay/usr/bin/ca-appliance"
-KEY_1 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx1Y2t5bnVtYmVyc2V2ZW5lbGV2ZW50aGlydGVlbg admin@laptop"
+KEY_1 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx1Y2t5bnVtYmVyc2V2ZW5lbGV2ZW50aGlydGVlbg== admin@laptop"
 KEY_2 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBbQ3oVxjA5bKXqXm5N9Jh3vCw8kq3uX0h1d2s4d5f6g bob@laptop"
 HASH = "$6$saltsalt$Vd0mE0rA6Fq3qk8jA9Gm1yF7y5yK0m0C9kqk1.FZ9w5S0pZ1e2/3u4v5w6x7y8z9abcdefghijklmnopq"
 FEDORA_UNITS = {"sshd.service": "multi-user.target", "chronyd.service": "multi-user.target",

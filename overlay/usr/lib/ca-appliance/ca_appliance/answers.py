@@ -39,7 +39,9 @@ MAX_YEARS = 50
 MAX_DURATION_HOURS = 2562047
 SSH_PORT = 22
 # Keys whose values are never shown, in any message.
-SECRET_KEYS = ("ca.password",)
+SECRET_KEYS = ("ca.password", "ca.database.dsn")
+# PEM bundles are lines of text: a line break (and only that) is allowed in them.
+MULTILINE_KEYS = ("ca.x5c_roots",)
 # Answers keys that the shipped defaults.yaml does not list (they have no default). Every other
 # known key comes from defaults.yaml itself: a key added there is an accepted answer (see known_keys).
 OPTIONAL_KEYS = ("network.address", "network.gateway", "network.dns")
@@ -526,7 +528,9 @@ def check_no_control_characters(value, path=""):
         for item in value:
             check_no_control_characters(item, path)
     elif isinstance(value, str):
-        bad = next((char for char in value if unicodedata.category(char) in _CONTROL_CATEGORIES), None)
+        allowed = "\r\n" if path in MULTILINE_KEYS else ""
+        bad = next((char for char in value
+                    if unicodedata.category(char) in _CONTROL_CATEGORIES and char not in allowed), None)
         if bad is not None:
             hidden = path in SECRET_KEYS
             raise AnswersError(path, "<hidden>" if hidden else value,
