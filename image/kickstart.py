@@ -58,6 +58,9 @@ EXTRA_PACKAGES = (
     "cloud-utils-growpart",                                         # growroot: partition to disk end
     "tar", "policycoreutils",                                       # %post: unpack, restorecon
 )
+# updates.security: dnf5-automatic installs security updates daily (config: image/payload.py)
+UPDATE_PACKAGES = ("dnf5-plugin-automatic",)
+UPDATE_UNITS = ("dnf5-automatic.timer",)
 # Storage and network drivers of every OVA target (QEMU/KVM, VMware, VirtualBox), so the
 # initramfs boots wherever the image is imported, not only on the installer's virtio hardware.
 DRACUT_DRIVERS = (
@@ -174,12 +177,13 @@ def kickstart_context(cfg: Config, artifacts: Sequence[VolumeFile], mirror: str 
         "password_hash": cfg.admin.password_hash,
         "install_disk": INSTALL_DISK, "root_fstype": ROOT_FSTYPE,
         "kernel_append": KERNEL_CONSOLES,
-        "packages": list(EXTRA_PACKAGES),
+        "packages": list(EXTRA_PACKAGES) + (list(UPDATE_PACKAGES) if cfg.updates.security else []),
         "oemdrv_label": OEMDRV_LABEL, "staging_dir": STAGING_DIR, "payload_name": PAYLOAD_NAME,
         "volume_files": [PAYLOAD_NAME] + [a.name for a in artifacts],
         "artifacts": [{"volume_name": a.name, "kind": a.kind, "role": a.role, "install_path": a.install_path}
                       for a in artifacts],
-        "appliance_units": list(APPLIANCE_UNITS), "growroot_script": GROWROOT_SCRIPT,
+        "appliance_units": list(APPLIANCE_UNITS) + (list(UPDATE_UNITS) if cfg.updates.security else []),
+        "growroot_script": GROWROOT_SCRIPT,
         "dracut_drivers": list(DRACUT_DRIVERS),
         "result_port": RESULT_PORT, "success_marker": SUCCESS_MARKER,
     }

@@ -13,7 +13,7 @@ import sys
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from . import backup, cajson, jose, pki, system
+from . import backup, banner, cajson, jose, pki, system
 from .errors import StepFailed, UserError
 from .staging import Staging, make_dir, write_file
 
@@ -159,7 +159,7 @@ def setup(answers, source, layout, *, use_system=True, force=False, root_key_out
     if not keep_root_key:
         _show_root_key(material, root_key_out, out)
     write_file(layout.firewalld_service, firewalld_service_xml(cajson.listen_port(ca["address"])), 0o644)
-    write_file(layout.issue_file, issue_text(ca, material.root_fingerprint), 0o644)
+    banner.write(layout)
     if use_system:
         _system_steps(answers, layout, restart=was_running, out=out)
     _report(ca, material, password if generated else None, layout, out, use_system)

@@ -4,12 +4,13 @@ Exit status: 0 done, 2 bad input or a state that does not allow the command (one
 1 a failed step (one line naming it), 130 interrupted (nothing changed).
 """
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import yaml
 
-from . import answers, apply, backup, status
+from . import answers, apply, backup, renew, status, watch
 from .errors import ApplianceError, UserError
 from .layout import Layout
 
@@ -37,7 +38,11 @@ def _parser():
                             "where Enter is pressed runs it (default: this terminal)")
     setup.add_argument("--root-key-out", metavar="FILE",
                        help="with root_key: offline, write the encrypted root key here (instead of the console)")
-    add("status", "Show the service state, CA URL, root fingerprint, ACME directory, expiry and provisioners.")
+    show = add("status", "Show the service state, CA URL, root fingerprint, ACME directory, expiry and provisioners; "
+                         "exit 0 ok, 1 warning, 2 critical (Nagios).")
+    show.add_argument("--json", action="store_true", help="the same facts as JSON, for monitoring")
+    show.add_argument("--health", action="store_true",
+                      help="also GET /health under --prefix (always done on the appliance itself)")
     save = add("backup", "Stop step-ca, archive config, certificates, secrets and database (mode 0600), restart it.")
     save.add_argument("--out", metavar="FILE", required=True, help="archive to write (.tar.gz)")
     save.add_argument("--no-system", action="store_true", help="do not stop or start the step-ca service")
@@ -45,6 +50,17 @@ def _parser():
     load.add_argument("archive", metavar="FILE", help="archive written by `ca-appliance backup`")
     load.add_argument("--no-system", action="store_true",
                       help="do not stop or start the service nor chown to user step")
+    renewal = add("renew-intermediate", "Make a new intermediate from the same root, swap it in all or nothing, "
+                                        "reload step-ca.")
+    renewal.add_argument("--root-key", metavar="FILE",
+                         help="the offline root key (its passphrase is asked on the terminal, or read from stdin)")
+    renewal.add_argument("--no-system", action="store_true", help="do not chown to user step nor reload step-ca")
+    watching = add("watch", "Check expiry and step-ca's health, log warnings to the journal, refresh the banner "
+                            "(the daily ca-appliance-watch.timer).")
+    watching.add_argument("--no-system", action="store_true", help="do not refresh the consoles")
+    watching.add_argument("--health", action="store_true", help="also GET /health under --prefix")
+    commands.add_parser("restart-if-stale", help="Restart step-ca if an update replaced a file it runs "
+                                                 "(called after unattended security updates).")
     return parser
 
 
@@ -120,7 +136,43 @@ def cmd_setup(args):
 
 
 def cmd_status(args):
-    print(status.render(status.collect(Layout(args.prefix))))
+    layout = Layout(args.prefix)
+    facts = status.facts(layout, check_health=True if args.health else None)
+    if args.json:
+        print(json.dumps(facts, indent=2))
+    else:
+        print(status.render(status.rows(facts, layout)))
+    return facts["exit_code"]
+
+
+def _root_key_passphrase():
+    """The offline root key's passphrase: asked on the terminal, else the first line of stdin (never argv)."""
+    if sys.stdin.isatty():
+        import getpass
+        return getpass.getpass("Passphrase of the root key (empty: the CA password): ")
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def cmd_renew_intermediate(args):
+    layout = Layout(args.prefix)
+    passphrase = _root_key_passphrase() if args.root_key else None
+    cert = renew.renew_intermediate(layout, root_key_file=Path(args.root_key) if args.root_key else None,
+                                    root_key_passphrase=passphrase, use_system=not args.no_system)
+    from . import banner
+    banner.write(layout)
+    print(f"New intermediate in place: serial {cert.serial_number:x}, valid until "
+          f"{renew.pki.not_after(cert):%Y-%m-%d %H:%M:%S UTC}; certificates issued before still verify "
+          f"against the same root" + ("" if args.no_system else "; step-ca reloaded"))
+
+
+def cmd_watch(args):
+    layout = Layout(args.prefix)
+    if not layout.is_configured():
+        print(f"ca-appliance watch: no CA is configured under {layout.prefix}: nothing to watch")
+        return 0
+    check_health = args.health or (not args.no_system and layout.is_system)
+    watch.run(layout, check_health, use_system=not args.no_system)
+    return 0
 
 
 def cmd_backup(args):
@@ -134,12 +186,20 @@ def cmd_restore(args):
 
 
 COMMANDS = {"setup": cmd_setup, "status": cmd_status, "backup": cmd_backup, "restore": cmd_restore}
+def cmd_restart_if_stale(args):
+    from . import updates
+    updates.restart_if_stale(out=sys.stdout)
+    return 0
+
+
+COMMANDS.update({"renew-intermediate": cmd_renew_intermediate, "watch": cmd_watch,
+                 "restart-if-stale": cmd_restart_if_stale})
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
     except answers.AnswersError as error:
         print(error, file=sys.stderr)
         return 2
@@ -149,4 +209,4 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"\nca-appliance {args.command}: interrupted; nothing was changed", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
