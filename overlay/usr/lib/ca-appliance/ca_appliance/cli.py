@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from . import answers, apply, backup, renew, status, watch
+from . import answers, apply, backup, renew, status, upgrade, watch
 from .errors import ApplianceError, UserError
 from .layout import Layout
 
@@ -38,6 +38,8 @@ def _parser():
                             "where Enter is pressed runs it (default: this terminal)")
     setup.add_argument("--root-key-out", metavar="FILE",
                        help="with root_key: offline, write the encrypted root key here (instead of the console)")
+    setup.add_argument("--restore", metavar="FILE",
+                       help="upgrade: restore the CA from a backup of an older appliance instead of creating one")
     show = add("status", "Show the service state, CA URL, root fingerprint, ACME directory, expiry and provisioners; "
                          "exit 0 ok, 1 warning, 2 critical (Nagios).")
     show.add_argument("--json", action="store_true", help="the same facts as JSON, for monitoring")
@@ -74,12 +76,34 @@ def _load_answers_file(path):
     return raw
 
 
+def _validated(raw, defaults, base_dir, args):
+    """answers.validate(), plus the upgrade's `restore` request (its archive located) when there is one."""
+    validated = answers.validate(raw, defaults)
+    request = upgrade.restore_request(raw)
+    if request is not None:
+        request["path"] = upgrade.locate(request, base_dir, args.prefix)
+        validated["restore"] = request
+    return validated
+
+
+def _wizard_or_restore(args, defaults, input=input, output=sys.stdout, getpass=None, **kwargs):
+    """Upgrades first: when backups are found, offer to restore one; else (or when declined) the wizard."""
+    import getpass as getpass_module
+
+    from . import wizard
+    getpass = getpass or getpass_module.getpass
+    request = upgrade.ask_restore(Layout(args.prefix), input, output, getpass)
+    if request is not None:
+        return {"restore": request}
+    return wizard.run_wizard(defaults, input=input, output=output, getpass=getpass, **kwargs)
+
+
 def run_wizard(args, defaults, **kwargs):
     """The wizard on this terminal, or with --consoles on the console where Enter is pressed first.
     Returns (validated answers, the stream the rest of setup reports on)."""
-    from . import consoles, wizard
+    from . import consoles
     if not args.consoles:
-        return wizard.run_wizard(defaults, **kwargs), sys.stdout
+        return _wizard_or_restore(args, defaults, **kwargs), sys.stdout
     terminals = consoles.open_terminals([name for name in args.consoles.split(",") if name])
     if not terminals:
         raise UserError(f"setup: none of the consoles {args.consoles!r} can be opened, and no unattended answers")
@@ -87,14 +111,15 @@ def run_wizard(args, defaults, **kwargs):
     for terminal in terminals:
         if terminal is not chosen:
             terminal.close()
-    return wizard.run_wizard(defaults, input=chosen.input, output=chosen, getpass=chosen.getpass, **kwargs), chosen
+    return _wizard_or_restore(args, defaults, input=chosen.input, output=chosen, getpass=chosen.getpass,
+                              **kwargs), chosen
 
 
 def gather_answers(args):
     """(validated answers, the name of their source, where to report), by the order of precedence."""
     defaults = answers.load_defaults(args.prefix)
     if args.answers:
-        validated = answers.validate(_load_answers_file(args.answers), defaults)
+        validated = _validated(_load_answers_file(args.answers), defaults, Path(args.answers).resolve().parent, args)
         return validated, f"answers-file ({Path(args.answers).resolve()})", sys.stdout
     from . import sources  # the console's modules, needed only without --answers
 
@@ -108,7 +133,7 @@ def gather_answers(args):
     if found is not None:
         raw, source = found
         try:
-            return answers.validate(raw, defaults), source, sys.stdout
+            return _validated(raw, defaults, None, args), source, sys.stdout
         except answers.AnswersError as error:
             if not interactive:
                 raise UserError(f"{error} (from the {source} answers; no console to ask instead)") from None
@@ -130,7 +155,25 @@ def cmd_setup(args):
     if layout.is_configured() and not args.force:  # refuse before asking anything
         raise UserError(f"setup: a CA is already configured ({layout.ca_json}); "
                         "run `ca-appliance setup --force` to replace it (a timestamped backup is written first)")
-    validated, source, out = gather_answers(args)
+    if args.restore:
+        request = {"archive": args.restore, "passphrase": None, "path": Path(args.restore)}
+        if not request["path"].is_file():
+            raise UserError(f"setup: --restore {args.restore}: no such backup archive")
+        if upgrade._is_encrypted(request["path"]) and sys.stdin.isatty():
+            import getpass
+            request["passphrase"] = getpass.getpass("Passphrase of this backup: ")
+        validated, out = {"restore": request}, sys.stdout
+    else:
+        validated, source, out = gather_answers(args)
+    request = validated.pop("restore", None)
+    if request is not None:
+        try:
+            upgrade.restore_at_first_boot(layout, request["path"], passphrase=request["passphrase"],
+                                          answers=validated if "network" in validated else None,
+                                          use_system=not args.no_system, out=out)
+        finally:
+            upgrade.cleanup(request["path"])
+        return
     apply.setup(validated, source, layout, use_system=not args.no_system, force=args.force,
                 root_key_out=args.root_key_out, out=out)
 
