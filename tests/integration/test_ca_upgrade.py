@@ -151,3 +151,18 @@ def test_the_wizard_still_creates_a_new_ca_when_the_offer_is_declined(tmp_path):
     child.expect_exact("Host name of this appliance")  # the wizard's first question: a new CA after all
     child.close(force=True)
     assert not (prefix / "etc/step-ca/config/ca.json").exists()
+
+
+def test_setup_restore_over_an_existing_ca_keeps_the_old_one(make_ca, tmp_path):
+    ca = make_ca()
+    old = ca.root.read_bytes()
+    result = run_cli("setup", "--restore", FORMAT1, "--force", "--prefix", ca.prefix, "--no-system")
+    assert "Previous CA saved to" in result.stdout
+    assert ca.root.read_bytes() != old
+    saved = list((ca.prefix / "var/backups/ca-appliance").glob("ca-appliance-*.tar.gz"))
+    assert len(saved) == 1
+    with tarfile.open(saved[0]) as tar:
+        assert tar.extractfile("etc/step-ca/certs/root_ca.crt").read() == old
+    missing = run_cli("setup", "--restore", tmp_path / "none.tar.gz", "--force", "--prefix", ca.prefix,
+                      "--no-system", check=False)
+    assert missing.returncode == 2 and "no such backup archive" in missing.stderr

@@ -11,6 +11,7 @@ The restored CA keeps its root, intermediate, provisioners and database (ACME ac
 certificates); the answers' network and admin keys still apply, and the hostname comes from the
 backup. Backups of every format backup.py reads are accepted (format 1: plain tar.gz).
 """
+import datetime
 import shutil
 import tempfile
 from pathlib import Path
@@ -122,6 +123,10 @@ def restore_at_first_boot(layout, archive, *, passphrase=None, answers=None, use
     import json
 
     from . import apply
+    if layout.is_configured():  # setup --force over a CA: keep it, as setup does
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        saved = backup.backup(layout, layout.backup_dir / f"ca-appliance-{stamp}.tar.gz", use_system=use_system)
+        print(f"Previous CA saved to {saved}", file=out)
     kwargs = {"passphrase": passphrase} if passphrase else {}
     fingerprint = backup.restore(layout, archive, use_system=use_system, **kwargs)
     config = json.loads(layout.ca_json.read_text())
