@@ -255,6 +255,9 @@ SCHEMA: dict[str, Any] = {
         "mode": one_of("interactive", "unattended"),
         "answers": LOCAL_PATH,
     },
+    "updates": {
+        "security": boolean(),
+    },
 }
 
 

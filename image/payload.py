@@ -58,11 +58,64 @@ def build_info(cfg: Config, artifacts: list | None = None) -> dict:
     return info
 
 
+# updates.security: the OS installs security updates by itself; afterwards step-ca is restarted
+# only when it still maps a replaced file (ca-appliance restart-if-stale, guest updates.py).
+RESTART_DROPIN = """# Written by the appliance build (updates.security): after the security updates, restart
+# step-ca if it still runs a library or binary they replaced.
+[Service]
+ExecStartPost=-/usr/bin/ca-appliance restart-if-stale
+"""
+UPDATE_UNITS = {"debian": ("apt-daily.timer", "apt-daily-upgrade.timer"), "fedora": ("dnf5-automatic.timer",)}
+DEBIAN_AUTO_UPGRADES = """// Written by the appliance build (updates.security): refresh the lists and install
+// security updates every day (apt-daily.timer, apt-daily-upgrade.timer).
+APT::Periodic::Update-Package-Lists "1";
+APT::Periodic::Unattended-Upgrade "1";
+APT::Periodic::AutocleanInterval "7";
+"""
+DEBIAN_SECURITY_ONLY = """// Written by the appliance build (updates.security): security updates only, not point
+// releases; never reboot by itself (step-ca is restarted when needed, see the drop-in).
+#clear Unattended-Upgrade::Origins-Pattern;
+Unattended-Upgrade::Origins-Pattern {
+        "origin=Debian,codename=${distro_codename}-security,label=Debian-Security";
+};
+Unattended-Upgrade::Automatic-Reboot "false";
+"""
+FEDORA_AUTOMATIC = """# Written by the appliance build (updates.security): dnf5-automatic.timer downloads and
+# installs security updates only, and never reboots (step-ca is restarted when needed).
+[commands]
+upgrade_type = security
+download_updates = yes
+apply_updates = yes
+reboot = never
+
+[emitters]
+emit_via = stdio
+"""
+
+
+def update_files(cfg: Config) -> dict[str, tuple[bytes, int]]:
+    """The OS security-update configuration of the image's base (none with updates.security false)."""
+    if not cfg.updates.security:
+        return {}
+    if cfg.image.base == "debian":
+        # the security archive is in sources.list already (bases/debian.py sources())
+        texts = {"etc/apt/apt.conf.d/20auto-upgrades": DEBIAN_AUTO_UPGRADES,
+                 "etc/apt/apt.conf.d/52ca-appliance-security-only": DEBIAN_SECURITY_ONLY,
+                 "etc/systemd/system/apt-daily-upgrade.service.d/ca-appliance.conf": RESTART_DROPIN}
+    else:
+        texts = {"etc/dnf/automatic.conf": FEDORA_AUTOMATIC,
+                 "etc/systemd/system/dnf5-automatic.service.d/ca-appliance.conf": RESTART_DROPIN}
+    return {path: (text.encode(), 0o644) for path, text in texts.items()}
+
+
+
 def provision_input(cfg: Config) -> dict:
     """provision.json: the config facts `ca-appliance provision` applies (0600: the password hash)."""
     return {"admin": {"user": cfg.admin.user, "ssh_authorized_keys": list(cfg.admin.ssh_authorized_keys),
                       "password_hash": cfg.admin.password_hash},
-            "step_cli": bool(cfg.artifacts.step_cli.enabled)}
+            "step_cli": bool(cfg.artifacts.step_cli.enabled),
+            # distribution units provision enables besides its own table (when the image has them)
+            "extra_units": list(UPDATE_UNITS[cfg.image.base]) if cfg.updates.security else []}
 
 
 def owns_directory(rel: str) -> bool:
@@ -75,6 +128,7 @@ def generated_files(cfg: Config, artifacts: list | None = None) -> dict[str, tup
     files = {GUEST_DEFAULTS: (yaml.safe_dump(guest_defaults(cfg), sort_keys=False).encode(), 0o644),
              BUILD_INFO: (json.dumps(build_info(cfg, artifacts), indent=2, sort_keys=True).encode() + b"\n", 0o644),
              PROVISION_INPUT: (json.dumps(provision_input(cfg), indent=2, sort_keys=True).encode() + b"\n", 0o600)}
+    files.update(update_files(cfg))
     if cfg.firstboot.answers:
         content = Path(cfg.firstboot.answers).read_bytes()
         # The exact bytes baked, checked by the guest's rules: no password, nothing first boot refuses.

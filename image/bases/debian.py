@@ -59,6 +59,8 @@ DPKG_EXCLUDES = (
     "path-exclude=/usr/share/locale/*", "path-include=/usr/share/locale/locale.alias",
     "path-exclude=/usr/share/lintian/*",
 )
+# updates.security: daily security updates (security archive only: see image/payload.py)
+UPDATE_PACKAGES = ("unattended-upgrades",)
 KERNEL_CMDLINE = "ro console=tty0 console=ttyS0,115200n8"
 
 
@@ -96,7 +98,7 @@ def q(path) -> str:
 def mmdebstrap_command(cfg: Config, rootfs: Path, debs: list[Path], used_debs_list: Path) -> list[str]:
     cache = apt_cache_dir(cfg)
     cmd = ["mmdebstrap", "--mode=root", "--variant=minbase", "--components=main",
-           "--include=" + ",".join(PACKAGES),
+           "--include=" + ",".join(PACKAGES + (UPDATE_PACKAGES if cfg.updates.security else ())),
            # keep every .deb downloaded this time in the chroot, to be copied out to the cache
            "--skip=essential/unlink",
            "--aptopt=Acquire::Retries \"3\"",

@@ -39,7 +39,7 @@ def test_mmdebstrap_installs_the_package_set_lean_and_a_local_deb_with_quoted_pa
     deb = Path("/tmp/my debs/step-ca_0.30.2-1_amd64.deb")
     cmd = debian.mmdebstrap_command(cfg_with(), Path("/w/rootfs"), [deb], Path("/w/used.txt"))
     (include,) = [c for c in cmd if c.startswith("--include=")]
-    assert include.removeprefix("--include=").split(",") == list(debian.PACKAGES)
+    assert include.removeprefix("--include=").split(",") == list(debian.PACKAGES + debian.UPDATE_PACKAGES)
     assert "--variant=minbase" in cmd and "--dpkgopt=path-exclude=/usr/share/man/*" in cmd
     hooks = [c.split("=", 1)[1] for c in cmd if c.startswith("--customize-hook=")]
     copy_in = next(h for h in hooks if h.startswith("copy-in"))

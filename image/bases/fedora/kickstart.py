@@ -65,6 +65,8 @@ EXTRA_PACKAGES = (
     "alternatives",                                                 # the step CLI RPM's postinstall uses it
     "tar", "policycoreutils", "dracut",                             # %post: unpack, restorecon, initramfs
 )
+# updates.security: dnf5-automatic installs security updates daily (config: image/payload.py)
+UPDATE_PACKAGES = ("dnf5-plugin-automatic",)
 # How the chrooted %post extracts the payload: a directory symlink (/usr/sbin -> bin) stays one.
 PAYLOAD_TAR_OPTIONS = ("--numeric-owner", "--no-overwrite-dir", "--keep-directory-symlink")
 # Where a local binary artifact goes in the image (the RPMs put themselves in place).
@@ -179,7 +181,7 @@ def kickstart_context(cfg: Config, artifacts: Sequence[VolumeFile], mirror: str 
         "updates_repo": UPDATES_REPO, "everything_repo": EVERYTHING_REPO,
         "install_disk": INSTALL_DISK, "root_fstype": ROOT_FSTYPE,
         "kernel_append": KERNEL_CONSOLES,
-        "packages": list(EXTRA_PACKAGES),
+        "packages": list(EXTRA_PACKAGES) + (list(UPDATE_PACKAGES) if cfg.updates.security else []),
         "oemdrv_label": OEMDRV_LABEL, "staging_dir": STAGING_DIR, "payload_name": PAYLOAD_NAME,
         "volume_files": [PAYLOAD_NAME] + [a.name for a in artifacts],
         "artifacts": [{"volume_name": a.name, "kind": a.kind, "role": a.role, "install_path": a.install_path}

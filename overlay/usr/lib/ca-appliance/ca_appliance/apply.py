@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from . import backup, cajson, database, jose, pki, replace, system
+from . import backup, banner, cajson, database, jose, pki, replace, system
 from .errors import StepFailed, UserError
 from .staging import checkpoint, fsync_dir, make_dir, write_file
 
@@ -45,15 +45,6 @@ def firewalld_service_xml(port):
         "  <description>The appliance's certificate authority (step-ca): ACME, JWK, X5C and SSH "
         "provisioners over HTTPS. Written by ca-appliance setup with the configured port.</description>\n"
         f'  <port protocol="tcp" port="{port}"/>\n</service>\n'
-    )
-
-
-def issue_text(ca, root_fingerprint):
-    return (
-        f"Certificate authority: {ca['name']}\n"
-        f"  ACME directory:   {cajson.acme_directory_url(ca)}\n"
-        f"  Root fingerprint: {root_fingerprint}\n"
-        "  (ca-appliance status for more)\n\n"
     )
 
 
@@ -260,8 +251,7 @@ def finish(layout, saved, *, use_system=True, restart=False, out=sys.stdout):
     ca = saved["ca"]
     try:
         write_file(layout.firewalld_service, firewalld_service_xml(cajson.listen_port(ca["address"])), 0o644)
-        fingerprint = pki.fingerprint(pki.load_certificate(layout.root_cert))
-        write_file(layout.issue_file, issue_text(ca, fingerprint), 0o644)
+        banner.write(layout)
         write_file(layout.sshd_dropin, sshd_dropin(saved["admin"]["user"]), 0o644)
         checkpoint("files written")
         if use_system:

@@ -3,18 +3,23 @@
 Field names follow step-ca's authority/config (0.19 through 0.30). Two choices worth knowing:
 - no `tls` block: step-ca then uses its own defaults, which suit every key type (the block
   `step ca init` writes lists ECDSA-only suites, wrong for an RSA intermediate);
-- ACME `challenges` is written for step-ca >= 0.22 (which honours it); 0.19 ignores it.
+- ACME `challenges` is written for step-ca >= 0.22 (which honours it); 0.19 ignores it;
+- a `crl` block only when the installed step-ca reads it (0.24 and later, `step-ca version`):
+  older releases do not serve /crl, and a block they do not know would only mislead.
 """
 import base64
 import ipaddress
 
-from . import database
+from . import database, stepca
 
 ACME_NAME = "acme"
 X5C_NAME = "x5c"
 SSHPOP_NAME = "sshpop"
 ACME_CHALLENGES = ["http-01", "dns-01", "tls-alpn-01"]
 ACME_DIRECTORY_PATH = f"/acme/{ACME_NAME}/directory"
+# step-ca >= 0.24: a CRL signed by the intermediate, regenerated on every revocation, served at /crl.
+CRL_BLOCK = {"enabled": True, "generateOnRevoke": True, "cacheDuration": "24h0m0s"}
+DETECT = object()
 
 
 def listen_port(address):
@@ -69,8 +74,9 @@ def provisioners(ca, root_cert_pem, jwk_public, jwk_encrypted):
     return result
 
 
-def ca_json(ca, layout, root_cert_pem, jwk_public, jwk_encrypted):
-    """step-ca's configuration; every path is the final one under layout's prefix."""
+def ca_json(ca, layout, root_cert_pem, jwk_public, jwk_encrypted, step_ca_version=DETECT):
+    """step-ca's configuration; every path is the final one under layout's prefix.
+    step_ca_version: the installed step-ca's (read from `step-ca version` unless given; None: unknown)."""
     config = {
         "root": str(layout.root_cert),
         "federatedRoots": None,
@@ -87,6 +93,10 @@ def ca_json(ca, layout, root_cert_pem, jwk_public, jwk_encrypted):
     if ca["ssh"]:
         config["ssh"] = {"hostKey": str(layout.secrets_dir / "ssh_host_ca_key"),
                          "userKey": str(layout.secrets_dir / "ssh_user_ca_key")}
+    if step_ca_version is DETECT:
+        step_ca_version = stepca.installed_version()
+    if stepca.supports_crl(step_ca_version):
+        config["crl"] = dict(CRL_BLOCK)
     return config
 
 

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import answers, apply, backup, database, join, provision, replace, status
+from . import answers, apply, backup, database, join, provision, renew, replace, status, upgrade, watch
 from .errors import ApplianceError, UserError
 from .layout import Layout
 
@@ -36,7 +36,13 @@ def _parser():
                             "where Enter is pressed runs it (default: this terminal)")
     setup.add_argument("--root-key-out", metavar="FILE",
                        help="with root_key: offline, write the encrypted root key here (instead of the console)")
-    add("status", "Show the service state, CA URL, root fingerprint, ACME directory, expiry and provisioners.")
+    setup.add_argument("--restore", metavar="FILE",
+                       help="upgrade: restore the CA from a backup of an older appliance instead of creating one")
+    show = add("status", "Show the service state, CA URL, root fingerprint, ACME directory, expiry and provisioners; "
+                         "exit 0 ok, 1 warning, 2 critical (Nagios).")
+    show.add_argument("--json", action="store_true", help="the same facts as JSON, for monitoring")
+    show.add_argument("--health", action="store_true",
+                      help="also GET /health under --prefix (always done on the appliance itself)")
     save = add("backup", "Stop step-ca, archive config, certificates, secrets and database (mode 0600), restart it.")
     save.add_argument("--out", metavar="FILE", required=True, help="archive to write (.tar.gz)")
     save.add_argument("--no-system", action="store_true", help="do not stop or start the step-ca service")
@@ -46,6 +52,17 @@ def _parser():
     load.add_argument("archive", metavar="FILE", help="archive written by `ca-appliance backup`")
     load.add_argument("--no-system", action="store_true",
                       help="do not stop or start the service nor chown to user step")
+    renewal = add("renew-intermediate", "Make a new intermediate from the same root, swap it in all or nothing, "
+                                        "reload step-ca.")
+    renewal.add_argument("--root-key", metavar="FILE",
+                         help="the offline root key (its passphrase is asked on the terminal, or read from stdin)")
+    renewal.add_argument("--no-system", action="store_true", help="do not chown to user step nor reload step-ca")
+    watching = add("watch", "Check expiry and step-ca's health, log warnings to the journal, refresh the banner "
+                            "(the daily ca-appliance-watch.timer).")
+    watching.add_argument("--no-system", action="store_true", help="do not refresh the consoles")
+    watching.add_argument("--health", action="store_true", help="also GET /health under --prefix")
+    commands.add_parser("restart-if-stale", help="Restart step-ca if an update replaced a file it runs "
+                                                 "(called after unattended security updates).")
     load.add_argument("--passphrase-file", metavar="FILE",
                       help="the passphrase of an encrypted backup (first line of FILE); else asked on the terminal")
     node = add("join", "Become another node of an existing CA on a shared database, from a backup of one of its nodes.")
@@ -81,12 +98,34 @@ def _load_answers_file(path):
     return answers.load_answers(data, str(path))
 
 
+def _validated(raw, defaults, base_dir, args):
+    """answers.validate(), plus the upgrade's `restore` request (its archive located) when there is one."""
+    validated = answers.validate(raw, defaults)
+    request = upgrade.restore_request(raw)
+    if request is not None:
+        request["path"] = upgrade.locate(request, base_dir, args.prefix)
+        validated["restore"] = request
+    return validated
+
+
+def _wizard_or_restore(args, defaults, input=input, output=sys.stdout, getpass=None, **kwargs):
+    """Upgrades first: when backups are found, offer to restore one; else (or when declined) the wizard."""
+    import getpass as getpass_module
+
+    from . import wizard
+    getpass = getpass or getpass_module.getpass
+    request = upgrade.ask_restore(Layout(args.prefix), input, output, getpass)
+    if request is not None:
+        return {"restore": request}
+    return wizard.run_wizard(defaults, input=input, output=output, getpass=getpass, **kwargs)
+
+
 def run_wizard(args, defaults, **kwargs):
     """The wizard on this terminal, or with --consoles on the console where Enter is pressed first.
     Returns (validated answers, the stream the rest of setup reports on)."""
-    from . import consoles, wizard
+    from . import consoles
     if not args.consoles:
-        return wizard.run_wizard(defaults, **kwargs), sys.stdout
+        return _wizard_or_restore(args, defaults, **kwargs), sys.stdout
     terminals = consoles.open_terminals([name for name in args.consoles.split(",") if name])
     if not terminals:
         raise UserError(f"setup: none of the consoles {args.consoles!r} can be opened, and no unattended answers")
@@ -94,14 +133,15 @@ def run_wizard(args, defaults, **kwargs):
     for terminal in terminals:
         if terminal is not chosen:
             terminal.close()
-    return wizard.run_wizard(defaults, input=chosen.input, output=chosen, getpass=chosen.getpass, **kwargs), chosen
+    return _wizard_or_restore(args, defaults, input=chosen.input, output=chosen, getpass=chosen.getpass,
+                              **kwargs), chosen
 
 
 def gather_answers(args):
     """(validated answers, the name of their source, where to report), by the order of precedence."""
     defaults = answers.load_defaults(args.prefix)
     if args.answers:
-        validated = answers.validate(_load_answers_file(args.answers), defaults)
+        validated = _validated(_load_answers_file(args.answers), defaults, Path(args.answers).resolve().parent, args)
         return validated, f"answers-file ({Path(args.answers).resolve()})", sys.stdout
     from . import sources  # the console's modules, needed only without --answers
 
@@ -115,7 +155,7 @@ def gather_answers(args):
     if found is not None:
         raw, source = found
         try:
-            return answers.validate(raw, defaults), source, sys.stdout
+            return _validated(raw, defaults, None, args), source, sys.stdout
         except answers.AnswersError as error:
             if not interactive:
                 raise UserError(f"{error} (from the {source} answers; no console to ask instead)") from None
@@ -144,7 +184,25 @@ def cmd_setup(args):
     if layout.is_configured() and not args.force:  # refuse before asking anything
         raise UserError(f"setup: a CA is already configured ({layout.ca_json}); "
                         "run `ca-appliance setup --force` to replace it (a timestamped backup is written first)")
-    validated, source, out = gather_answers(args)
+    if args.restore:
+        request = {"archive": args.restore, "passphrase": None, "path": Path(args.restore)}
+        if not request["path"].is_file():
+            raise UserError(f"setup: --restore {args.restore}: no such backup archive")
+        if upgrade._is_encrypted(request["path"]) and sys.stdin.isatty():
+            import getpass
+            request["passphrase"] = getpass.getpass("Passphrase of this backup: ")
+        validated, out = {"restore": request}, sys.stdout
+    else:
+        validated, source, out = gather_answers(args)
+    request = validated.pop("restore", None)
+    if request is not None:
+        try:
+            upgrade.restore_at_first_boot(layout, request["path"], passphrase=request["passphrase"],
+                                          answers=validated if "network" in validated else None,
+                                          use_system=not args.no_system, out=out)
+        finally:
+            upgrade.cleanup(request["path"])
+        return
     if validated.get("join"):  # unattended `join: {backup: FILE}`: another node of an existing CA
         archive = Path(validated["join"]["backup"])
         if args.answers and not archive.is_absolute():  # relative to the answers file, like an include
@@ -156,7 +214,43 @@ def cmd_setup(args):
 
 
 def cmd_status(args):
-    print(status.render(status.collect(Layout(args.prefix))))
+    layout = Layout(args.prefix)
+    facts = status.facts(layout, check_health=True if args.health else None)
+    if args.json:
+        print(json.dumps(facts, indent=2))
+    else:
+        print(status.render(status.rows(facts, layout)))
+    return facts["exit_code"]
+
+
+def _root_key_passphrase():
+    """The offline root key's passphrase: asked on the terminal, else the first line of stdin (never argv)."""
+    if sys.stdin.isatty():
+        import getpass
+        return getpass.getpass("Passphrase of the root key (empty: the CA password): ")
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def cmd_renew_intermediate(args):
+    layout = Layout(args.prefix)
+    passphrase = _root_key_passphrase() if args.root_key else None
+    cert = renew.renew_intermediate(layout, root_key_file=Path(args.root_key) if args.root_key else None,
+                                    root_key_passphrase=passphrase, use_system=not args.no_system)
+    from . import banner
+    banner.write(layout)
+    print(f"New intermediate in place: serial {cert.serial_number:x}, valid until "
+          f"{renew.pki.not_after(cert):%Y-%m-%d %H:%M:%S UTC}; certificates issued before still verify "
+          f"against the same root" + ("" if args.no_system else "; step-ca reloaded"))
+
+
+def cmd_watch(args):
+    layout = Layout(args.prefix)
+    if not layout.is_configured():
+        print(f"ca-appliance watch: no CA is configured under {layout.prefix}: nothing to watch")
+        return 0
+    check_health = args.health or (not args.no_system and layout.is_system)
+    watch.run(layout, check_health, use_system=not args.no_system)
+    return 0
 
 
 def _passphrase(args, command, confirm):
@@ -219,10 +313,20 @@ COMMANDS = {"setup": cmd_setup, "status": cmd_status, "backup": cmd_backup, "res
             "join": cmd_join, "provision": cmd_provision}
 
 
+def cmd_restart_if_stale(args):
+    from . import updates
+    updates.restart_if_stale(out=sys.stdout)
+    return 0
+
+
+COMMANDS.update({"renew-intermediate": cmd_renew_intermediate, "watch": cmd_watch,
+                 "restart-if-stale": cmd_restart_if_stale})
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
     except answers.AnswersError as error:
         print(error, file=sys.stderr)
         return 2
@@ -235,4 +339,4 @@ def main(argv=None):
     except OSError as error:  # one line, never a traceback (the step that raised it names no path here)
         print(f"ca-appliance: {args.command} failed: {error}", file=sys.stderr)
         return 1
-    return 0
+    return code or 0

@@ -14,7 +14,7 @@ import sys
 
 from cryptography.x509.oid import NameOID
 
-from . import apply, backup, cajson, database, pki, system
+from . import apply, backup, banner, cajson, database, pki, system
 from .errors import UserError
 from .staging import write_file
 
@@ -71,7 +71,7 @@ def join(layout, archive, *, answers=None, address=None, use_system=True, out=sy
     ca = {"name": names[0].value.removesuffix(" Root CA") if names else "CA", "address": address,
           "dns_names": config["dnsNames"]}
     write_file(layout.firewalld_service, apply.firewalld_service_xml(cajson.listen_port(address)), 0o644)
-    write_file(layout.issue_file, apply.issue_text(ca, fingerprint), 0o644)
+    banner.write(layout)
     if use_system:
         if answers is not None:
             apply._system_steps(answers, layout, restart=True, out=out)

@@ -190,6 +190,17 @@ def read_inputs(tools):
     return user, keys, password_hash, bool(data.get("step_cli", False))
 
 
+UNIT_NAME = re.compile(r"[A-Za-z0-9@_.:-]+\.(service|timer|socket|path)")
+
+
+def read_extra_units(tools):
+    """Distribution units the build asks for besides the base's table (e.g. updates.security's timers)."""
+    units = read_json(tools.path(PROVISION_INPUT), "input").get("extra_units") or []
+    if not isinstance(units, list) or not all(isinstance(u, str) and UNIT_NAME.fullmatch(u) for u in units):
+        raise UserError(f"provision: extra_units in {PROVISION_INPUT} must be a list of unit names")
+    return units
+
+
 def check_base(tools, base):
     """Provisioning the wrong tree (the build host, another distribution) is refused before any change."""
     os_release = tools.path("etc/os-release")
@@ -304,11 +315,12 @@ def payload_units(tools):
     return found
 
 
-def enable_units(tools, distro):
-    missing = [u for u in distro.units if not unit_exists(tools, u)]
+def enable_units(tools, distro, extra=()):
+    wanted = list(distro.units) + [u for u in extra if u not in distro.units]
+    missing = [u for u in wanted if not unit_exists(tools, u)]
     if missing:
         raise StepFailed("enable units", f"{', '.join(missing)} not installed (the base's packages bring them)")
-    units = list(distro.units) + payload_units(tools)
+    units = wanted + payload_units(tools)
     tools.run("enable units", ["systemctl", "enable", *units],
               rooted=["systemctl", f"--root={tools.root}", "enable", *units])
     unwanted = [u for u in distro.disable_units if unit_exists(tools, u)]
@@ -465,6 +477,7 @@ def _provision(base, root, *, stand_ins, record, out):
 
     check_base(tools, base)
     user, keys, password_hash, step_cli = read_inputs(tools)
+    extra_units = read_extra_units(tools)
     say(f"ca-appliance provision --base {base}" + ("" if tools.in_target else f" --root {root}"))
     check_step_cli(tools, step_cli)
     create_step_user(tools)
@@ -473,7 +486,7 @@ def _provision(base, root, *, stand_ins, record, out):
     create_admin(tools, distro, user, keys, password_hash)
     say(f"    admin {user}: group {distro.sudo_group}, {len(keys)} SSH key(s), "
         f"{'password' if password_hash else 'key only, sudo without password'}; root locked; sudoers checked")
-    units, disabled = enable_units(tools, distro)
+    units, disabled = enable_units(tools, distro, extra_units)
     say(f"    enabled: {' '.join(units)}" + (f"; disabled: {' '.join(disabled)}" if disabled else ""))
     set_firewall_zone(tools)
     say(f"    firewall: default zone {FIREWALL_ZONE} (ssh, step-ca)")

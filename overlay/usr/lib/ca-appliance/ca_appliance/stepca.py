@@ -1,0 +1,80 @@
+"""Facts about the installed step-ca: its version (what its config may use) and its health."""
+import http.client
+import json
+import re
+import shutil
+import ssl
+import subprocess
+
+# The unit's ExecStart has no absolute path: systemd finds /usr/local/bin (built from source)
+# before /usr/bin (smallstep's packages). Look in the same order, then on PATH (tests).
+SEARCH_PATH = "/usr/local/bin:/usr/bin"
+CRL_SINCE = (0, 24, 0)    # step-ca serves /crl and reads ca.json's `crl` block from 0.24.0
+HEALTH_TIMEOUT = 10
+
+
+def binary():
+    return shutil.which("step-ca", path=SEARCH_PATH) or shutil.which("step-ca")
+
+
+def installed_version():
+    """'0.19.0' from `step-ca version` ("Smallstep CA/0.30.2 (linux/amd64)"), or from `step-ca --version`
+    (a step-ca built from Debian's sources: "step-ca version 0.19.0-debian"); None when unknown."""
+    path = binary()
+    if path is None:
+        return None
+    for argv in ([path, "version"], [path, "--version"]):
+        try:
+            output = subprocess.run(argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+                                    cwd="/").stdout
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        match = re.search(r"(?:CA/|version )v?(\d+\.\d+\.\d+)", output)
+        if match:
+            return match.group(1)
+    return None
+
+
+def version_tuple(version):
+    match = re.match(r"v?(\d+)\.(\d+)\.(\d+)", version or "")
+    return tuple(int(part) for part in match.groups()) if match else None
+
+
+def supports_crl(version):
+    parsed = version_tuple(version)
+    return parsed is not None and parsed >= CRL_SINCE
+
+
+def local_endpoint(address):
+    """(host, port) to reach step-ca's listen address from the appliance itself."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return host, int(port)
+
+
+def health(config, root_cert_path, timeout=HEALTH_TIMEOUT):
+    """None when GET /health answers {"status": "ok"} over TLS chained to the root, else why not."""
+    host, port = local_endpoint(config["address"])
+    context = ssl.create_default_context(cafile=str(root_cert_path))
+    context.check_hostname = False  # reached by address, not by name; the chain is still checked
+    url = f"https://{host}:{port}/health"
+    connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+    try:
+        connection.request("GET", "/health")
+        response = connection.getresponse()
+        body = response.read(4096)
+    except (OSError, ssl.SSLError, http.client.HTTPException) as error:
+        return f"GET {url} failed: {error}"
+    finally:
+        connection.close()
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if response.status != 200 or not isinstance(answer, dict) or answer.get("status") != "ok":
+        return f"GET {url} answered {response.status}: {body[:100].decode('utf-8', 'replace')!r}"
+    return None

@@ -1,0 +1,81 @@
+"""Expiry and health watch: what `ca-appliance watch` (daily timer), `status` and the banner report.
+
+Levels follow the Nagios plugin convention, which `status` also uses as its exit status:
+0 ok, 1 warning (the intermediate expires within 90 days, the root within a year),
+2 critical (a certificate has expired, or step-ca does not answer GET /health).
+The watch writes each finding to the journal with its priority (`<4>` warning, `<3>` error:
+systemd's SyslogLevelPrefix), refreshes the console banner, and exits 0 so the timer's unit
+does not fail over a finding it has reported.
+"""
+import datetime
+import json
+import sys
+from dataclasses import dataclass
+
+from . import banner, pki, stepca, system
+
+OK, WARNING, CRITICAL = 0, 1, 2
+LEVEL_NAMES = {OK: "ok", WARNING: "warning", CRITICAL: "critical"}
+JOURNAL_PRIORITY = {OK: "<6>", WARNING: "<4>", CRITICAL: "<3>"}
+INTERMEDIATE_WARN_DAYS = 90
+ROOT_WARN_DAYS = 365
+
+
+@dataclass
+class Finding:
+    level: int
+    message: str
+
+
+def days_left(cert, now):
+    return (pki.not_after(cert) - now).days
+
+
+def expiry_findings(root, intermediate, now=None):
+    now = now or datetime.datetime.now(datetime.UTC)
+    result = []
+    for name, cert, warn_days, remedy in (
+            ("intermediate", intermediate, INTERMEDIATE_WARN_DAYS, "run `sudo ca-appliance renew-intermediate`"),
+            ("root", root, ROOT_WARN_DAYS, "plan a new CA and distribute its root")):
+        left = days_left(cert, now)
+        expires = pki.not_after(cert).strftime("%Y-%m-%d")
+        if left < 0:
+            result.append(Finding(CRITICAL, f"the {name} certificate expired on {expires}: {remedy}"))
+        elif left < warn_days:
+            result.append(Finding(WARNING, f"the {name} certificate expires on {expires} ({left} days left): "
+                                           f"{remedy}"))
+    return result
+
+
+def findings(layout, check_health, now=None):
+    """Every finding about the configured CA (expiry always; step-ca's health when check_health)."""
+    config = json.loads(layout.ca_json.read_text())
+    result = expiry_findings(pki.load_certificate(config["root"]), pki.load_certificate(config["crt"]), now)
+    if check_health:
+        problem = stepca.health(config, config["root"])
+        if problem:
+            result.append(Finding(CRITICAL, f"step-ca is not healthy: {problem}"))
+    return result
+
+
+def level(found):
+    return max((finding.level for finding in found), default=OK)
+
+
+def run(layout, check_health, use_system=True, out=sys.stdout):
+    """The timer's job: report to the journal, refresh the banner. Returns the level found."""
+    found = findings(layout, check_health)
+    prefix = (lambda lvl: "") if out.isatty() else (lambda lvl: JOURNAL_PRIORITY[lvl])
+    for finding in found:
+        print(f"{prefix(finding.level)}ca-appliance watch: {LEVEL_NAMES[finding.level]}: {finding.message}", file=out)
+    if not found:
+        config = json.loads(layout.ca_json.read_text())
+        now = datetime.datetime.now(datetime.UTC)
+        print(f"{prefix(OK)}ca-appliance watch: ok: intermediate expires in "
+              f"{days_left(pki.load_certificate(config['crt']), now)} days, root in "
+              f"{days_left(pki.load_certificate(config['root']), now)} days"
+              + (", step-ca healthy" if check_health else ""), file=out)
+    banner.write(layout, found)
+    if use_system and layout.is_system:
+        system.refresh_console_issue()
+    return level(found)
