@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from image import kickstart, payload
+from image import payload
+from image.bases.fedora import kickstart
 from image.bases import debian
 from image.config import ConfigError, load_config
 
@@ -61,7 +62,7 @@ def test_fedora_gets_dnf5_automatic_for_security_updates_only():
     assert "restart-if-stale" in files["etc/systemd/system/dnf5-automatic.service.d/ca-appliance.conf"][0].decode()
     context = kickstart.kickstart_context(config, [])
     assert "dnf5-plugin-automatic" in context["packages"]
-    assert "dnf5-automatic.timer" in context["appliance_units"]
+    assert "dnf5-automatic.timer" in payload.provision_input(config)["extra_units"]
 
 
 @pytest.mark.parametrize("base", ["debian", "fedora"])
@@ -76,7 +77,7 @@ def test_updates_security_false_leaves_them_out(base):
     else:
         context = kickstart.kickstart_context(config, [])
         assert "dnf5-plugin-automatic" not in context["packages"]
-        assert "dnf5-automatic.timer" not in context["appliance_units"]
+    assert payload.provision_input(config)["extra_units"] == []
 
 
 @pytest.mark.parametrize("version, crl", [

@@ -37,10 +37,12 @@ HASH = "$6$saltsalt$Vd0mE0rA6Fq3qk8jA9Gm1yF7y5yK0m0C9kqk1.FZ9w5S0pZ1e2/3u4v5w6x7
 FEDORA_UNITS = {"sshd.service": "multi-user.target", "chronyd.service": "multi-user.target",
                 "NetworkManager.service": "multi-user.target", "firewalld.service": "multi-user.target",
                 "qemu-guest-agent.service": "multi-user.target", "vmtoolsd.service": "multi-user.target",
-                "cockpit.socket": "sockets.target", "sshd-keygen@.service": "sshd-keygen.target"}
+                "cockpit.socket": "sockets.target", "sshd-keygen@.service": "sshd-keygen.target",
+                "dnf5-automatic.timer": "timers.target"}   # updates.security's timer (provision.json extra_units)
 DEBIAN_UNITS = {"ssh.service": "multi-user.target", "chrony.service": "multi-user.target",
                 "NetworkManager.service": "multi-user.target", "firewalld.service": "multi-user.target",
-                "open-vm-tools.service": "multi-user.target", "serial-getty@.service": "getty.target"}
+                "open-vm-tools.service": "multi-user.target", "serial-getty@.service": "getty.target",
+                "apt-daily.timer": "timers.target", "apt-daily-upgrade.timer": "timers.target"}
 # a kernel lacking one of the wanted drivers: provision names it and leaves it out
 KERNEL_MODULES = [d for d in provision.INITRAMFS_DRIVERS if d != "sym53c8xx"]
 
@@ -116,7 +118,9 @@ def debian_tree(root: Path) -> None:
 
 
 def lay_payload(root: Path, tmp_path: Path, *, step_cli: bool = False, password_hash: str | None = HASH) -> Path:
-    cfg = load_config(overrides={"admin": {"user": "opsadmin", "ssh_authorized_keys": [KEY_1, KEY_2],
+    base = "debian" if "ID=debian" in (root / "etc/os-release").read_text() else "fedora"   # the tree's own
+    cfg = load_config(overrides={"image": {"base": base},
+                                 "admin": {"user": "opsadmin", "ssh_authorized_keys": [KEY_1, KEY_2],
                                            "password_hash": password_hash},
                                  "artifacts": {"step_cli": {"enabled": step_cli}}})
     payload = write_payload_tarball(cfg, tmp_path / "payload.tar.gz")
@@ -196,7 +200,8 @@ def test_fedora_layout_root_provisions_with_wheel_dracut_and_selinux_recorded(tm
     check_common(root, result, "wheel")
     assert os.readlink(root / "usr/sbin") == "bin" and (root / "usr/sbin/ca-appliance").exists()
     assert "sudo" not in passwd(root, "group")
-    for unit in ("sshd.service", "chronyd.service", "qemu-guest-agent.service", "vmtoolsd.service"):
+    for unit in ("sshd.service", "chronyd.service", "qemu-guest-agent.service", "vmtoolsd.service",
+                 "dnf5-automatic.timer"):
         assert is_enabled(root, unit) == "enabled", unit
     assert is_enabled(root, "cockpit.socket") == "disabled"
     # recorded stand-ins (not run here): the initramfs, then the relabel of what provision wrote
@@ -225,7 +230,8 @@ def test_debian_layout_root_provisions_with_sudo_and_initramfs_tools_recorded(tm
     assert passwd(root, "shadow")["opsadmin"][1] in ("!", "!*", "*")
     assert (root / "usr/sbin").is_dir() and not (root / "usr/sbin").is_symlink()
     for unit in ("ssh.service", "chrony.service", "open-vm-tools.service", "serial-getty@ttyS0.service",
-                 "step-ca.service", "ca-appliance-growroot.service", "ca-appliance-ssh-hostkeys.service"):
+                 "step-ca.service", "ca-appliance-growroot.service", "ca-appliance-ssh-hostkeys.service",
+                 "apt-daily.timer", "apt-daily-upgrade.timer"):
         assert is_enabled(root, unit) == "enabled", unit
     assert record.read_text().splitlines() == ["update-initramfs -u -k all"]   # no restorecon: no SELinux
     hook = root / "etc/initramfs-tools/hooks/ca-appliance-drivers"
@@ -376,7 +382,7 @@ def test_payload_carries_provision_input_0600_and_build_facts(tmp_path):
         assert "usr/lib/ca-appliance/ca_appliance/provision.py" in tar.getnames()
     assert member.mode == 0o600
     assert data == {"admin": {"user": "opsadmin", "ssh_authorized_keys": [KEY_1], "password_hash": HASH},
-                    "step_cli": True}
+                    "step_cli": True, "extra_units": ["dnf5-automatic.timer"]}
     assert HASH not in json.dumps(build)
 
 

@@ -257,6 +257,8 @@ def restore(layout, archive_path, use_system=True, out=None, passphrase=None):
                 config = _rebase(json.loads(data), manifest["prefix"], str(layout.prefix))
                 if name.endswith("config/ca.json"):
                     config = without_self_trusting_x5c(config, root_data)
+                    if database.is_shared(database.from_ca_json(config)):
+                        mode = 0o400   # it holds the shared database's DSN, password included
                 data = (json.dumps(config, indent=2) + "\n").encode("utf-8")
             write_file(target, data, mode)
         for root, tree in staged.items():
