@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from image import payload
-from image.bases.fedora import kickstart
 from image.bases import debian
+from image.bases.fedora import kickstart
 from image.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
