@@ -94,3 +94,10 @@ def test_a_yaml_error_in_the_build_config_gives_line_and_column_never_the_line(t
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert_config_error(result, tmp_path / "out", "is not valid YAML at line ")
     assert ", column " in result.stderr
+
+
+def test_the_host_runs_the_guest_rules_without_importing_guest_code():
+    code = ("import sys; from image.config import load_config, guest_limits; load_config(); guest_limits(); "
+            "assert not [m for m in sys.modules if m.startswith('ca_appliance')], 'guest code imported'")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
