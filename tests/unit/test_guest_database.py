@@ -299,3 +299,19 @@ def test_a_wrong_password_is_refused_without_showing_it():
                                   "database": "stepca"}, timeout=10)
     assert "refused the login: Access denied for user 'stepca'@'127.0.0.1' (error 1045)" in str(caught.value)
     assert SECRET not in str(caught.value) and server.checked == [False]
+
+
+def test_status_shows_the_database_and_whether_it_answers_never_the_password():
+    from ca_appliance import status
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    shared = {"db": {"type": "mysql", "dataSource": f"stepca:{SECRET}@tcp(127.0.0.1:{port})/", "database": "stepca"}}
+    line = status.database_status(shared)
+    assert line.startswith(f"mysql: database stepca on tcp(127.0.0.1:{port}) as user stepca (shared); NOT reachable: "
+                           f"cannot connect")
+    assert SECRET not in line
+    badger = {"db": {"type": "badgerv2", "dataSource": "/var/lib/step-ca/db"}}
+    assert status.database_status(badger).startswith("badger")
