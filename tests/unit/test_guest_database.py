@@ -315,3 +315,17 @@ def test_status_shows_the_database_and_whether_it_answers_never_the_password():
     assert SECRET not in line
     badger = {"db": {"type": "badgerv2", "dataSource": "/var/lib/step-ca/db"}}
     assert status.database_status(badger).startswith("badger")
+
+
+def test_the_image_defaults_keep_badger_and_a_database_in_the_build_config_is_refused():
+    from image.config import load_config
+    from image.errors import UserError
+    from image.payload import guest_defaults
+
+    # The build writes the guest's defaults.yaml from the overlay's: ca.database stays, never a DSN.
+    baked = guest_defaults(load_config(overrides={"image": {"base": "debian"}}))
+    assert baked["ca"]["database"] == {"type": "badger", "dsn": None, "database": None}
+    # A DSN is a secret: the build config has no key for it (it is answered on the appliance).
+    with pytest.raises(UserError, match="ca.database: .*is not a build setting") as caught:
+        load_config(overrides={"ca": {"database": {"type": "mysql", "dsn": DSN}}})
+    assert SECRET not in str(caught.value)
