@@ -327,6 +327,9 @@ def _validate(schema: dict, data: Any, path: str) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(path, data, "is not a mapping of keys")
     for key in data:
+        if key not in schema and f"{path}.{key}" == "ca.database":  # its DSN holds a password: never baked
+            raise ConfigError("ca.database", "<hidden>", "is not a build setting: answer it on the appliance "
+                              "(first-boot answers; README: Several appliances)")
         if key not in schema:
             close = difflib.get_close_matches(str(key), list(schema), n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(schema)}"

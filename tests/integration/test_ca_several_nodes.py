@@ -238,6 +238,10 @@ def test_two_nodes_from_setup_and_join_serve_one_ca_through_a_round_robin_proxy(
     # Both ACME accounts were created once and used on both nodes; every certificate is in the database.
     assert count(mariadb, "acme_accounts") == 2
     assert count(mariadb, "x509_certs") >= len(leaves)
+    # step-ca's own logs (the journal, on the appliance) never show the database password either
+    for server in (server1, server2):
+        assert DB_PASSWORD not in server.log_text()
+        assert "Serving HTTPS" in server.log_text()
 
 
 # ---- join: from the unattended answers, and what it refuses ----

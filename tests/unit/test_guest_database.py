@@ -299,3 +299,33 @@ def test_a_wrong_password_is_refused_without_showing_it():
                                   "database": "stepca"}, timeout=10)
     assert "refused the login: Access denied for user 'stepca'@'127.0.0.1' (error 1045)" in str(caught.value)
     assert SECRET not in str(caught.value) and server.checked == [False]
+
+
+def test_status_shows_the_database_and_whether_it_answers_never_the_password():
+    from ca_appliance import status
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    shared = {"db": {"type": "mysql", "dataSource": f"stepca:{SECRET}@tcp(127.0.0.1:{port})/", "database": "stepca"}}
+    line = status.database_status(shared)
+    assert line.startswith(f"mysql: database stepca on tcp(127.0.0.1:{port}) as user stepca (shared); NOT reachable: "
+                           f"cannot connect")
+    assert SECRET not in line
+    badger = {"db": {"type": "badgerv2", "dataSource": "/var/lib/step-ca/db"}}
+    assert status.database_status(badger).startswith("badger")
+
+
+def test_the_image_defaults_keep_badger_and_a_database_in_the_build_config_is_refused():
+    from image.config import load_config
+    from image.errors import UserError
+    from image.payload import guest_defaults
+
+    # The build writes the guest's defaults.yaml from the overlay's: ca.database stays, never a DSN.
+    baked = guest_defaults(load_config(overrides={"image": {"base": "debian"}}))
+    assert baked["ca"]["database"] == {"type": "badger", "dsn": None, "database": None}
+    # A DSN is a secret: the build config has no key for it (it is answered on the appliance).
+    with pytest.raises(UserError, match="ca.database: .*is not a build setting") as caught:
+        load_config(overrides={"ca": {"database": {"type": "mysql", "dsn": DSN}}})
+    assert SECRET not in str(caught.value)
