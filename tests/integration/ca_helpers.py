@@ -2,6 +2,8 @@
 (/usr/bin/python3: Debian 12's cryptography 38 and jwcrypto 1.1) and a real step-ca process.
 """
 import json
+import os
+import pty
 import socket
 import ssl
 import subprocess
@@ -37,6 +39,27 @@ def run_cli(*args, check=True, input_text=None, env=None):
                              f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
     return result
 
+
+
+def run_cli_on_terminal(*args):
+    """The guest CLI with stdin and stdout on a pseudo-terminal (a person at a console); stderr apart.
+    Returns (exit status, what the terminal showed, stderr)."""
+    master, slave = pty.openpty()
+    process = subprocess.Popen([GUEST_PYTHON, str(CA_APPLIANCE), *map(str, args)], stdin=slave, stdout=slave,
+                               stderr=subprocess.PIPE, text=False)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the other side closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    stderr = process.stderr.read().decode()
+    return process.wait(timeout=300), shown.decode().replace("\r\n", "\n"), stderr
 
 def free_port():
     with socket.socket() as sock:

@@ -9,7 +9,8 @@ import time
 import urllib.error
 import urllib.request
 
-from ca_helpers import PASSWORD, openssl_verify, run_cli
+import yaml
+from ca_helpers import openssl_verify, run_cli, run_cli_on_terminal
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from test_ca_acme import NAME, certbot, certbot_certonly
@@ -67,8 +68,15 @@ def test_renew_intermediate_then_reload_keeps_old_and_new_chains_valid(make_ca, 
 
 def test_renew_intermediate_with_an_offline_root_key(make_ca, serve, tmp_path):
     key_file = tmp_path / "root_ca_key"
-    ca = make_ca(root_key="offline")
-    ca.setup("--force", "--root-key-out", key_file)
+    ca = make_ca()
+    # an offline root key's passphrase is shown on a console only: set up the way a person would
+    ca.answers["ca"]["root_key"] = "offline"
+    answers_file = tmp_path / "offline-answers.yaml"
+    answers_file.write_text(yaml.safe_dump(ca.answers))
+    status, shown, stderr = run_cli_on_terminal("setup", "--force", "--answers", answers_file, "--prefix",
+                                                ca.prefix, "--no-system", "--root-key-out", key_file)
+    assert status == 0, shown + stderr
+    root_passphrase = shown.split("shown once): ", 1)[1].split()[0]
     assert not (ca.steppath / "secrets/root_ca_key").exists()
     missing = run_cli("renew-intermediate", "--prefix", ca.prefix, "--no-system", check=False)
     assert missing.returncode == 2 and "--root-key" in missing.stderr
@@ -80,7 +88,7 @@ def test_renew_intermediate_with_an_offline_root_key(make_ca, serve, tmp_path):
     assert ca.intermediate.read_bytes() == before
     # the passphrase comes on stdin (or the terminal), never on the command line
     run_cli("renew-intermediate", "--prefix", ca.prefix, "--no-system", "--root-key", key_file,
-            input_text=PASSWORD + "\n")
+            input_text=root_passphrase + "\n")
     assert ca.intermediate.read_bytes() != before
     serve(ca)
     _issue_and_verify(ca, tmp_path, "offline-root")

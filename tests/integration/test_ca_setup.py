@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 import yaml
-from ca_helpers import CA, CA_APPLIANCE, GUEST_PYTHON, PASSWORD, answers_for, free_port, run_cli
+from ca_helpers import CA, PASSWORD, answers_for, free_port, run_cli, run_cli_on_terminal
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -167,28 +167,6 @@ def test_a_failed_setup_leaves_the_previous_ca(make_ca):
     assert after == before
     assert not [p for p in (ca.prefix / "etc").iterdir() if p.name.startswith(".step-ca")]
 
-
-def run_cli_on_terminal(*args):
-    """The guest CLI with stdin and stdout on a pseudo-terminal (a person at a console); stderr apart.
-    Returns (exit status, what the terminal showed, stderr)."""
-    import os
-    import pty
-    master, slave = pty.openpty()
-    process = subprocess.Popen([GUEST_PYTHON, str(CA_APPLIANCE), *map(str, args)], stdin=slave, stdout=slave,
-                               stderr=subprocess.PIPE, text=False)
-    os.close(slave)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the other side closed
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(master)
-    stderr = process.stderr.read().decode()
-    return process.wait(timeout=300), shown.decode().replace("\r\n", "\n"), stderr
 
 
 def offline_ca(tmp_path, name="ca"):
