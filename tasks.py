@@ -4,6 +4,7 @@ This file only parses arguments and calls functions in image/. Errors come out a
 exit status 2 for bad input, 1 for a failed step (with the path of its log).
 """
 import functools
+import os
 import sys
 
 from invoke import task
@@ -23,6 +24,10 @@ def reports_errors(fn):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
+        except BrokenPipeError:
+            # the reader went away (`invoke step-ca-from-source | head -1`): stop quietly, as cat does
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
     return wrapper
 
 

@@ -67,7 +67,3 @@ def choose_accel(requested: str = "auto", *, kvm_device: str | Path = "/dev/kvm"
         raise UserError(f"--accel: 'kvm' is not usable here: {problem}; use auto or tcg")
     return AccelChoice("tcg", f"KVM is not usable: {problem}")
 
-
-def detect_accel(requested: str = "auto") -> str:
-    """'kvm' or 'tcg' (see choose_accel for the reason)."""
-    return choose_accel(requested).accel

@@ -26,7 +26,6 @@ from image.config import ConfigError
 from image.errors import StepFailed, UserError
 from image.files import sha256_file
 
-KINDS = ("rpm", "deb", "binary")
 PACKAGE_KIND = {"fedora": "rpm", "debian": "deb"}
 CHECKSUMS_ASSET = "checksums.txt"
 # smallstep's goreleaser/nfpm packages carry package release 1 (packageRelease in .goreleaser.yml).

@@ -29,7 +29,6 @@ BUILD_DIR = PROJECT_ROOT / "build"
 DIST_DIR = PROJECT_ROOT / "dist"
 SUMS_FILE = "SHA256SUMS"
 CONVERSION_TOOLS = {"qemu-img": ("qemu-utils", "qemu-img")}
-EXTENSIONS = {"qcow2": "qcow2", "raw": "raw", "vmdk": "vmdk", "ova": "ova"}
 
 
 def output_stem(cfg: Config) -> str:
@@ -186,7 +185,7 @@ def build_appliance(cfg: Config, formats=None, verbose: bool = False, *, sign_ke
                                 payload=payload)
         written: dict[str, Path] = {}
         for fmt in sorted(formats, key=lambda f: f == "raw"):   # raw last: it is moved, not copied
-            target = staging / f"{stem}.{EXTENSIONS[fmt]}"
+            target = staging / f"{stem}.{fmt}"   # each format's name is its file extension
             with runner.step(f"{fmt}: {target.name}"):
                 if fmt == "raw":
                     move_raw(result.raw, target, runner)

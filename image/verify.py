@@ -10,10 +10,8 @@ serial log, the journal and step-ca's log are kept under build/verify-logs/<time
 from __future__ import annotations
 
 import datetime
-import os
 import re
 import secrets
-import shlex
 import shutil
 import sys
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from image import settings
 from image.config import PROJECT_ROOT, Config, read_yaml
 from image.errors import StepFailed, UserError
 from image.qemu import VM, resolve_accel
@@ -39,8 +38,6 @@ CREDENTIAL_NAME = "ca-appliance.answers"
 CHALLENGE_IP = "10.0.2.100"
 GUEST_IP = "10.0.2.15"          # QEMU user networking always leases this address
 # Seconds; TCG on a busy machine is slow, so both can be raised (or lowered) from the environment.
-DEFAULT_SSH_TIMEOUT = float(os.environ.get("CA_VERIFY_SSH_TIMEOUT", 300))
-DEFAULT_READY_TIMEOUT = float(os.environ.get("CA_VERIFY_READY_TIMEOUT", 900))
 
 _current: Target | None = None
 
@@ -60,8 +57,8 @@ class Target:
     mode: str                          # 'unattended' | 'interactive'
     workdir: Path                      # build/verify: keys, ssh_config, certbot state
     challenge_port: int                # host port certbot's http-01 server listens on
-    ssh_timeout: float = DEFAULT_SSH_TIMEOUT
-    ready_timeout: float = DEFAULT_READY_TIMEOUT
+    ssh_timeout: float = field(default_factory=settings.verify_ssh_timeout)
+    ready_timeout: float = field(default_factory=settings.verify_ready_timeout)
     boot_times: dict = field(default_factory=dict)
     ssh_reached: bool = False          # SSH worked at least once (so the journal can be fetched)
     first_boot_cut: bool = False       # the power was cut during first-boot setup (cut_first_boot)
@@ -266,7 +263,8 @@ def wizard_script(answers: dict, wrong_hostname: str = "not a host name!") -> li
     return script
 
 
-def answer_wizard(vm: VM, answers: dict, log_to: Path, timeout: float = DEFAULT_SSH_TIMEOUT, say=print) -> None:
+def answer_wizard(vm: VM, answers: dict, log_to: Path, timeout: float | None = None, say=print) -> None:
+    timeout = settings.verify_ssh_timeout() if timeout is None else timeout
     """Type the answers into the first-boot wizard on the serial console."""
     import pexpect
     log_to.parent.mkdir(parents=True, exist_ok=True)
@@ -385,7 +383,8 @@ def run_checks(target: Target, junit: Path) -> int:
 
 
 def verify_image(cfg: Config, *, image, answers=None, interactive=False, accel="auto", keep=False,
-                 ssh_timeout: float = DEFAULT_SSH_TIMEOUT, say=print) -> bool:
+                 ssh_timeout: float | None = None, say=print) -> bool:
+    ssh_timeout = settings.verify_ssh_timeout() if ssh_timeout is None else ssh_timeout
     image = Path(image)
     if not image.is_file():
         raise UserError(f"--image: {str(image)!r} does not exist (give a built .qcow2 image)")
@@ -437,9 +436,6 @@ def verify_image(cfg: Config, *, image, answers=None, interactive=False, accel="
                 collect_logs(target, vm, say)
     return ok
 
-
-def ssh_command(target: Target) -> str:
-    return shlex.join(["ssh", "-F", str(target.ssh_config), "appliance"])
 
 
 if __name__ == "__main__":  # pragma: no cover - handy while developing: python -m image.verify IMAGE

@@ -8,12 +8,9 @@ qcow2 converted to a sparse raw file in a temp dir, a read-only loop device over
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/: image_fixture
 from image_fixture import ensure_debian_test_image  # noqa: E402
 
 

@@ -12,13 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from image_fixture import PROJECT_ROOT, debian_test_config  # noqa: E402
 
 from image import disk
 from image.build import build_appliance, output_stem
 from image.errors import StepFailed
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/: image_fixture
-from image_fixture import PROJECT_ROOT, debian_test_config  # noqa: E402
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="a Debian build needs root (loop devices, mounts)")]

@@ -3,7 +3,6 @@ the step-ca version rule for the `crl` block, the stale-file check behind restar
 the watch's expiry levels and the overlay's watch units."""
 import configparser
 import datetime
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from image.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 GUEST_LIB = ROOT / "overlay/usr/lib/ca-appliance"
-sys.path.insert(0, str(GUEST_LIB))
 
 from ca_appliance import cajson, pki, stepca, updates, watch  # noqa: E402
 from ca_appliance.layout import Layout  # noqa: E402

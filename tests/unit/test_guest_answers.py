@@ -1,12 +1,10 @@
 """The guest's answers rules: defaults, merging, and one clear error per bad value."""
 
-import sys
 from pathlib import Path
 
 import pytest
 
 GUEST_LIB = Path(__file__).resolve().parents[2] / "overlay/usr/lib/ca-appliance"
-sys.path.insert(0, str(GUEST_LIB))
 
 from ca_appliance import answers  # noqa: E402
 from ca_appliance.answers import AnswersError, load_defaults, validate  # noqa: E402

@@ -2,13 +2,11 @@
 import io
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 GUEST_LIB = Path(__file__).resolve().parents[2] / "overlay/usr/lib/ca-appliance"
-sys.path.insert(0, str(GUEST_LIB))
 
 from ca_appliance import answers, apply, cajson, staging  # noqa: E402
 from ca_appliance.errors import StepFailed, UserError  # noqa: E402

@@ -1,14 +1,12 @@
 """ca.database: the DSN rules, the drivers read from a step-ca binary, ca.json's db block, and the
 password never showing in an error or a description."""
 import socket
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 GUEST_LIB = Path(__file__).resolve().parents[2] / "overlay/usr/lib/ca-appliance"
-sys.path.insert(0, str(GUEST_LIB))
 
 from ca_appliance import cajson, database  # noqa: E402
 from ca_appliance.answers import AnswersError, load_defaults, validate  # noqa: E402

@@ -6,21 +6,19 @@ import ipaddress
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import jwcrypto.jwa
 import jwcrypto.jwe
 import jwcrypto.jwk
 import pytest
+from ca_appliance import jose, pki
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from helpers.jose_decrypt import decrypt_pbes2
 
 GUEST_LIB = Path(__file__).resolve().parents[2] / "overlay/usr/lib/ca-appliance"
-sys.path.insert(0, str(GUEST_LIB))
-
-from ca_appliance import jose, pki  # noqa: E402
 
 PASSWORD = "unit-test-password"
 jwcrypto.jwa.default_max_pbkdf2_iterations = 1000000  # the appliance writes 600000 rounds
@@ -52,10 +50,10 @@ def test_pbes2_jwe_from_jwcrypto_opens_here_and_wrong_password_does_not():
                                                         "p2c": 100000, "cty": "jwk+json"})
     jwe.add_recipient(jwcrypto.jwk.JWK.from_password(PASSWORD))
     compact = jwe.serialize(compact=True)
-    header, plaintext = jose.decrypt_pbes2(compact, PASSWORD)
+    header, plaintext = decrypt_pbes2(compact, PASSWORD)
     assert plaintext == b'{"kty":"oct"}' and header["p2c"] == 100000
     with pytest.raises(ValueError, match="does not open"):
-        jose.decrypt_pbes2(compact, "not the password")
+        decrypt_pbes2(compact, "not the password")
 
 
 def test_public_jwk_matches_jwcrypto_thumbprint_and_is_public_only():
@@ -143,7 +141,7 @@ def test_step_decrypts_our_encrypted_key(go_jose):
 def test_we_decrypt_steps_encrypted_key(go_jose):
     made = subprocess.run([str(go_jose), "encrypt", PASSWORD], capture_output=True, text=True)
     assert made.returncode == 0, made.stderr
-    header, plaintext = jose.decrypt_pbes2(made.stdout, PASSWORD)
+    header, plaintext = decrypt_pbes2(made.stdout, PASSWORD)
     assert (header["cty"], header["p2c"]) == ("jwk+json", 100000)
     assert json.loads(plaintext)["kty"] == "EC"
 

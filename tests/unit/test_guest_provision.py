@@ -16,18 +16,15 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+from ca_appliance import provision  # noqa: E402
 
 from image.bases.fedora.kickstart import PAYLOAD_TAR_OPTIONS
 from image.config import PROJECT_ROOT, load_config
 from image.payload import write_payload_tarball
-
-sys.path.insert(0, str(PROJECT_ROOT / "overlay/usr/lib/ca-appliance"))
-from ca_appliance import provision  # noqa: E402
 
 GUEST_PYTHON = "/usr/bin/python3"
 LAUNCHER = PROJECT_ROOT / "overlay/usr/bin/ca-appliance"

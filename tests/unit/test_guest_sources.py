@@ -2,13 +2,11 @@
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 GUEST_LIB = Path(__file__).resolve().parents[2] / "overlay/usr/lib/ca-appliance"
-sys.path.insert(0, str(GUEST_LIB))
 
 from ca_appliance.answers import AnswersError  # noqa: E402
 from ca_appliance.sources import SourceError, find_unattended, parse_ovf_env  # noqa: E402

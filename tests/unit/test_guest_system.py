@@ -2,13 +2,10 @@
 import os
 import pwd
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "overlay/usr/lib/ca-appliance"))
 from ca_appliance import system  # noqa: E402
 
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF2pOt2K2QRFWGUOR45v0pfO5z0KpWOzxkTWPjkXuPOl a@laptop"

@@ -2,7 +2,6 @@
 checked against the DMTF schemas and against the guest's own OVF-environment reader."""
 import io
 import re
-import sys
 import tarfile
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
@@ -23,7 +22,6 @@ from image.payload import guest_defaults
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = REPO / ".." / "shared" / "ovf-schema"
 GUEST_LIB = REPO / "overlay/usr/lib/ca-appliance"
-sys.path.insert(0, str(GUEST_LIB))
 
 from ca_appliance.answers import validate  # noqa: E402
 from ca_appliance.sources import parse_ovf_env  # noqa: E402

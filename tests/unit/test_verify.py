@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 import yaml
+from ca_appliance import answers as guest_answers  # noqa: E402
 
-from image.config import PROJECT_ROOT
 from image.errors import UserError
 from image.verify import (
     CheckResult,
@@ -20,9 +20,6 @@ from image.verify import (
     read_junit,
     render_summary,
 )
-
-sys.path.insert(0, str(PROJECT_ROOT / "overlay/usr/lib/ca-appliance"))
-from ca_appliance import answers as guest_answers  # noqa: E402
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from image import settings
 from image.bases.fedora.iso import write_volume_iso
 from image.bases.fedora.kickstart import (
     KICKSTART_NAME,
@@ -392,7 +393,7 @@ def build_raw(cfg: Config, *, workdir: Path, runner: Runner, artifacts: list, pa
     release = cfg.fedora.release
     check_payload_units(payload)
     volume_files = [artifact_volume_file(a) for a in artifacts]
-    choice = choose_accel(os.environ.get("CA_APPLIANCE_ACCEL", "auto"))
+    choice = choose_accel(settings.installer_accel())
     runner.say(f"    accelerator: {choice.accel} ({choice.reason})")
 
     with runner.step(f"fetch the Fedora {release} installer"):
@@ -417,7 +418,7 @@ def build_raw(cfg: Config, *, workdir: Path, runner: Runner, artifacts: list, pa
         result_log = workdir / "install-result.txt"
         for f in (serial_log, installer_log, result_log):
             f.unlink(missing_ok=True)
-        timeout = float(os.environ.get("CA_APPLIANCE_INSTALL_TIMEOUT", INSTALL_TIMEOUT_S[choice.accel]))
+        timeout = settings.install_timeout(INSTALL_TIMEOUT_S[choice.accel])
         with runner.step(f"install Fedora Server {release} with Anaconda ({choice.accel}; "
                          f"serial log {serial_log})"):
             cmd = anaconda_qemu_command(cfg, kernel=kernel, initrd=initrd, iso=iso, disk=disk,

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
-from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
+from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 
 PBES2_ALG = "PBES2-HS256+A128KW"
 CONTENT_ENC = "A256GCM"
@@ -24,8 +24,6 @@ JWK_CONTENT_TYPE = "jwk+json"
 # go.step.sm/crypto/jose.PBKDF2Iterations (600000 since it followed OWASP) and PBKDF2SaltSize.
 PBKDF2_ITERATIONS = 600000
 PBKDF2_SALT_SIZE = 16
-# Refuse absurd counts on decrypt: a hostile JWE could otherwise burn minutes of CPU.
-MAX_PBKDF2_ITERATIONS = 1000000
 
 _CURVES = {"P-256": (ec.SECP256R1, "ES256", 32), "P-384": (ec.SECP384R1, "ES384", 48)}
 
@@ -105,27 +103,6 @@ def encrypt_pbes2(plaintext, password, content_type=JWK_CONTENT_TYPE, iterations
     return ".".join([protected, b64url_encode(encrypted_key), b64url_encode(iv),
                      b64url_encode(ciphertext), b64url_encode(tag)])
 
-
-def decrypt_pbes2(compact, password):
-    """(header, plaintext) of a compact PBES2-HS256+A128KW / A256GCM JWE; ValueError if it does not open."""
-    parts = compact.strip().split(".")
-    if len(parts) != 5:
-        raise ValueError("not a compact JWE (expected 5 dot-separated parts)")
-    protected, encrypted_key, iv, ciphertext, tag = parts
-    header = json.loads(b64url_decode(protected))
-    if header.get("alg") != PBES2_ALG or header.get("enc") != CONTENT_ENC:
-        raise ValueError(f"unsupported JWE algorithms {header.get('alg')}/{header.get('enc')}")
-    iterations = header.get("p2c")
-    if not isinstance(iterations, int) or not 1000 <= iterations <= MAX_PBKDF2_ITERATIONS:
-        raise ValueError(f"unsupported PBES2 count {iterations!r}")
-    kek = _pbes2_key(_password_bytes(password), b64url_decode(header["p2s"]), iterations)
-    try:
-        cek = aes_key_unwrap(kek, b64url_decode(encrypted_key))
-        plaintext = AESGCM(cek).decrypt(b64url_decode(iv), b64url_decode(ciphertext) + b64url_decode(tag),
-                                        protected.encode("ascii"))
-    except Exception as error:  # InvalidUnwrap / InvalidTag: a wrong password, in practice
-        raise ValueError("the JWE does not open with this password") from error
-    return header, plaintext
 
 
 def encrypted_private_jwk(private_key, password):
