@@ -37,6 +37,23 @@ def mariadb(tmp_path_factory):
     finally:
         server.stop()
 
+BACKUP_PASSPHRASE = "several-nodes-backup-passphrase"   # backups are always encrypted
+
+
+def passphrase_file(tmp_path):
+    path = tmp_path / "backup-passphrase"
+    path.write_text(BACKUP_PASSPHRASE + "\n")
+    return path
+
+
+def manifest_of(archive):
+    """The manifest inside an encrypted (format 2) backup, opened as restore opens it."""
+    from ca_appliance import backup
+    plain = backup.unseal(archive.read_bytes(), BACKUP_PASSPHRASE, str(archive))
+    with tarfile.open(fileobj=io.BytesIO(plain)) as tar:
+        return json.load(tar.extractfile("ca-appliance-backup.json"))
+
+
 
 def shared_db(mariadb, password=DB_PASSWORD, name=DB_NAME):
     return {"type": "mysql", "dsn": mariadb.dsn(DB_USER, password), "database": name}
@@ -168,12 +185,12 @@ def test_two_nodes_from_setup_and_join_serve_one_ca_through_a_round_robin_proxy(
 
     # The second node: from a backup of the first (taken while it serves: nothing local to quiesce).
     archive = tmp_path / "node1-backup.tar.gz"
-    run_cli("backup", "--prefix", node1.prefix, "--no-system", "--out", archive)
-    with tarfile.open(archive) as tar:
-        manifest = json.load(tar.extractfile("ca-appliance-backup.json"))
+    run_cli("backup", "--prefix", node1.prefix, "--no-system", "--out", archive,
+            "--passphrase-file", passphrase_file(tmp_path))
+    manifest = manifest_of(archive)
     assert manifest["database"] == {"type": "mysql", "database": DB_NAME, "included": False}
     joined = run_cli("join", "--from", archive, "--prefix", tmp_path / "node2", "--no-system",
-                     "--address", f"127.0.0.1:{port2}")
+                     "--passphrase-file", passphrase_file(tmp_path), "--address", f"127.0.0.1:{port2}")
     assert DB_PASSWORD not in joined.stdout + joined.stderr
     node2 = CA(tmp_path / "node2", port2, node1.answers)
     assert node2.ca_json.stat().st_mode & 0o777 == 0o400
@@ -252,9 +269,11 @@ def test_unattended_answers_join_a_node_and_restore_keeps_the_database_out(tmp_p
     node1 = CA(tmp_path / "node1", port1, answers_for(port1, database=shared_db(mariadb, name="stepca_join")))
     node1.setup()
     archive = tmp_path / "node1.tar.gz"
-    run_cli("backup", "--prefix", node1.prefix, "--no-system", "--out", archive)
+    run_cli("backup", "--prefix", node1.prefix, "--no-system", "--out", archive,
+            "--passphrase-file", passphrase_file(tmp_path))
     answers = tmp_path / "node2-answers.yaml"
-    answers.write_text(yaml.safe_dump({"hostname": "ca2.test.example", "join": {"backup": archive.name},
+    answers.write_text(yaml.safe_dump({"hostname": "ca2.test.example",
+                                       "join": {"backup": archive.name, "passphrase": BACKUP_PASSPHRASE},
                                        "ca": {"address": f"127.0.0.1:{port2}"}}))
     joined = run_cli("setup", "--answers", answers, "--prefix", tmp_path / "node2", "--no-system")
     assert "is now a node of the CA" in joined.stdout and DB_PASSWORD not in joined.stdout + joined.stderr
@@ -265,7 +284,8 @@ def test_unattended_answers_join_a_node_and_restore_keeps_the_database_out(tmp_p
     assert state["hostname"] == "ca2.test.example"
     assert state["database"] == {"type": "mysql", "database": "stepca_join"}
     # A restore on a shared-database node says the database was not in the backup.
-    restored = run_cli("restore", archive, "--prefix", node2.prefix, "--no-system")
+    restored = run_cli("restore", archive, "--prefix", node2.prefix, "--no-system",
+                       "--passphrase-file", passphrase_file(tmp_path))
     assert "the database was not in the backup and was not changed" in restored.stdout
     assert DB_PASSWORD not in restored.stdout + restored.stderr
 
@@ -273,20 +293,23 @@ def test_unattended_answers_join_a_node_and_restore_keeps_the_database_out(tmp_p
 def test_join_refuses_a_backup_of_a_badger_ca_and_an_unreachable_database(tmp_path, make_ca, mariadb):
     badger = make_ca()
     archive = tmp_path / "badger.tar.gz"
-    run_cli("backup", "--prefix", badger.prefix, "--no-system", "--out", archive)
-    with tarfile.open(archive) as tar:
-        assert json.load(tar.extractfile("ca-appliance-backup.json"))["database"]["included"] is True
+    run_cli("backup", "--prefix", badger.prefix, "--no-system", "--out", archive,
+            "--passphrase-file", passphrase_file(tmp_path))
+    assert manifest_of(archive)["database"]["included"] is True
     target = tmp_path / "node"
-    result = run_cli("join", "--from", archive, "--prefix", target, "--no-system", check=False)
+    result = run_cli("join", "--from", archive, "--prefix", target, "--no-system",
+                     "--passphrase-file", passphrase_file(tmp_path), check=False)
     assert_refused_and_nothing_written(result, target, "embedded badger database")
 
     port = free_port()
     shared = CA(tmp_path / "shared", port, answers_for(port, database=shared_db(mariadb, name="stepca_refuse")))
     shared.setup()
-    run_cli("backup", "--prefix", shared.prefix, "--no-system", "--out", archive)
+    run_cli("backup", "--prefix", shared.prefix, "--no-system", "--out", archive,
+            "--passphrase-file", passphrase_file(tmp_path))
     answers = tmp_path / "join.yaml"
     answers.write_text(yaml.safe_dump({"ca": {"database": shared_db(mariadb, password="not-the-password")}}))
-    result = run_cli("join", "--from", archive, "--answers", answers, "--prefix", target, "--no-system", check=False)
+    result = run_cli("join", "--from", archive, "--answers", answers, "--prefix", target, "--no-system",
+                     "--passphrase-file", passphrase_file(tmp_path), check=False)
     assert_refused_and_nothing_written(result, target, "Access denied for user")
 
 

@@ -98,7 +98,7 @@ def test_empty_dns_names_default_to_the_hostname(defaults):
 
 @pytest.mark.parametrize("raw, key, hint", [
     ({"ca": {"nmae": "Lab CA"}}, "ca.nmae", "did you mean ca.name?"),
-    ({"comment": "made by hand"}, "comment", "known keys here: hostname, network, ca, join, admin"),
+    ({"comment": "made by hand"}, "comment", "known keys here: hostname, network, ca, join, restore, admin"),
     ({"ca": {"claims": {"acme": {"maximum": "24h"}}}}, "ca.claims.acme.maximum", "did you mean ca.claims.acme.max?"),
     ({"network": {"mode": "static", "gw": "10.0.0.1"}}, "network.gw", "known keys here"),
 ])

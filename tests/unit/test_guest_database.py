@@ -124,7 +124,8 @@ def test_ca_json_db_block_follows_the_answer(tmp_path):
 
 def test_join_answer():
     defaults = load_defaults()
-    assert validate({"join": {"backup": " /root/node1.tar.gz "}}, defaults)["join"] == {"backup": "/root/node1.tar.gz"}
+    assert validate({"join": {"backup": " /root/node1.tar.gz "}}, defaults)["join"] == {"backup": "/root/node1.tar.gz",
+                                                                                          "passphrase": None}
     with pytest.raises(AnswersError, match="join"):
         validate({"join": "/root/node1.tar.gz"}, defaults)
 

@@ -39,7 +39,7 @@ MAX_YEARS = 50
 MAX_DURATION_HOURS = 2562047
 SSH_PORT = 22
 # Keys whose values are never shown, in any message.
-SECRET_KEYS = ("ca.password", "ca.database.dsn")
+SECRET_KEYS = ("ca.password", "ca.database.dsn", "join.passphrase", "restore.passphrase")
 # PEM bundles are lines of text: a line break (and only that) is allowed in them.
 MULTILINE_KEYS = ("ca.x5c_roots",)
 # Answers keys that the shipped defaults.yaml does not list (they have no default). Every other
@@ -511,7 +511,9 @@ def check_known_keys(raw, known, path=""):
                 f"known keys here: {', '.join(str(name) for name in known)}"
             secret = "pass" in str(key).lower() or any(
                 f"{path}.{name}".lstrip(".") in SECRET_KEYS for name in close)
-            raise AnswersError(dotted, "<hidden>" if secret else value, f"is an unknown key ({hint})")
+            # a mapping or list is never printed: it may hold a secret under any name
+            shown_value = "<hidden>" if secret else "{...}" if isinstance(value, (dict, list)) else value
+            raise AnswersError(dotted, shown_value, f"is an unknown key ({hint})")
         if isinstance(known[key], dict) and isinstance(value, dict):
             check_known_keys(value, known[key], dotted)
 
@@ -538,13 +540,18 @@ def check_no_control_characters(value, path=""):
 
 
 def check_join(value, key="join"):
-    """None (a new CA), or {backup: FILE}: become another node of the CA that FILE backs up."""
+    """None (a new CA), or {backup: FILE[, passphrase: ...]}: become another node of the CA that FILE backs up."""
     if value is None or value == {} or value == {"backup": None}:
         return None
-    if not isinstance(value, dict) or set(value) != {"backup"} or not isinstance(value["backup"], str) \
-            or not value["backup"].strip():
-        raise AnswersError(key, value, "must be {backup: FILE} (a `ca-appliance backup` of a node of the CA to join)")
-    return {"backup": value["backup"].strip()}
+    allowed = "must be {backup: FILE, passphrase: ...} (a `ca-appliance backup` of a node of the CA to join)"
+    if not isinstance(value, dict) or not set(value) <= {"backup", "passphrase"} or "backup" not in value \
+            or not isinstance(value["backup"], str) or not value["backup"].strip():
+        shown_value = {k: v for k, v in value.items() if k != "passphrase"} if isinstance(value, dict) else value
+        raise AnswersError(key, shown_value, allowed)
+    passphrase = value.get("passphrase")
+    if passphrase is not None and not isinstance(passphrase, str):
+        raise AnswersError(f"{key}.passphrase", "<hidden>", "must be text (quote it in YAML)")
+    return {"backup": value["backup"].strip(), "passphrase": passphrase}
 
 
 def validate(raw, defaults):

@@ -207,7 +207,8 @@ def cmd_setup(args):
         archive = Path(validated["join"]["backup"])
         if args.answers and not archive.is_absolute():  # relative to the answers file, like an include
             archive = Path(args.answers).resolve().parent / archive
-        join.join(layout, archive, answers=validated, use_system=not args.no_system, out=out)
+        join.join(layout, archive, answers=validated, use_system=not args.no_system, out=out,
+                  passphrase=validated["join"].get("passphrase"))
         return
     apply.setup(validated, source, layout, use_system=not args.no_system, force=args.force,
                 root_key_out=args.root_key_out, out=out)
