@@ -226,3 +226,16 @@ def test_sshd_dropin_is_key_only_for_the_admin(tmp_path):
                         "PermitRootLogin": "no", "AllowUsers": "admin"}
     assert layout.sshd_dropin.name.startswith("10-")  # sshd takes the first value: read before 50-*.conf
     assert layout.setup_complete.exists()
+
+
+def test_first_boot_runs_until_setup_wrote_its_completion_marker(tmp_path):
+    """Gated on ca.json, a power cut after the commit would skip the system steps for good."""
+    unit = (GUEST_LIB.parents[2] / "etc/systemd/system/ca-appliance-firstboot.service").read_text()
+    conditions = [line for line in unit.splitlines() if line.startswith("Condition")]
+    marker = Layout().setup_complete
+    assert conditions == [f"ConditionPathExists=!{marker}"]
+    layout = Layout(tmp_path)
+    apply.setup(validated(), "test", layout, use_system=False, out=io.StringIO())
+    assert layout.setup_complete.exists() and apply.resumable(layout) is None
+    layout.setup_complete.unlink()  # as if the power went after the commit
+    assert apply.resumable(layout)["admin"]["user"] == "admin"

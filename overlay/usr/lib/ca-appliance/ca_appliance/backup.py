@@ -180,7 +180,12 @@ def read_archive(archive_path, layout, passphrase=None):
                                 "only files under etc/step-ca, var/lib/step-ca and the state file are restored")
             data = archive.extractfile(member).read() if member.isfile() else None
             if member.name == MANIFEST:
-                manifest = json.loads(data)
+                try:
+                    manifest = json.loads(data)
+                except ValueError:
+                    manifest = None
+                if not isinstance(manifest, dict) or not isinstance(manifest.get("prefix"), str):
+                    raise UserError(f"restore: {archive_path}: damaged manifest ({MANIFEST})")
             else:
                 entries.append((member.name, member, data))
     names = {name for name, _, _ in entries}
@@ -254,7 +259,10 @@ def restore(layout, archive_path, use_system=True, out=None, passphrase=None):
                 os.chmod(target, mode)
                 continue
             if name.endswith(("config/ca.json", "config/defaults.json")):
-                config = _rebase(json.loads(data), manifest["prefix"], str(layout.prefix))
+                try:
+                    config = _rebase(json.loads(data), manifest["prefix"], str(layout.prefix))
+                except (ValueError, AttributeError):
+                    raise UserError(f"restore: {archive_path}: {name} is not valid JSON; nothing was changed") from None
                 if name.endswith("config/ca.json"):
                     config = without_self_trusting_x5c(config, root_data)
                     if database.is_shared(database.from_ca_json(config)):
