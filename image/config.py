@@ -248,6 +248,9 @@ SCHEMA: dict[str, Any] = {
         "mode": one_of("interactive", "unattended"),
         "answers": LOCAL_PATH,
     },
+    "page": {
+        "enabled": boolean(),
+    },
 }
 
 

@@ -51,6 +51,7 @@ KERNEL_CONSOLES = "console=tty0 console=ttyS0,115200n8"  # the last one is /dev/
 # Units the payload must bring (the overlay's) and the ones the kickstart writes itself.
 PAYLOAD_UNITS = ("step-ca.service", "ca-appliance-firstboot.service")
 APPLIANCE_UNITS = (*PAYLOAD_UNITS, "ca-appliance-growroot.service")
+PAGE_UNITS = ("ca-appliance-page.socket",)   # the client page, in the payload only when page.enabled
 EXTRA_PACKAGES = (
     "python3-cryptography", "python3-jwcrypto", "python3-pyyaml",   # the guest CLI's only imports
     "NetworkManager", "firewalld", "chrony",
@@ -179,7 +180,8 @@ def kickstart_context(cfg: Config, artifacts: Sequence[VolumeFile], mirror: str 
         "volume_files": [PAYLOAD_NAME] + [a.name for a in artifacts],
         "artifacts": [{"volume_name": a.name, "kind": a.kind, "role": a.role, "install_path": a.install_path}
                       for a in artifacts],
-        "appliance_units": list(APPLIANCE_UNITS), "growroot_script": GROWROOT_SCRIPT,
+        "appliance_units": list(APPLIANCE_UNITS) + list(PAGE_UNITS if cfg.page.enabled else ()),
+        "growroot_script": GROWROOT_SCRIPT,
         "dracut_drivers": list(DRACUT_DRIVERS),
         "result_port": RESULT_PORT, "success_marker": SUCCESS_MARKER,
     }

@@ -24,6 +24,9 @@ OVERLAY_DIR = PROJECT_ROOT / "overlay"
 GUEST_DEFAULTS = "usr/lib/ca-appliance/defaults.yaml"
 BUILD_INFO = "usr/lib/ca-appliance/build.json"   # read by the guest's buildinfo.py
 BAKED_ANSWERS = "etc/ca-appliance/answers.yaml"
+# The client page's files: left out of the payload when page.enabled is false (nothing enabled, no port).
+PAGE_FILES = ("etc/systemd/system/ca-appliance-page.socket", "etc/systemd/system/ca-appliance-page.service",
+              "usr/lib/firewalld/services/ca-appliance-page.xml")
 # Reproducible archives: the payload's digest changes only when its content does.
 FIXED_MTIME = 1_700_000_000
 
@@ -42,7 +45,9 @@ def guest_defaults(cfg: Config) -> dict:
 
 def build_info(cfg: Config) -> dict:
     """Facts about the build the guest shows (status, banner): build.json, keys as in buildinfo.DEFAULTS."""
-    return {"name": cfg.image.name, "version": cfg.image.version, "base": cfg.image.base}
+    info = {"name": cfg.image.name, "version": cfg.image.version, "base": cfg.image.base}
+    info["client_page"] = cfg.page.enabled   # the guest serves http://<CA host>/ unless false
+    return info
 
 
 def generated_files(cfg: Config) -> dict[str, tuple[bytes, int]]:
@@ -76,6 +81,9 @@ def write_payload_tarball(cfg: Config, dest: Path) -> Path:
             rel = os.path.normpath(os.path.join(rel_root, f))
             path = os.path.join(root, f)
             entries[rel] = ("file", Path(path).read_bytes(), _overlay_mode(os.stat(path).st_mode))
+    if not cfg.page.enabled:
+        for rel in PAGE_FILES:
+            entries.pop(rel, None)
     for rel, (content, mode) in generated.items():
         parent = os.path.dirname(rel)
         while parent and parent not in entries:

@@ -61,6 +61,7 @@ UNITS = (   # enabled in every image; each must exist
     "ca-appliance-growroot.service", "ca-appliance-ssh-hostkeys.service",
 )
 GUEST_UNITS = ("step-ca.service", "ca-appliance-firstboot.service")   # from the payload (overlay)
+GUEST_UNITS += ("ca-appliance-page.socket",)   # the client page; absent from the payload when page.enabled is false
 KERNEL_CMDLINE = "ro console=tty0 console=ttyS0,115200n8"
 
 

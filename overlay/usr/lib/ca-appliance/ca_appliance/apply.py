@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from . import backup, cajson, jose, pki, system
 from .errors import StepFailed, UserError
 from .staging import Staging, make_dir, write_file
+from . import clientpage  # noqa: I001 - the client page (issue 15), kept apart to merge cleanly
 
 # 32 characters from 64 symbols: 192 bits; no quotes, spaces or backslashes to trip a shell or a console.
 PASSWORD_ALPHABET = string.ascii_letters + string.digits + "-_"
@@ -160,6 +161,7 @@ def setup(answers, source, layout, *, use_system=True, force=False, root_key_out
         _show_root_key(material, root_key_out, out)
     write_file(layout.firewalld_service, firewalld_service_xml(cajson.listen_port(ca["address"])), 0o644)
     write_file(layout.issue_file, issue_text(ca, material.root_fingerprint), 0o644)
+    clientpage.publish(layout)
     if use_system:
         _system_steps(answers, layout, restart=was_running, out=out)
     _report(ca, material, password if generated else None, layout, out, use_system)

@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 from . import pki, system
 from .errors import StepFailed, UserError
 from .staging import Staging, write_file
+from . import clientpage  # noqa: I001 - the client page (issue 15), kept apart to merge cleanly
 
 MANIFEST = "ca-appliance-backup.json"
 FORMAT = 1
@@ -149,6 +150,7 @@ def restore(layout, archive_path, use_system=True, out=None):
         if isinstance(error, OSError):
             raise StepFailed("restore", f"{error}; the previous state was left as it was") from None
         raise
+    clientpage.publish(layout)
     if run_service:
         system.restore_selinux_labels(layout.steppath, layout.data_dir, layout.state_dir)
         system.start_service(restart=True)

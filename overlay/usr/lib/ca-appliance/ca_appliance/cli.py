@@ -45,6 +45,9 @@ def _parser():
     load.add_argument("archive", metavar="FILE", help="archive written by `ca-appliance backup`")
     load.add_argument("--no-system", action="store_true",
                       help="do not stop or start the service nor chown to user step")
+    add("publish-page", "Write the client page (root, fingerprint, ACME snippets) from the CA on disk again.")
+    serve = add("serve-page", "Serve the client page over HTTP (socket from systemd, else --listen).")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="listen here instead of systemd's socket")
     return parser
 
 
@@ -133,7 +136,25 @@ def cmd_restore(args):
     print(f"Restored the CA with root fingerprint {fingerprint}")
 
 
-COMMANDS = {"setup": cmd_setup, "status": cmd_status, "backup": cmd_backup, "restore": cmd_restore}
+def cmd_publish_page(args):
+    from . import clientpage
+    where = clientpage.publish(Layout(args.prefix))
+    print(f"Client page written to {where}" if where else "No client page: the build turned it off (page.enabled)")
+
+
+def cmd_serve_page(args):
+    from . import clientpage
+    listen = None
+    if args.listen:
+        host, _, port = args.listen.rpartition(":")
+        if not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise UserError(f"serve-page: --listen {args.listen!r} is not HOST:PORT (port 0-65535)")
+        listen = (host.strip("[]"), int(port))
+    clientpage.serve(Layout(args.prefix), listen)
+
+
+COMMANDS = {"setup": cmd_setup, "status": cmd_status, "backup": cmd_backup, "restore": cmd_restore,
+            "publish-page": cmd_publish_page, "serve-page": cmd_serve_page}
 
 
 def main(argv=None):
