@@ -13,10 +13,9 @@ import sys
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from . import backup, cajson, jose, pki, system
+from . import backup, cajson, clientpage, jose, pki, system
 from .errors import StepFailed, UserError
 from .staging import Staging, make_dir, write_file
-from . import clientpage  # noqa: I001 - the client page (issue 15), kept apart to merge cleanly
 
 # 32 characters from 64 symbols: 192 bits; no quotes, spaces or backslashes to trip a shell or a console.
 PASSWORD_ALPHABET = string.ascii_letters + string.digits + "-_"

@@ -11,10 +11,9 @@ import os
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from . import pki, system
+from . import clientpage, pki, system
 from .errors import StepFailed, UserError
 from .staging import Staging, write_file
-from . import clientpage  # noqa: I001 - the client page (issue 15), kept apart to merge cleanly
 
 MANIFEST = "ca-appliance-backup.json"
 FORMAT = 1

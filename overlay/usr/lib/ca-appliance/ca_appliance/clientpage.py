@@ -116,7 +116,7 @@ def facts(layout):
 
 def acme_snippets(f):
     """(id, title, text) of each ACME client; every text names the real ACME directory."""
-    acme, ex, slug, base = f["acme"], f["example"], f["slug"], f["base"]
+    acme, ex, slug = f["acme"], f["example"], f["slug"]
     pem = f"/etc/ssl/certs/{slug}-root.pem"
     bundle = base64.b64encode(f["root_pem"]).decode("ascii")
     return [
