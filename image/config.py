@@ -258,6 +258,9 @@ SCHEMA: dict[str, Any] = {
     "updates": {
         "security": boolean(),
     },
+    "page": {
+        "enabled": boolean(),
+    },
 }
 
 

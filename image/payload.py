@@ -33,6 +33,9 @@ GUEST_DEFAULTS = "usr/lib/ca-appliance/defaults.yaml"
 BUILD_INFO = "usr/lib/ca-appliance/build.json"   # read by the guest's buildinfo.py
 BAKED_ANSWERS = "etc/ca-appliance/answers.yaml"
 PROVISION_INPUT = "etc/ca-appliance/provision.json"   # read by the guest's provision.py
+# The client page's files: left out of the payload when page.enabled is false (nothing enabled, no port).
+PAGE_FILES = ("etc/systemd/system/ca-appliance-page.socket", "etc/systemd/system/ca-appliance-page.service",
+              "usr/lib/firewalld/services/ca-appliance-page.xml")
 # Reproducible archives: the payload's digest changes only when its content does.
 FIXED_MTIME = 1_700_000_000
 
@@ -55,6 +58,7 @@ def build_info(cfg: Config, artifacts: list | None = None) -> dict:
     from image.stepca_version import assess_step_ca
     info = {"name": cfg.image.name, "version": cfg.image.version, "base": cfg.image.base}
     info.update(assess_step_ca(artifacts or []).as_build_info())
+    info["client_page"] = cfg.page.enabled   # the guest serves http://<CA host>/ unless false
     return info
 
 
@@ -161,6 +165,9 @@ def write_payload_tarball(cfg: Config, dest: Path, artifacts: list | None = None
             rel = os.path.normpath(os.path.join(rel_root, f))
             path = os.path.join(root, f)
             entries[rel] = ("file", Path(path).read_bytes(), _overlay_mode(os.stat(path).st_mode))
+    if not cfg.page.enabled:
+        for rel in PAGE_FILES:
+            entries.pop(rel, None)
     for rel, (content, mode) in generated.items():
         parent = os.path.dirname(rel)
         while parent and parent not in entries:

@@ -37,6 +37,7 @@ CREDENTIAL_NAME = "ca-appliance.answers"
 # connection to a socat on the host that relays it to certbot's standalone server.
 CHALLENGE_IP = "10.0.2.100"
 GUEST_IP = "10.0.2.15"          # QEMU user networking always leases this address
+PAGE_PORT = 80                  # the client page (ca-appliance-page.socket); forwarded as vm.ports["page"]
 # Seconds; TCG on a busy machine is slow, so both can be raised (or lowered) from the environment.
 
 _current: Target | None = None
@@ -398,7 +399,7 @@ def verify_image(cfg: Config, *, image, answers=None, interactive=False, accel="
     from image.qemu import free_port
     challenge_port = free_port()
     vm = VM(image, workdir, cpus=cfg.image.cpus, memory_mb=cfg.image.memory_mb, accel=choice.accel,
-            ports={"ssh": 22, "ca": ca_port_of(first_boot)},
+            ports={"ssh": 22, "ca": ca_port_of(first_boot), **({"page": PAGE_PORT} if cfg.page.enabled else {})},
             guestfwds={(CHALLENGE_IP, 80): f"socat - TCP:127.0.0.1:{challenge_port}"},
             credentials={} if interactive else {CREDENTIAL_NAME: yaml.safe_dump(first_boot).encode()},
             keep=keep, say=say)

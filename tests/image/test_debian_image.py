@@ -17,6 +17,7 @@ ENABLED_UNITS = (
     "step-ca.service", "ca-appliance-firstboot.service", "ca-appliance-growroot.service",
     "ca-appliance-ssh-hostkeys.service", "NetworkManager.service", "firewalld.service", "ssh.service",
     "chrony.service", "serial-getty@ttyS0.service",
+    "ca-appliance-page.socket",
 )
 # every OVA target's disk controller and NIC: QEMU virtio, VMware LSI Logic/PVSCSI/e1000/vmxnet3, AHCI
 INITRAMFS_DRIVERS = ("virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "e1000", "vmxnet3",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from . import backup, banner, cajson, database, jose, pki, replace, system
+from . import backup, banner, cajson, clientpage, database, jose, pki, replace, system
 from .errors import StepFailed, UserError
 from .staging import checkpoint, fsync_dir, make_dir, write_file
 
@@ -252,6 +252,7 @@ def finish(layout, saved, *, use_system=True, restart=False, out=sys.stdout):
     try:
         write_file(layout.firewalld_service, firewalld_service_xml(cajson.listen_port(ca["address"])), 0o644)
         banner.write(layout)
+        clientpage.publish(layout)   # the onboarding page, from the CA on disk (idempotent)
         write_file(layout.sshd_dropin, sshd_dropin(saved["admin"]["user"]), 0o644)
         checkpoint("files written")
         if use_system:

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.x509 import load_pem_x509_certificate
 
-from . import database, pki, replace, system
+from . import clientpage, database, pki, replace, system
 from .errors import UserError
 from .staging import write_file
 
@@ -272,6 +272,7 @@ def restore(layout, archive_path, use_system=True, out=None, passphrase=None):
         for root, tree in staged.items():
             os.chmod(tree, restored_mode(layout, str(root.relative_to(layout.prefix)), True))
         replacing.commit(state_data)
+    clientpage.publish(layout)
     if run_service:
         system.restore_selinux_labels(layout.steppath, layout.data_dir, layout.state_dir)
         system.start_service(restart=True)

@@ -16,6 +16,7 @@ DEFAULTS = {
     "step_ca_version": None,      # e.g. "0.30.2"; None when the builder could not tell
     "test_only": False,           # true: not for production (e.g. a step-ca with known vulnerabilities)
     "test_only_reason": None,
+    "client_page": True,          # page.enabled: the client page on port 80 (clientpage.py)
 }
 
 

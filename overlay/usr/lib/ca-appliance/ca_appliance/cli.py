@@ -85,6 +85,9 @@ def _parser():
     prov.add_argument("--stand-in", metavar="TOOL", action="append", default=[],
                       help="tests, with --root: record TOOL's calls to --record FILE instead of running it")
     prov.add_argument("--record", metavar="FILE", help="where --stand-in calls are written")
+    add("publish-page", "Write the client page (root, fingerprint, ACME snippets) from the CA on disk again.")
+    serve = add("serve-page", "Serve the client page over HTTP (socket from systemd, else --listen).")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="listen here instead of systemd's socket")
     return parser
 
 
@@ -322,6 +325,26 @@ def cmd_restart_if_stale(args):
 
 COMMANDS.update({"renew-intermediate": cmd_renew_intermediate, "watch": cmd_watch,
                  "restart-if-stale": cmd_restart_if_stale})
+
+
+def cmd_publish_page(args):
+    from . import clientpage
+    where = clientpage.publish(Layout(args.prefix))
+    print(f"Client page written to {where}" if where else "No client page: the build turned it off (page.enabled)")
+
+
+def cmd_serve_page(args):
+    from . import clientpage
+    listen = None
+    if args.listen:
+        host, _, port = args.listen.rpartition(":")
+        if not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise UserError(f"serve-page: --listen {args.listen!r} is not HOST:PORT (port 0-65535)")
+        listen = (host.strip("[]"), int(port))
+    clientpage.serve(Layout(args.prefix), listen)
+
+
+COMMANDS.update({"publish-page": cmd_publish_page, "serve-page": cmd_serve_page})
 
 
 def main(argv=None):

@@ -126,14 +126,21 @@ def open_firewall():
     """Open the CA port through the step-ca firewalld service (apply wrote it with the right port)."""
     if shutil.which("firewall-cmd") is None:
         return "firewalld is not installed: open the CA port yourself"
+    services = ["--add-service=step-ca", *firewall_page_services()]
     if run("open firewall", ["firewall-cmd", "--state"], check=False).returncode != 0:
         # firewall-cmd needs the daemon, even for --permanent; the offline tool edits the files
-        run("open firewall", ["firewall-offline-cmd", "--add-service=step-ca"])
+        run("open firewall", ["firewall-offline-cmd", *services])
         return "firewalld is not running: step-ca added to its configuration for its next start"
     run("open firewall", ["firewall-cmd", "--reload"])
-    run("open firewall", ["firewall-cmd", "--permanent", "--add-service=step-ca"])
-    run("open firewall", ["firewall-cmd", "--add-service=step-ca"])
+    run("open firewall", ["firewall-cmd", "--permanent", *services])
+    run("open firewall", ["firewall-cmd", *services])
     return None
+
+
+def firewall_page_services():
+    """The client page's port 80 (ca-appliance-page firewalld service) unless the build turned it off."""
+    from . import buildinfo
+    return ["--add-service=ca-appliance-page"] if buildinfo.load().get("client_page", True) else []
 
 
 def install_trust_anchor(root_cert_path):
