@@ -82,6 +82,7 @@ def join(layout, archive, *, answers=None, address=None, use_system=True, out=sy
             system.install_trust_anchor(layout.root_cert)
             system.start_service(restart=True)
             system.refresh_console_issue()
+    apply.mark_complete(layout)   # last: the first-boot unit is done once this exists
     print(f"This appliance is now a node of the CA with root fingerprint {fingerprint}.\n"
           f"  CA URL:    {cajson.ca_url(ca)}\n"
           f"  Database:  {database.describe(db)}", file=out)
