@@ -360,6 +360,29 @@ def _cross_checks(cfg: Config) -> None:
                           "is required when firstboot.mode is unattended (an answers YAML file)")
 
 
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases (a few bytes can expand to gigabytes) or duplicate keys
+    (the second would silently win), as the appliance's own answers loader."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"at line {mark.line + 1}, column {mark.column + 1} (anchors and aliases "
+                                 "are not allowed)")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                mark = key_node.start_mark
+                raise yaml.YAMLError(f"at line {mark.line + 1}, column {mark.column + 1} (key {key!r} "
+                                     "appears twice)")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path, what: str) -> dict:
     try:
         text_ = Path(path).read_text()
@@ -368,8 +391,10 @@ def read_yaml(path: Path, what: str) -> dict:
     except OSError as e:
         raise UserError(f"{what}: {str(path)!r} cannot be read ({e.strerror})") from None
     try:
-        data = yaml.safe_load(text_)
+        data = yaml.load(text_, Loader=StrictLoader)   # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
+        if type(e) is yaml.YAMLError:   # ours: where, and why, never the text
+            raise UserError(f"{what}: {str(path)!r} is not accepted: {e}") from None
         # Line and column only: the parser's message may quote the line, and a line may hold a secret.
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -175,3 +175,16 @@ def test_every_source_makes_the_same_ca_json(made_cas):
     assert reference["address"] == ":8443"
     for name, (_, _, config) in made_cas.items():
         assert config == reference, f"{name} made a different ca.json"
+
+
+def test_baked_answers_are_removed_once_setup_has_completed(tmp_path):
+    prefix = tmp_path / "root"
+    baked = prefix / "etc/ca-appliance/answers.yaml"
+    put(baked, ANSWERS_YAML)
+    env = {key: value for key, value in os.environ.items() if key != "CREDENTIALS_DIRECTORY"}
+    result = subprocess.run([GUEST_PYTHON, str(CLI), "setup", "--prefix", str(prefix), "--no-system"],
+                            env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((prefix / "etc/ca-appliance/state.json").read_text())["answers_source"].startswith("baked")
+    assert (prefix / "etc/ca-appliance/setup-complete").exists()
+    assert not baked.exists()   # its one first boot is over: it does not linger in the image or a backup

@@ -142,3 +142,17 @@ def test_readme_reference_lists_every_key_with_its_default():
         default = "null" if value is None else ("[" + ", ".join(map(str, value)) + "]" if isinstance(value, list)
                                                 else str(value).lower() if isinstance(value, bool) else shown)
         assert f"`{default}`" in row, f"README.md row for {key} does not show the default `{default}`: {row}"
+
+
+@pytest.mark.parametrize("text, why", [
+    ("image: &base {name: a}\nova: *base\n", "anchors and aliases are not allowed"),
+    ("a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n", "anchors and aliases are not allowed"),   # a small bomb
+    ("image:\n  name: first\n  name: second\n", "key 'name' appears twice"),
+])
+def test_build_config_refuses_aliases_and_duplicate_keys(tmp_path, text, why):
+    user = tmp_path / "user.yaml"
+    user.write_text(text)
+    with pytest.raises(UserError) as caught:
+        load_config(user)
+    assert why in str(caught.value) and "\n" not in str(caught.value)
+    assert caught.value.exit_code == 2

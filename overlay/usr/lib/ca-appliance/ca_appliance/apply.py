@@ -271,6 +271,8 @@ def mark_complete(layout):
     last by setup; a first-boot restore must write it too once its own steps are done."""
     write_file(layout.setup_complete, datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds") + "\n", 0o644)
     fsync_dir(layout.setup_complete.parent)
+    # Baked answers served their one first boot: they must not linger for a later reader (or a backup).
+    layout.baked_answers.unlink(missing_ok=True)
 
 
 def _system_steps(saved, layout, restart, out):

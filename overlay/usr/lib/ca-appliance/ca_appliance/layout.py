@@ -76,6 +76,11 @@ class Layout:
         return self.state_dir / "state.json"
 
     @property
+    def baked_answers(self):
+        """Answers baked into the image at build time; removed once a setup has completed."""
+        return self.path("/etc/ca-appliance/answers.yaml")
+
+    @property
     def setup_complete(self):
         """Written last by setup, after every system step: the first-boot unit runs until it exists."""
         return self.state_dir / "setup-complete"
