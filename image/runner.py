@@ -6,9 +6,11 @@ raises StepFailed naming the step, the exit status and the log, with the log's l
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +30,20 @@ def tail(path: Path, lines: int = 20) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def stop_process(proc: subprocess.Popen | None, grace: float = 15.0, sig: int = signal.SIGTERM) -> None:
+    """Stop a child we started: `sig` (SIGTERM: a clean stop; SIGKILL: a power cut), up to `grace`
+    seconds to exit, then SIGKILL; always reaped, so no zombie and no port or lock left held."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class Runner:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from image.runner import stop_process
+
 REPO = Path(__file__).resolve().parents[2]
 CA_APPLIANCE = REPO / "overlay/usr/bin/ca-appliance"
 GUEST_PYTHON = "/usr/bin/python3"
@@ -138,13 +140,7 @@ class StepCA:
             time.sleep(0.2)
 
     def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, grace=15)
         self.process = None
         if getattr(self, "log", None):
             self.log.close()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from ca_helpers import free_port
 
+from image.runner import stop_process
+
 MARIADB_START_TIMEOUT = 60
 
 
@@ -78,13 +80,7 @@ class MariaDB:
         return f"{user}:{password}@tcp(127.0.0.1:{self.port})/"
 
     def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, grace=30)
         self.process = None
 
     def log_text(self):

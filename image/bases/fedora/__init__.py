@@ -47,7 +47,7 @@ from image.cache import cache_dir
 from image.config import Config
 from image.errors import StepFailed, UserError
 from image.files import sha256_file
-from image.runner import Runner, tail
+from image.runner import Runner, stop_process, tail
 
 REQUIRED_TOOLS = {"qemu-system-x86_64": ("qemu-system-x86", "qemu-system-x86"),
                   "qemu-img": ("qemu-utils", "qemu-img")}
@@ -327,13 +327,7 @@ def run_installer(cmd: list[str], *, serial_log: Path, installer_log: Path, time
                                             serial_log, installer_log)
                 time.sleep(poll_s)
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, grace=10)
     if proc.returncode != 0:
         raise _installer_failed(runner, f"qemu exited with status {proc.returncode}", serial_log, installer_log)
     if progress.fatal:
