@@ -201,6 +201,7 @@ def libvirt():
 class FirstBoot:
     disk: Path              # the first-booted disk (a qcow2 overlay of the test image), never written again
     fingerprint: str        # the root fingerprint the appliance showed
+    acme_url: str           # the ACME directory URL its console banner shows ('' when not read from it)
     how: str                # 'libvirt' | 'qemu'
     seconds: float
     serial_log: Path
@@ -209,7 +210,7 @@ class FirstBoot:
 def test_answers(work: Path) -> tuple[dict, Path]:
     key = ensure_admin_key(work / "keys")
     answers = default_answers(key.with_suffix(".pub").read_text().strip(), "boot-matrix-ca-password")
-    answers["hostname"] = "ca.boot.test"
+    answers["ca"]["dns_names"][0] = answers["hostname"] = "ca.boot.test"
     path = work / "answers.yaml"
     path.write_text(yaml.safe_dump(answers))
     return answers, path
@@ -241,7 +242,7 @@ def first_boot_with_libvirt(lib: Libvirt, image: Path, answers: Path) -> FirstBo
         seconds = time.monotonic() - start
     finally:
         lib.stop(name)
-    return FirstBoot(disk, fingerprint_of(match.group(2)), "libvirt", seconds, log)
+    return FirstBoot(disk, fingerprint_of(match.group(2)), match.group(1), "libvirt", seconds, log)
 
 
 def first_boot_with_qemu(image: Path, answers: Path) -> FirstBoot:
@@ -271,7 +272,8 @@ def first_boot_with_qemu(image: Path, answers: Path) -> FirstBoot:
     log = WORK / "first-boot-serial.log"
     shutil.copyfile(vm.serial_log, log)
     shutil.rmtree(work, ignore_errors=True)
-    return FirstBoot(disk, fingerprint, "qemu", seconds, log)
+    match = banner_in(log)
+    return FirstBoot(disk, fingerprint, match.group(1) if match else "", "qemu", seconds, log)
 
 
 @pytest.fixture(scope="session")
