@@ -35,7 +35,7 @@ from image.verify import CREDENTIAL_NAME, default_answers, ensure_admin_key  # n
 # directories (pytest's tmp dirs are 0700), so the boot tests work under build/.
 WORK = PROJECT_ROOT / "build" / "boot-tests"
 FIRST_BOOT_TIMEOUT = float(os.environ.get("CA_BOOT_FIRST_TIMEOUT", 1200))
-LATER_BOOT_TIMEOUT = float(os.environ.get("CA_BOOT_LATER_TIMEOUT", 600))
+LATER_BOOT_TIMEOUT = float(os.environ.get("CA_BOOT_LATER_TIMEOUT", 900))
 MEMORY_MB = 1536
 README = PROJECT_ROOT / "README.md"
 BANNER = re.compile(r"ACME directory:\s+(\S+)\s+Root fingerprint:\s+([0-9A-Fa-f:]{64,95})")
