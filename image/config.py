@@ -221,6 +221,7 @@ SCHEMA: dict[str, Any] = {
     },
     "ova": {
         "virtual_system_type": text(r"vmx-\d{1,2}", "is not a VMware hardware version like vmx-13"),
+        "firmware": one_of("bios", "efi"),
     },
     "artifacts": {
         "step_ca": {"version": VERSION, "url": URL, "sha256": SHA256, "path": LOCAL_PATH},

@@ -1,4 +1,10 @@
-"""Disk assembly: a sparse raw disk with one MBR partition, an ext4 file system and GRUB for BIOS.
+"""Disk assembly: a sparse raw GPT disk that boots under BIOS and UEFI, as Debian's and Fedora's cloud images do.
+
+Layout: a 1 MiB BIOS boot partition (GRUB's i386-pc core image, BIOS firmware), an EFI system
+partition (FAT32, GRUB's x86_64-efi image at the removable path \\EFI\\BOOT\\BOOTX64.EFI, which any
+UEFI firmware boots without an NVRAM entry: OVMF, vSphere's and VirtualBox's EFI), and the ext4
+root file system last, so it can grow into an enlarged disk. Both GRUBs find the root by its
+file system UUID and read the same /boot/grub/grub.cfg.
 
 The file system is made straight from the rootfs directory (`mkfs.ext4 -d`, written at the
 partition's offset inside the disk file), so filling it needs no mount at all. The only loop
@@ -27,15 +33,34 @@ from image.runner import Runner
 
 SECTOR = 512
 MIB = 1 << 20
-PARTITION_START = MIB        # 1 MiB: aligned, and room for GRUB's core image in the MBR gap
+BIOS_BOOT_START, BIOS_BOOT_SIZE = MIB, MIB   # GRUB's i386-pc core image (about 100 KiB) goes here
+ESP_START, ESP_SIZE = 2 * MIB, 126 * MIB     # FAT32 needs 32 MiB or more; room for a shim later
+ROOT_START = ESP_START + ESP_SIZE            # 128 MiB: aligned for every storage backend
 EXT4_BLOCK = 4096
-GRUB_MODULES = "part_msdos ext2"
+# modules built into both core images: enough to find the root by UUID and read /boot/grub
+GRUB_MODULES = "part_gpt ext2"
+# GPT partition type GUIDs (UEFI spec; the BIOS boot one is GRUB's "Hah!IdontNeedEFI")
+BIOS_BOOT_TYPE = "21686148-6449-6E6F-744E-656564454649"
+ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+LINUX_FS_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+ESP_LABEL = "EFI"
+EFI_REMOVABLE_PATH = "EFI/BOOT/BOOTX64.EFI"
+GRUB_EFI_LIB = Path("/usr/lib/grub/x86_64-efi")   # grub-efi-amd64-bin (Fedora: grub2-efi-x64-modules)
 
 
 @dataclass(frozen=True)
 class Partition:
-    offset: int   # bytes from the start of the disk
-    size: int     # bytes
+    offset: int     # bytes from the start of the disk
+    size: int       # bytes
+    type: str = ""  # GPT partition type GUID (upper case), or the MBR type in hex
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The three partitions of an appliance disk, in disk order."""
+    bios_boot: Partition
+    esp: Partition
+    root: Partition
 
 
 @contextmanager
@@ -209,26 +234,44 @@ def remove_tree(directory: Path, runner: Runner) -> None:
             directory.unlink()
 
 
-def create_disk(path: Path, size_bytes: int, runner: Runner) -> Partition:
-    """A sparse raw disk of size_bytes with an MBR and one bootable Linux partition filling it."""
+def partition_script() -> str:
+    """The sfdisk script of the layout (sizes in sectors; the root partition fills the rest)."""
+    def sectors(n: int) -> int:
+        return n // SECTOR
+    return ("label: gpt\n"
+            f"start={sectors(BIOS_BOOT_START)}, size={sectors(BIOS_BOOT_SIZE)}, type={BIOS_BOOT_TYPE}, "
+            "name=\"bios-boot\"\n"
+            f"start={sectors(ESP_START)}, size={sectors(ESP_SIZE)}, type={ESP_TYPE}, name=\"esp\"\n"
+            f"start={sectors(ROOT_START)}, type={LINUX_FS_TYPE}, name=\"root\"\n")
+
+
+def create_disk(path: Path, size_bytes: int, runner: Runner) -> Layout:
+    """A sparse raw disk of size_bytes with a GPT: BIOS boot, EFI system and root partitions."""
     path = Path(path)
+    if size_bytes < ROOT_START + 64 * MIB:
+        raise StepFailed(runner.step_name, f"disk size {size_bytes} is too small: the root partition starts "
+                         f"at {ROOT_START} bytes", runner.log_path)
     with open(path, "wb") as f:
         f.truncate(size_bytes)
-    start = PARTITION_START // SECTOR
     runner.run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(path)],
-               input=f"label: dos\nstart={start}, type=83, bootable\n".encode())
+               input=partition_script().encode())
     parts = read_partitions(path)
-    if len(parts) != 1:
-        raise StepFailed(runner.step_name, f"sfdisk wrote {len(parts)} partitions, expected 1", runner.log_path)
-    return parts[0]
+    if [p.type for p in parts] != [BIOS_BOOT_TYPE, ESP_TYPE, LINUX_FS_TYPE]:
+        raise StepFailed(runner.step_name, f"sfdisk wrote partitions of types {[p.type for p in parts]}, "
+                         "expected BIOS boot, EFI system, Linux", runner.log_path)
+    # the root file system is made in whole 4 KiB blocks; the GPT backup header takes the disk's tail
+    root = parts[2]
+    root = Partition(root.offset, root.size - root.size % EXT4_BLOCK, root.type)
+    return Layout(bios_boot=parts[0], esp=parts[1], root=root)
 
 
 def read_partitions(path: Path) -> list[Partition]:
-    """The partitions of a raw disk image, as byte ranges (from `sfdisk --json`)."""
+    """The partitions of a raw disk image, as byte ranges with their types (from `sfdisk --json`)."""
     out = subprocess.run(["sfdisk", "--json", str(path)], capture_output=True, text=True, check=True).stdout
     table = json.loads(out)["partitiontable"]
     unit = table.get("sectorsize", SECTOR)
-    return [Partition(p["start"] * unit, p["size"] * unit) for p in table.get("partitions", [])]
+    return [Partition(p["start"] * unit, p["size"] * unit, str(p.get("type", "")).upper())
+            for p in table.get("partitions", [])]
 
 
 def make_ext4_from_dir(disk: Path, part: Partition, rootfs: Path, *, uuid: str, label: str,
@@ -246,17 +289,38 @@ def make_ext4_from_dir(disk: Path, part: Partition, rootfs: Path, *, uuid: str, 
         runner.run(["e2fsck", "-f", "-n", dev])
 
 
-def install_grub_bios(disk: Path, part: Partition, workdir: Path, runner: Runner) -> None:
-    """Install GRUB's boot code into the MBR gap; its modules go to the partition's /boot/grub.
+def install_grub(disk: Path, layout: Layout, workdir: Path, runner: Runner) -> None:
+    """GRUB for both firmwares: i386-pc into the BIOS boot partition (boot code in the protective
+    MBR), x86_64-efi as the ESP's removable path; the modules of both go to the root's /boot/grub.
 
-    grub.cfg is not touched: the base wrote it into the tree before the file system was made.
+    The ESP's FAT file system is made and filled here without mounting it (mtools): a build host's
+    kernel need not have vfat. The UEFI core image gets the same early config grub-install wrote for
+    BIOS (search the root by UUID, prefix /boot/grub), so both read the grub.cfg the base wrote.
     """
+    workdir = Path(workdir)
+    efi_image = workdir / "BOOTX64.EFI"
     with loop_device(disk, runner) as whole, \
-            loop_device(disk, runner, offset=part.offset, size=part.size) as root_dev, \
-            mounted(root_dev, Path(workdir) / "mnt", runner) as mnt:
-        runner.run(["grub-install", "--target=i386-pc", f"--boot-directory={mnt}/boot",
-                    f"--modules={GRUB_MODULES}", "--no-floppy", whole])
-        grub_dir = mnt / "boot" / "grub"
-        if not (grub_dir / "i386-pc" / "core.img").exists() or not (grub_dir / "grub.cfg").exists():
-            raise StepFailed(runner.step_name, "grub-install left no core.img or grub.cfg in /boot/grub",
-                             runner.log_path)
+            loop_device(disk, runner, offset=layout.esp.offset, size=layout.esp.size) as esp_dev, \
+            loop_device(disk, runner, offset=layout.root.offset, size=layout.root.size) as root_dev:
+        runner.run(["mkfs.vfat", "-F", "32", "-n", ESP_LABEL, esp_dev])
+        with mounted(root_dev, workdir / "mnt", runner) as mnt:
+            grub_dir = mnt / "boot" / "grub"
+            runner.run(["grub-install", "--target=i386-pc", f"--boot-directory={mnt}/boot",
+                        f"--modules={GRUB_MODULES}", "--no-floppy", whole])
+            early_config = grub_dir / "i386-pc" / "load.cfg"
+            if not (grub_dir / "i386-pc" / "core.img").exists() or not early_config.exists():
+                raise StepFailed(runner.step_name, "grub-install left no core.img or load.cfg in /boot/grub/i386-pc",
+                                 runner.log_path)
+            # what grub-install --target=x86_64-efi would do, minus its demand for a mounted FAT ESP
+            (grub_dir / "x86_64-efi").mkdir(exist_ok=True)
+            for module in [*GRUB_EFI_LIB.glob("*.mod"), *GRUB_EFI_LIB.glob("*.lst")]:
+                shutil.copyfile(module, grub_dir / "x86_64-efi" / module.name)
+            runner.run(["grub-mkimage", "--format=x86_64-efi", f"--directory={GRUB_EFI_LIB}",
+                        f"--config={early_config}", "--prefix=", f"--output={efi_image}",
+                        *GRUB_MODULES.split(), "search_fs_uuid"])
+            if not (grub_dir / "grub.cfg").exists():
+                raise StepFailed(runner.step_name, "the tree has no /boot/grub/grub.cfg", runner.log_path)
+        env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+        runner.run(["mmd", "-i", esp_dev, "::/EFI", "::/EFI/BOOT"], env=env)
+        runner.run(["mcopy", "-i", esp_dev, efi_image, "::/" + EFI_REMOVABLE_PATH], env=env)
+    efi_image.unlink()

@@ -32,6 +32,11 @@ from image.files import sha256_file
 # VMware's "guest managed" marker: tools come from the distribution (open-vm-tools).
 VMWARE_TOOLS_VERSION = "2147483647"
 NETWORK_NAME = "VM Network"
+# The boot disk's controller (ResourceType, ResourceSubType) and the NIC: drivers the boot matrix proves
+# (image.qemu.HARDWARE "virtualbox": AHCI SATA and e1000). VirtualBox, vSphere and virt-v2v all read
+# vmware.sata.ahci; vSphere's E1000 (82545EM) and VirtualBox's (82540EM) both run on Linux's e1000.
+DISK_CONTROLLER = (20, "vmware.sata.ahci")
+NIC = "E1000"
 DISK_ID = "vmdisk1"
 
 OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1"
@@ -140,14 +145,15 @@ def disk_info(disk: Path, runner) -> dict:
 
 
 def write_vmdk(disk: Path, out: Path, runner) -> Path:
-    """A streamOptimized VMDK (lsilogic, guest-managed tools) of a qcow2 or raw disk, written atomically."""
+    """A streamOptimized VMDK (ide adapter type: the disk hangs on a SATA controller; guest-managed
+    tools) of a qcow2 or raw disk, written atomically."""
     disk, out = Path(disk), Path(out)
     if not disk.is_file():
         raise UserError(f"disk image: {str(disk)!r} does not exist")
     source_format = disk_info(disk, runner)["format"]
     with _atomic_path(out) as tmp:
         runner.run(["qemu-img", "convert", "-f", source_format, "-O", "vmdk", "-o",
-                    f"subformat=streamOptimized,adapter_type=lsilogic,toolsversion={VMWARE_TOOLS_VERSION}",
+                    f"subformat=streamOptimized,adapter_type=ide,toolsversion={VMWARE_TOOLS_VERSION}",
                     disk, tmp])
     return out
 
@@ -240,8 +246,10 @@ def build_descriptor(cfg, *, vmdk_name: str, vmdk_size: int, capacity: int) -> s
     _item(hw, [("AllocationUnits", "byte * 2^20"), ("Description", "Memory size"),
                ("ElementName", f"{memory}MB of memory"), ("InstanceID", 2), ("ResourceType", 4),
                ("VirtualQuantity", memory)])
-    _item(hw, [("Address", 0), ("Description", "SCSI Controller"), ("ElementName", "SCSI Controller 0"),
-               ("InstanceID", 3), ("ResourceSubType", "lsilogic"), ("ResourceType", 6)])
+    # SATA (AHCI): VirtualBox's default and a vSphere choice, read by all three importers, and booted for
+    # real by the matrix (tests/boot, ahci). VMware's default LSI Logic (mptspi) has no QEMU model.
+    _item(hw, [("Address", 0), ("Description", "SATA Controller"), ("ElementName", "SATA Controller 0"),
+               ("InstanceID", 3), ("ResourceSubType", DISK_CONTROLLER[1]), ("ResourceType", DISK_CONTROLLER[0])])
     _item(hw, [("Address", 0), ("Description", "IDE Controller"), ("ElementName", "IDE Controller 0"),
                ("InstanceID", 4), ("ResourceType", 5)])
     _item(hw, [("AddressOnParent", 0), ("ElementName", "Hard Disk 1"), ("HostResource", f"ovf:/disk/{DISK_ID}"),
@@ -251,9 +259,10 @@ def build_descriptor(cfg, *, vmdk_name: str, vmdk_size: int, capacity: int) -> s
                ("InstanceID", 6), ("Parent", 4), ("ResourceType", 15)], required=False)
     _item(hw, [("AddressOnParent", 7), ("AutomaticAllocation", "true"), ("Connection", NETWORK_NAME),
                ("Description", f"E1000 ethernet adapter on {NETWORK_NAME}"), ("ElementName", "Network adapter 1"),
-               ("InstanceID", 7), ("ResourceSubType", "E1000"), ("ResourceType", 10)])
+               ("InstanceID", 7), ("ResourceSubType", NIC), ("ResourceType", 10)])
+    # vSphere and virt-v2v read the firmware here; VirtualBox only from its own section (imports BIOS)
     _sub(hw, f"{{{VMW_NS}}}Config", **{_o("required"): "false", f"{{{VMW_NS}}}key": "firmware",
-                                        f"{{{VMW_NS}}}value": "bios"})
+                                        f"{{{VMW_NS}}}value": cfg.ova.firmware})
 
     ET.indent(env, "  ")
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(env, encoding="unicode") + "\n"

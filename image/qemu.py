@@ -62,6 +62,46 @@ def _opt(value: str | os.PathLike) -> str:
     return str(value).replace(",", ",,")
 
 
+@dataclass(frozen=True)
+class Hardware:
+    """A target hypervisor's virtual hardware, as near as QEMU emulates it."""
+    name: str
+    machine: str        # QEMU machine type: q35, or pc (i440FX, the PIIX chipset VirtualBox and vSphere show)
+    disk: str           # virtio | ahci | pvscsi | lsi53c895a (the controller the boot disk hangs on)
+    nic: str            # the QEMU NIC model
+    guest_drivers: tuple[str, ...] = ()   # the Linux drivers this hardware needs in the initramfs
+
+
+# The rows of the boot matrix (tests/boot). VMware's default LSI Logic (mptspi) and LSI SAS
+# (mptsas) controllers have no QEMU model: the matrix checks their modules in the initramfs instead.
+HARDWARE = {
+    # what virt-install picks for --os-variant debian12: q35, virtio disk and NIC
+    "libvirt": Hardware("libvirt", "q35", "virtio", "virtio-net-pci", ("virtio_pci", "virtio_blk", "virtio_net")),
+    # VirtualBox's defaults for a Linux VM: PIIX3 chipset, AHCI SATA, Intel PRO/1000 MT Desktop (82540EM)
+    "virtualbox": Hardware("virtualbox", "pc", "ahci", "e1000", ("ahci", "e1000")),
+    # vSphere's paravirtual choice: PVSCSI and VMXNET3 on the i440BX chipset
+    "vsphere": Hardware("vsphere", "pc", "pvscsi", "vmxnet3", ("vmw_pvscsi", "vmxnet3")),
+    # the parallel-SCSI LSI controller QEMU has (53C895A, Linux sym53c8xx)
+    "lsi-scsi": Hardware("lsi-scsi", "pc", "lsi53c895a", "e1000", ("sym53c8xx", "e1000")),
+}
+DISK_CONTROLLERS = {"ahci": "ich9-ahci", "pvscsi": "pvscsi", "lsi53c895a": "lsi53c895a"}
+
+
+def disk_args(hardware: Hardware, disk: Path) -> list[str]:
+    """The boot disk on the hardware's controller (writeback honours the guest's flushes, so a
+    SIGKILL loses no synced data)."""
+    if hardware.disk == "virtio":
+        return ["-drive", f"file={_opt(disk)},format=qcow2,if=virtio,cache=writeback"]
+    drive = f"file={_opt(disk)},format=qcow2,cache=writeback"
+    if hardware.disk not in DISK_CONTROLLERS:
+        raise ValueError(f"disk controller must be virtio or one of {sorted(DISK_CONTROLLERS)}, "
+                         f"not {hardware.disk!r}")
+    on_bus = "ide-hd,bus=ctrl0.0" if hardware.disk == "ahci" else "scsi-hd,bus=ctrl0.0,scsi-id=0,lun=0"
+    return ["-device", f"{DISK_CONTROLLERS[hardware.disk]},id=ctrl0",
+            "-drive", f"{drive},if=none,id=disk0",
+            "-device", f"{on_bus},drive=disk0,bootindex=0"]
+
+
 @dataclass
 class QemuSpec:
     """Everything the QEMU command line is made from (kept apart so it is unit-testable)."""
@@ -77,6 +117,7 @@ class QemuSpec:
     credentials: Mapping[str, bytes] = field(default_factory=dict)
     credential_dir: Path | None = None                # where fw_cfg credential files go
     uefi_vars: Path | None = None                     # a writable OVMF_VARS copy: boot UEFI; None: BIOS
+    hardware: Hardware = HARDWARE["libvirt"]          # machine, disk controller and NIC
 
 
 def qemu_command(spec: QemuSpec) -> list[str]:
@@ -88,17 +129,16 @@ def qemu_command(spec: QemuSpec) -> list[str]:
     cmd = [
         "qemu-system-x86_64",
         "-name", "ca-appliance-verify",
-        "-machine", "q35",
+        "-machine", spec.hardware.machine,
         "-accel", spec.accel,
         "-cpu", "host" if spec.accel == "kvm" else "max",
         "-smp", str(spec.cpus),
         "-m", str(spec.memory_mb),
         "-display", "none", "-monitor", "none", "-parallel", "none",
         "-pidfile", str(spec.pidfile),
-        # writeback (the default) honours the guest's flushes, so a SIGKILL loses no synced data
-        "-drive", f"file={_opt(spec.disk)},format=qcow2,if=virtio,cache=writeback",
+        *disk_args(spec.hardware, spec.disk),
         "-netdev", ",".join(netdev),
-        "-device", "virtio-net-pci,netdev=net0",
+        "-device", f"{spec.hardware.nic},netdev=net0",
         "-device", "virtio-rng-pci",  # first boot generates keys: don't let it starve for entropy
         "-chardev", f"socket,id=serial0,path={_opt(spec.serial_socket)},server=on,wait=off,"
                     f"logfile={_opt(spec.serial_log)},logappend=on",
@@ -130,7 +170,7 @@ class VM:
                  ports: Mapping[str, int] | None = None,
                  guestfwds: Mapping[tuple[str, int], str] | None = None,
                  credentials: Mapping[str, bytes] | None = None,
-                 uefi: bool = False, keep: bool = False, say=print):
+                 uefi: bool = False, hardware: Hardware | None = None, keep: bool = False, say=print):
         self.image = Path(image).resolve()
         self.workdir = Path(workdir)
         self.keep = keep
@@ -147,7 +187,8 @@ class VM:
             hostfwds={self.ports[n]: p for n, p in self.guest_ports.items()},
             guestfwds=dict(guestfwds or {}), credentials=dict(credentials or {}),
             credential_dir=self.workdir / "credentials",
-            uefi_vars=self.workdir / "OVMF_VARS.fd" if uefi else None)
+            uefi_vars=self.workdir / "OVMF_VARS.fd" if uefi else None,
+            hardware=hardware or HARDWARE["libvirt"])
         self.qemu_log = self.workdir / "qemu.log"
 
     @property

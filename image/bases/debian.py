@@ -1,4 +1,4 @@
-"""The Debian base: a minimal Debian rootfs from mmdebstrap, made into a BIOS-bootable raw disk.
+"""The Debian base: a minimal Debian rootfs from mmdebstrap, made into a raw disk that boots BIOS and UEFI.
 
 Offline-capable (any Debian mirror, file:// included) and needs no VM: the rootfs is
 bootstrapped into a directory, the payload and artifacts laid in, then the guest's own
@@ -21,7 +21,7 @@ from pathlib import Path
 from image.bases import BaseResult
 from image.cache import cache_dir
 from image.config import Config
-from image.disk import create_disk, install_grub_bios, make_ext4_from_dir, remove_tree
+from image.disk import create_disk, install_grub, make_ext4_from_dir, remove_tree
 from image.errors import StepFailed, UserError
 from image.runner import Runner
 
@@ -32,6 +32,9 @@ REQUIRED_TOOLS = {
     "mkfs.ext4": ("e2fsprogs", "e2fsprogs"),
     "e2fsck": ("e2fsprogs", "e2fsprogs"),
     "grub-install": ("grub2-common", "grub2-tools"),
+    "mkfs.vfat": ("dosfstools", "dosfstools"),
+    "mcopy": ("mtools", "mtools"),
+    "grub-mkimage": ("grub-common", "grub2-tools"),
     "systemctl": ("systemd", "systemd"),
     "tar": ("tar", "tar"),
     "unshare": ("util-linux", "util-linux"),
@@ -40,6 +43,7 @@ NEEDS_ROOT = True
 PROVISION_BASE = "debian"
 # grub-install --target=i386-pc needs the BIOS modules, which no command stands for
 GRUB_BIOS_MODULES = Path("/usr/lib/grub/i386-pc")
+GRUB_EFI_MODULES = Path("/usr/lib/grub/x86_64-efi")   # and the UEFI ones (grub-efi-amd64-bin)
 
 FILES_DIR = Path(__file__).resolve().parent / "debian_files"   # base-specific files laid into the rootfs
 ROOT_LABEL = "root"
@@ -69,6 +73,9 @@ def check_host() -> None:
     if not (GRUB_BIOS_MODULES / "modinfo.sh").exists():
         raise UserError(f"missing host files: {GRUB_BIOS_MODULES} (GRUB's BIOS modules); install them with "
                         "'apt-get install grub-pc-bin' or 'dnf install grub2-pc-modules'")
+    if not (GRUB_EFI_MODULES / "modinfo.sh").exists():
+        raise UserError(f"missing host files: {GRUB_EFI_MODULES} (GRUB's UEFI modules); install them with "
+                        "'apt-get install grub-efi-amd64-bin' or 'dnf install grub2-efi-x64-modules'")
 
 
 def apt_cache_dir(cfg: Config) -> Path:
@@ -254,7 +261,7 @@ terminal_input console serial
 terminal_output console serial
 set timeout=2
 set default=0
-insmod part_msdos
+insmod part_gpt
 insmod ext2
 search --no-floppy --fs-uuid --set=root {root_uuid}
 menuentry '{cfg.image.name} {cfg.image.version} (Debian {cfg.debian.suite})' {{
@@ -314,9 +321,10 @@ def build_raw(cfg: Config, *, workdir: Path, runner: Runner, artifacts: list, pa
         packages = installed_packages(rootfs, runner)
         release = release_name(cfg, rootfs)
     raw = workdir / "disk.raw"
-    with runner.step(f"debian: assemble the {cfg.image.disk_gb} GiB disk (ext4 from the rootfs, GRUB)"):
-        part = create_disk(raw, cfg.image.disk_gb << 30, runner)
-        make_ext4_from_dir(raw, part, rootfs, uuid=root_uuid, label=ROOT_LABEL, runner=runner)
-        install_grub_bios(raw, part, workdir, runner)
+    with runner.step(f"debian: assemble the {cfg.image.disk_gb} GiB disk (GPT, ext4 from the rootfs, "
+                     "GRUB for BIOS and UEFI)"):
+        layout = create_disk(raw, cfg.image.disk_gb << 30, runner)
+        make_ext4_from_dir(raw, layout.root, rootfs, uuid=root_uuid, label=ROOT_LABEL, runner=runner)
+        install_grub(raw, layout, workdir, runner)
         remove_tree(rootfs, runner)   # the disk holds it now; a gigabyte less in build/
     return BaseResult(raw=raw, release=release, packages=packages)

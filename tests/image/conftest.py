@@ -46,7 +46,9 @@ def raw_image(debian_image, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def root_partition(raw_image) -> dict:
-    (part,) = json.loads(run("sfdisk", "--json", raw_image).stdout)["partitiontable"]["partitions"]
+    """The root file system's partition (the GPT also holds a BIOS boot partition and the ESP)."""
+    parts = json.loads(run("sfdisk", "--json", raw_image).stdout)["partitiontable"]["partitions"]
+    (part,) = [p for p in parts if p["type"].upper() == "0FC63DAF-8483-4772-8E79-3D69D8477DE4"]
     return part
 
 

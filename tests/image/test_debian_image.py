@@ -3,6 +3,7 @@
 Slow on first run: the session builds the image once (tests/image_fixture.py).
 """
 import hashlib
+import json
 import os
 import re
 import stat
@@ -212,3 +213,27 @@ def test_firewalld_and_name_resolution_have_their_base_files(image_root):
     assert "tcp" in (image_root / "etc/protocols").read_text()
     hosts = (image_root / "etc/hosts").read_text().split()
     assert hosts[:2] == ["127.0.0.1", "localhost"]
+
+
+def test_initramfs_has_the_matrix_drivers_and_the_lsi_ones_qemu_cannot_boot(image_root):
+    """tests/boot boots each row of image.qemu.HARDWARE; VMware's LSI Logic (mptspi) and LSI SAS
+    (mptsas) have no QEMU model, so their modules must at least be in the initramfs."""
+    from image.qemu import HARDWARE
+    (initrd,) = (image_root / "boot").glob("initrd.img-*")
+    listing = subprocess.run(["lsinitramfs", str(initrd)], capture_output=True, text=True, check=True).stdout
+    modules = {re.sub(r"\.ko(\.(xz|zst|gz))?$", "", Path(p).name) for p in listing.split() if ".ko" in p}
+    wanted = {"mptspi", "mptsas"} | {d for h in HARDWARE.values() for d in h.guest_drivers}
+    assert wanted <= modules, f"missing from the initramfs: {sorted(wanted - modules)}"
+
+
+def test_the_esp_boots_uefi_by_the_removable_path_and_finds_the_root_by_uuid(raw_image, root_blkid, image_root):
+    parts = {p["type"].upper(): p for p in json.loads(subprocess.run(
+        ["sfdisk", "--json", str(raw_image)], capture_output=True, text=True, check=True).stdout)
+        ["partitiontable"]["partitions"]}
+    esp = parts["C12A7328-F81F-11D2-BA4B-00A0C93EC93B"]
+    assert "21686148-6449-6E6F-744E-656564454649" in parts    # BIOS boot: GRUB's i386-pc core image
+    efi = subprocess.run(["mtype", "-i", f"{raw_image}@@{esp['start'] * 512}", "::/EFI/BOOT/BOOTX64.EFI"],
+                         capture_output=True, check=True, env=dict(os.environ, MTOOLS_SKIP_CHECK="1")).stdout
+    assert efi[:2] == b"MZ" and root_blkid["UUID"].encode() in efi
+    assert (image_root / "boot/grub/x86_64-efi/normal.mod").is_file()
+    assert "insmod part_gpt" in (image_root / "boot/grub/grub.cfg").read_text()

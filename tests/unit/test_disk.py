@@ -23,19 +23,31 @@ def loops_on(path: Path) -> list[str]:
     return disk.loops_backed_by(path.parent) if path.exists() else []
 
 
-def small_disk(tmp_path, runner, size=64 * MIB):
+def small_disk(tmp_path, runner, size=256 * MIB):
     raw = tmp_path / "disk.raw"
-    part = disk.create_disk(raw, size, runner)
-    return raw, part
+    layout = disk.create_disk(raw, size, runner)
+    return raw, layout.root
 
 
-def test_create_disk_writes_one_bootable_partition_from_1_mib_to_the_end(tmp_path, runner):
-    raw, part = small_disk(tmp_path, runner)
-    assert part == disk.Partition(offset=MIB, size=63 * MIB)
-    assert raw.stat().st_size == 64 * MIB
+def test_create_disk_writes_a_gpt_with_bios_boot_esp_and_root_filling_the_rest(tmp_path, runner):
+    raw = tmp_path / "disk.raw"
+    layout = disk.create_disk(raw, 256 * MIB, runner)
+    assert layout.bios_boot == disk.Partition(MIB, MIB, disk.BIOS_BOOT_TYPE)
+    assert layout.esp == disk.Partition(2 * MIB, 126 * MIB, disk.ESP_TYPE)
+    # the root fills the disk up to the GPT backup header (sfdisk keeps its end 1 MiB-aligned)
+    assert layout.root.offset == 128 * MIB and layout.root.type == disk.LINUX_FS_TYPE
+    assert 255 * MIB <= layout.root.offset + layout.root.size <= 256 * MIB - 33 * 512
+    assert layout.root.size % 4096 == 0
+    assert raw.stat().st_size == 256 * MIB
     assert raw.stat().st_blocks * 512 < 4 * MIB   # sparse
     table = subprocess.run(["sfdisk", "--dump", raw], capture_output=True, text=True, check=True).stdout
-    assert "label: dos" in table and "bootable" in table and "type=83" in table
+    assert "label: gpt" in table
+    assert table.count("type=") == 3 and 'name="root"' in table
+
+
+def test_create_disk_refuses_a_disk_too_small_for_the_root(tmp_path, runner):
+    with pytest.raises(StepFailed, match="too small"):
+        disk.create_disk(tmp_path / "disk.raw", 100 * MIB, runner)
 
 
 def test_ext4_made_from_a_directory_keeps_owners_modes_and_content(tmp_path, runner):
@@ -74,22 +86,58 @@ def test_loop_device_and_mount_are_released_when_the_body_raises(tmp_path, runne
         assert loops_on(raw) == []
 
 
-def test_grub_bios_install_puts_boot_code_in_the_mbr_and_modules_in_boot_grub(tmp_path, runner):
-    raw, part = small_disk(tmp_path, runner, size=128 * MIB)
+@pytest.mark.skipif(not Path("/usr/lib/grub/x86_64-efi/modinfo.sh").exists(),
+                    reason="GRUB's UEFI modules are not installed (apt-get install grub-efi-amd64-bin)")
+def test_grub_install_boots_both_firmwares_and_finds_the_root_by_uuid(tmp_path, runner):
+    raw = tmp_path / "disk.raw"
+    layout = disk.create_disk(raw, 256 * MIB, runner)
     tree = tmp_path / "tree"
     (tree / "boot" / "grub").mkdir(parents=True)
     (tree / "boot" / "grub" / "grub.cfg").write_text("# ours\n")
     uuid = "0b1c2d3e-1111-2222-3333-444455556668"
-    disk.make_ext4_from_dir(raw, part, tree, uuid=uuid, label="root", runner=runner)
-    disk.install_grub_bios(raw, part, tmp_path, runner)
+    disk.make_ext4_from_dir(raw, layout.root, tree, uuid=uuid, label="root", runner=runner)
+    disk.install_grub(raw, layout, tmp_path, runner)
     with open(raw, "rb") as f:
         mbr = f.read(512)
+        f.seek(layout.bios_boot.offset)
+        bios_boot = f.read(layout.bios_boot.size)
     assert mbr[510:512] == b"\x55\xaa" and b"GRUB" in mbr
-    with disk.loop_device(raw, runner, offset=part.offset, size=part.size, read_only=True) as dev, \
+    assert bios_boot.strip(b"\0"), "BIOS: no core image embedded in the BIOS boot partition"
+    with disk.loop_device(raw, runner, offset=layout.root.offset, size=layout.root.size, read_only=True) as dev, \
             disk.mounted(dev, tmp_path / "mnt", runner, options="ro,noload") as mnt:
         assert (mnt / "boot/grub/grub.cfg").read_text() == "# ours\n"   # ours, not grub-mkconfig's
         load_cfg = (mnt / "boot/grub/i386-pc/load.cfg").read_text()
         assert f"search.fs_uuid {uuid}" in load_cfg    # found by UUID, whatever the disk is called
+        assert (mnt / "boot/grub/x86_64-efi/normal.mod").is_file()
+    with disk.loop_device(raw, runner, offset=layout.esp.offset, size=layout.esp.size, read_only=True) as dev:
+        blkid = subprocess.run(["blkid", "-o", "export", dev], capture_output=True, text=True).stdout
+        # read with mtools: the kernel may have no vfat
+        subprocess.run(["mcopy", "-i", dev, "::/EFI/BOOT/BOOTX64.EFI", tmp_path / "BOOTX64.EFI"], check=True,
+                       env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
+        efi = (tmp_path / "BOOTX64.EFI").read_bytes()
+    assert "TYPE=vfat" in blkid and "SEC_TYPE" not in blkid   # FAT32, not FAT12/16
+    assert efi[:2] == b"MZ"                                     # a PE image the firmware can start
+    assert uuid.encode() in efi    # the UEFI core image searches the same root by UUID
+    assert loops_on(raw) == [] and disk.mounts_under(tmp_path) == []
+
+
+def test_grub_install_releases_everything_when_grub_install_fails(tmp_path, runner, monkeypatch):
+    raw = tmp_path / "disk.raw"
+    layout = disk.create_disk(raw, 256 * MIB, runner)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    disk.make_ext4_from_dir(raw, layout.root, tree, uuid="0b1c2d3e-1111-2222-3333-44445555666a", label="root",
+                            runner=runner)
+    real_run = runner.run
+
+    def failing_grub(cmd, **kw):
+        if cmd[0] == "grub-install":
+            cmd = ["false"]
+        return real_run(cmd, **kw)
+
+    monkeypatch.setattr(runner, "run", failing_grub)
+    with pytest.raises(StepFailed):
+        disk.install_grub(raw, layout, tmp_path, runner)
     assert loops_on(raw) == [] and disk.mounts_under(tmp_path) == []
 
 

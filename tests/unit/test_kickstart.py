@@ -195,7 +195,7 @@ def test_defect_6_the_kickstart_opens_ssh_only_and_closes_cockpit():
 def test_post_scripts_do_what_the_image_needs():
     handler = parsed(render_kickstart(load_config(), RPMS))
     scripts = [s for s in handler.scripts if s.type == constants.KS_SCRIPT_POST]
-    copy, install, report = scripts
+    copy, install, hybrid_boot, report = scripts
     assert copy.inChroot is False and copy.errorOnFail is True
     assert f"/dev/disk/by-label/{OEMDRV_LABEL}" in copy.script
     assert f"cp \"$source_dir\"/{PAYLOAD_NAME} \"$staging/\"" in copy.script
@@ -208,7 +208,7 @@ def test_rendered_shell_passes_shellcheck(tmp_path):
         pytest.fail("shellcheck is not installed (host-packages.txt lists it)")
     for artifacts in (RPMS, BINARY):
         scripts = render_scripts(custom_config(tmp_path), artifacts)
-        assert set(scripts) == {"post-copy-payload.sh", "post-install.sh", "post-report.sh"}
+        assert set(scripts) == {"post-copy-payload.sh", "post-install.sh", "post-report.sh", "post-hybrid-boot.sh"}
         for name, text in scripts.items():
             path = tmp_path / name
             path.write_text(text)
@@ -319,3 +319,37 @@ def test_invoke_render_with_a_bad_config_exits_2_with_one_line(tmp_path):
     assert proc.stderr.count("\n") == 1 and "fedora.release" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / "ks.cfg").exists()
+
+
+def test_the_disk_boots_bios_and_uefi_biosboot_esp_and_root_on_gpt():
+    handler = parsed(render_kickstart(load_config(), RPMS))
+    assert handler.clearpart.disklabel == "gpt"
+    assert not handler.reqpart.reqpart   # reqpart would make only the installer firmware's partition
+    parts = {p.mountpoint: p for p in handler.partition.partitions}
+    assert list(parts) == ["biosboot", "/boot/efi", "/"]
+    assert parts["biosboot"].fstype == "biosboot" and parts["/boot/efi"].fstype == "efi"
+    assert parts["/boot/efi"].size >= 100 and parts["/"].grow   # the root last, growing into the disk
+    assert {"grub2-pc", "grub2-efi-x64", "shim-x64"} <= set(handler.packages.packageList)
+    posts = [s for s in handler.scripts if s.type == constants.KS_SCRIPT_POST]
+    (hybrid,) = [s for s in posts if "/boot/efi/EFI/fedora/grub.cfg" in s.script]
+    assert hybrid.inChroot and hybrid.errorOnFail
+    assert "search --no-floppy --fs-uuid --set=dev $root_uuid" in hybrid.script
+    assert "/boot/efi/EFI/BOOT/BOOTX64.EFI" in hybrid.script   # the removable path any UEFI firmware boots
+
+
+def test_hybrid_boot_script_writes_the_esp_grub_cfg_by_root_uuid(tmp_path):
+    """The %post run for real on a fake root (paths rewritten under tmp_path)."""
+    script = render_scripts(load_config(), RPMS)["post-hybrid-boot.sh"].replace("/boot/efi", f"{tmp_path}/boot/efi")
+    script = script.replace("/etc/fstab", f"{tmp_path}/fstab")
+    (tmp_path / "fstab").write_text("UUID=1234-ABCD /boot/efi vfat umask=0077 0 2\n"
+                                    "UUID=0b1c2d3e-aaaa-bbbb-cccc-ddddeeeeffff / xfs defaults 0 0\n")
+    for efi in ("EFI/BOOT/BOOTX64.EFI", "EFI/fedora/grubx64.efi"):
+        (tmp_path / "boot/efi" / efi).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "boot/efi" / efi).write_bytes(b"MZ")
+    subprocess.run(["bash", "-c", script], check=True)
+    cfg = (tmp_path / "boot/efi/EFI/fedora/grub.cfg").read_text()
+    assert cfg.splitlines() == ["search --no-floppy --fs-uuid --set=dev 0b1c2d3e-aaaa-bbbb-cccc-ddddeeeeffff",
+                                "set prefix=($dev)/boot/grub2", "export $prefix", "configfile $prefix/grub.cfg"]
+    (tmp_path / "boot/efi/EFI/BOOT/BOOTX64.EFI").unlink()
+    failed = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    assert failed.returncode == 1 and "BOOTX64.EFI is missing" in failed.stderr

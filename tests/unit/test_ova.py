@@ -112,7 +112,7 @@ def test_hardware_comes_from_the_config():
     assert hw[3].findtext("rasd:VirtualQuantity", namespaces=NS) == "3"
     assert hw[4].findtext("rasd:VirtualQuantity", namespaces=NS) == "6144"
     assert hw[4].findtext("rasd:AllocationUnits", namespaces=NS) == "byte * 2^20"
-    assert hw[6].findtext("rasd:ResourceSubType", namespaces=NS) == "lsilogic"
+    assert hw[20].findtext("rasd:ResourceSubType", namespaces=NS) == "vmware.sata.ahci"
     assert hw[10].findtext("rasd:ResourceSubType", namespaces=NS) == "E1000"
     assert {15, 17} <= set(hw)
     assert root.find("ovf:VirtualSystem", NS).get(f"{OVF}id") == "lab-ca"
@@ -129,13 +129,35 @@ def test_disk_network_and_firmware_are_wired_together():
     assert disk.get(f"{OVF}capacity") == str(64 * 2**20)
     file = root.find(f"ovf:References/ovf:File[@ovf:id='{disk.get(f'{OVF}fileRef')}']", NS)
     assert (file.get(f"{OVF}href"), file.get(f"{OVF}size")) == ("ca-appliance-disk1.vmdk", "4242")
-    assert disk_item.findtext("rasd:Parent", namespaces=NS) == hw[6].findtext("rasd:InstanceID", namespaces=NS)
+    assert disk_item.findtext("rasd:Parent", namespaces=NS) == hw[20].findtext("rasd:InstanceID", namespaces=NS)
     network = hw[10].findtext("rasd:Connection", namespaces=NS)
     assert root.find(f"ovf:NetworkSection/ovf:Network[@ovf:name='{network}']", NS) is not None
     firmware = root.find("ovf:VirtualSystem/ovf:VirtualHardwareSection/vmw:Config[@vmw:key='firmware']", NS)
     assert firmware.get(f"{{{ova.VMW_NS}}}value") == "bios" and firmware.get(f"{OVF}required") == "false"
     hw_section = root.find("ovf:VirtualSystem/ovf:VirtualHardwareSection", NS)
     assert hw_section.get(f"{OVF}transport") == "com.vmware.guestInfo iso"
+
+
+def test_firmware_comes_from_ova_firmware():
+    cfg = load_config(overrides={"image": {"base": "debian"}, "ova": {"firmware": "efi"}})
+    root = ET.fromstring(descriptor(cfg))
+    firmware = root.find("ovf:VirtualSystem/ovf:VirtualHardwareSection/vmw:Config[@vmw:key='firmware']", NS)
+    assert firmware.get(f"{{{ova.VMW_NS}}}value") == "efi"
+    with pytest.raises(UserError, match="ova.firmware"):
+        load_config(overrides={"ova": {"firmware": "uefi"}})
+
+
+def test_boot_disk_controller_and_nic_are_ones_the_boot_matrix_boots():
+    """tests/boot boots image.qemu.HARDWARE for real: the OVA's choices must be among its rows."""
+    from image.qemu import HARDWARE
+    proven = {"vmware.sata.ahci": "ahci", "E1000": "e1000"}   # OVF ResourceSubType -> QEMU model in a row
+    hw = items(ET.fromstring(descriptor()))
+    disk_parent = hw[17].findtext("rasd:Parent", namespaces=NS)
+    (controller,) = [i for i in hw.values() if i.findtext("rasd:InstanceID", namespaces=NS) == disk_parent]
+    controller_model = proven[controller.findtext("rasd:ResourceSubType", namespaces=NS)]
+    nic_model = proven[hw[10].findtext("rasd:ResourceSubType", namespaces=NS)]
+    assert any(h.disk == controller_model for h in HARDWARE.values())
+    assert any(h.nic == nic_model for h in HARDWARE.values())
 
 
 def test_product_section_offers_every_first_boot_answer_with_config_defaults():

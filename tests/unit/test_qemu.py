@@ -6,7 +6,17 @@ import subprocess
 import pytest
 
 from image.errors import UserError
-from image.qemu import SMBIOS_CREDENTIAL_MAX, VM, QemuSpec, free_port, image_format, qemu_command, smbios_credential
+from image.qemu import (
+    HARDWARE,
+    SMBIOS_CREDENTIAL_MAX,
+    VM,
+    Hardware,
+    QemuSpec,
+    free_port,
+    image_format,
+    qemu_command,
+    smbios_credential,
+)
 
 
 def spec(tmp_path, **kw):
@@ -43,6 +53,34 @@ def test_an_accelerator_other_than_kvm_or_tcg_is_refused(tmp_path):
 def test_the_vm_boots_the_overlay_never_the_image(tmp_path):
     drives = option(qemu_command(spec(tmp_path)), "-drive")
     assert drives == [f"file={tmp_path / 'overlay.qcow2'},format=qcow2,if=virtio,cache=writeback"]
+
+
+@pytest.mark.parametrize("row, machine, controller, disk_device, nic", [
+    ("virtualbox", "pc", "ich9-ahci,id=ctrl0", "ide-hd,bus=ctrl0.0,drive=disk0,bootindex=0", "e1000,netdev=net0"),
+    ("vsphere", "pc", "pvscsi,id=ctrl0", "scsi-hd,bus=ctrl0.0,scsi-id=0,lun=0,drive=disk0,bootindex=0",
+     "vmxnet3,netdev=net0"),
+    ("lsi-scsi", "pc", "lsi53c895a,id=ctrl0", "scsi-hd,bus=ctrl0.0,scsi-id=0,lun=0,drive=disk0,bootindex=0",
+     "e1000,netdev=net0"),
+])
+def test_each_target_boots_its_disk_on_its_own_controller_and_nic(tmp_path, row, machine, controller,
+                                                                   disk_device, nic):
+    cmd = qemu_command(spec(tmp_path, hardware=HARDWARE[row]))
+    assert option(cmd, "-machine") == [machine]
+    assert option(cmd, "-drive") == [f"file={tmp_path / 'overlay.qcow2'},format=qcow2,cache=writeback,"
+                                     "if=none,id=disk0"]
+    devices = option(cmd, "-device")
+    assert devices[:2] == [controller, disk_device] and nic in devices
+    assert "virtio-net-pci,netdev=net0" not in devices
+
+
+def test_the_default_hardware_is_libvirts_q35_with_virtio(tmp_path):
+    cmd = qemu_command(spec(tmp_path))
+    assert option(cmd, "-machine") == ["q35"] and "virtio-net-pci,netdev=net0" in option(cmd, "-device")
+
+
+def test_an_unknown_disk_controller_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="megasas"):
+        qemu_command(spec(tmp_path, hardware=Hardware("x", "pc", "megasas", "e1000")))
 
 
 def test_forwards_listen_on_loopback_only(tmp_path):

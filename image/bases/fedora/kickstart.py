@@ -37,7 +37,7 @@ from image.files import sha256_file
 
 KICKSTART_DIR = PROJECT_ROOT / "kickstart"
 KICKSTART_TEMPLATE = "ks.cfg.j2"
-SCRIPT_TEMPLATES = ("post-copy-payload.sh.j2", "post-install.sh.j2", "post-report.sh.j2")
+SCRIPT_TEMPLATES = ("post-copy-payload.sh.j2", "post-install.sh.j2", "post-report.sh.j2", "post-hybrid-boot.sh.j2")
 
 OEMDRV_LABEL = "OEMDRV"            # Anaconda's dracut looks for ks.cfg on a volume with this label
 KICKSTART_NAME = "ks.cfg"
