@@ -121,8 +121,10 @@ def test_post_installs_rpms_or_the_local_binary():
 
 
 def chrooted_post(text):
-    (install,) = [s for s in parsed(text).scripts if s.type == constants.KS_SCRIPT_POST and s.inChroot]
-    return install
+    """The chrooted %post that installs the payload (the other chrooted one adds the UEFI GRUB config)."""
+    chrooted = [s for s in parsed(text).scripts if s.type == constants.KS_SCRIPT_POST and s.inChroot]
+    assert len(chrooted) == 2 and "hybrid boot" in chrooted[1].script
+    return chrooted[0]
 
 
 def commands_of(script):
