@@ -207,7 +207,7 @@ class FirstBoot:
     serial_log: Path
 
 
-def test_answers(work: Path) -> tuple[dict, Path]:
+def boot_answers(work: Path) -> tuple[dict, Path]:
     key = ensure_admin_key(work / "keys")
     answers = default_answers(key.with_suffix(".pub").read_text().strip(), "boot-matrix-ca-password")
     answers["ca"]["dns_names"][0] = answers["hostname"] = "ca.boot.test"
@@ -287,7 +287,7 @@ def debian_boot_image() -> Path:
 def first_boot(debian_boot_image, request) -> FirstBoot:
     """The test image's first boot with answers (PKI created), done once for the whole matrix."""
     WORK.mkdir(parents=True, exist_ok=True)
-    _, answers = test_answers(WORK)
+    _, answers = boot_answers(WORK)
     if libvirt_missing() is None:
         lib = request.getfixturevalue("libvirt")
         boot = first_boot_with_libvirt(lib, debian_boot_image, answers)
