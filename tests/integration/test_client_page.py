@@ -136,11 +136,13 @@ def test_restore_publishes_the_restored_root(configured, tmp_path):
     page = configured.prefix / "var/lib/ca-appliance/page"
     first = status_fingerprint(configured.prefix)
     archive = tmp_path / "backup.tar.gz"
-    run_cli("backup", "--out", archive, "--prefix", configured.prefix, "--no-system")
+    passphrase = tmp_path / "backup-passphrase"
+    passphrase.write_text("client-page-backup-passphrase\n")   # backups are always encrypted
+    run_cli("backup", "--out", archive, "--prefix", configured.prefix, "--no-system", "--passphrase-file", passphrase)
     configured.setup("--force")
     second = status_fingerprint(configured.prefix)
     assert second != first and parse(page.joinpath("index.html").read_text()).by_id["fingerprint"] == second
-    run_cli("restore", archive, "--prefix", configured.prefix, "--no-system")
+    run_cli("restore", archive, "--prefix", configured.prefix, "--no-system", "--passphrase-file", passphrase)
     assert parse(page.joinpath("index.html").read_text()).by_id["fingerprint"] == first
     assert not list(page.parent.glob(".page.*")), "staging leftovers beside the page"
 
