@@ -13,7 +13,7 @@ import sys
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from . import backup, cajson, jose, pki, system
+from . import backup, cajson, jose, pki, system, timing
 from .errors import StepFailed, UserError
 from .staging import Staging, make_dir, write_file
 
@@ -98,13 +98,15 @@ def setup(answers, source, layout, *, use_system=True, force=False, root_key_out
     password = generate_password() if generated else ca["password"]
 
     print("Generating root and intermediate certificates...", file=out, flush=True)
-    material = pki.create_ca(
-        ca["name"], password, key_type=ca["key_type"], root_years=ca["root_years"],
-        intermediate_years=ca["intermediate_years"], permitted_dns=ca["name_constraints"]["dns"],
-        permitted_ip=ca["name_constraints"]["ip"], ssh=ca["ssh"])
-    provisioner_key = ec.generate_private_key(ec.SECP256R1())
-    config = cajson.ca_json(ca, layout, material.root_cert_pem, jose.public_jwk(provisioner_key),
-                            jose.encrypted_private_jwk(provisioner_key, password))
+    with timing.timed("generate CA keys and certificates"):
+        material = pki.create_ca(
+            ca["name"], password, key_type=ca["key_type"], root_years=ca["root_years"],
+            intermediate_years=ca["intermediate_years"], permitted_dns=ca["name_constraints"]["dns"],
+            permitted_ip=ca["name_constraints"]["ip"], ssh=ca["ssh"])
+    with timing.timed("provisioner key (PBKDF2)"):
+        provisioner_key = ec.generate_private_key(ec.SECP256R1())
+        config = cajson.ca_json(ca, layout, material.root_cert_pem, jose.public_jwk(provisioner_key),
+                                jose.encrypted_private_jwk(provisioner_key, password))
     defaults = cajson.defaults_json(ca, layout, material.root_fingerprint)
     keep_root_key = ca["root_key"] == "keep"
     state = {

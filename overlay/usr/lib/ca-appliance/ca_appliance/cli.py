@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from . import answers, apply, backup, status
+from . import answers, apply, backup, status, timing
 from .errors import ApplianceError, UserError
 from .layout import Layout
 
@@ -114,9 +114,12 @@ def cmd_setup(args):
     if layout.is_configured() and not args.force:  # refuse before asking anything
         raise UserError(f"setup: a CA is already configured ({layout.ca_json}); "
                         "run `ca-appliance setup --force` to replace it (a timestamped backup is written first)")
-    validated, source, out = gather_answers(args)
-    apply.setup(validated, source, layout, use_system=not args.no_system, force=args.force,
-                root_key_out=args.root_key_out, out=out)
+    timing.log_startup()
+    with timing.timed("answers"):   # a wizard's waiting for a person is in it
+        validated, source, out = gather_answers(args)
+    with timing.timed("setup total"):
+        apply.setup(validated, source, layout, use_system=not args.no_system, force=args.force,
+                    root_key_out=args.root_key_out, out=out)
 
 
 def cmd_status(args):

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from . import timing
 from .errors import StepFailed
 from .layout import SERVICE, STEP_USER
 
@@ -22,7 +23,8 @@ TRUST_ANCHORS = {
 def run(step, argv, check=True):
     """Run a command; a non-zero exit is StepFailed naming the step and the command's own words."""
     try:
-        result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        with timing.timed(step):   # one journal line per command: the first boot's profile
+            result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     except FileNotFoundError:
         raise StepFailed(step, f"{argv[0]} is not installed") from None
     if check and result.returncode != 0:
