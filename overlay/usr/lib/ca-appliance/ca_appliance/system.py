@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from . import timing
+from . import timing, truststore
 from .errors import StepFailed
 from .layout import SERVICE, STEP_USER
 
@@ -133,8 +133,13 @@ def install_trust_anchor(root_cert_path):
     for tool, anchor in TRUST_ANCHORS.items():
         if shutil.which(tool):
             anchor.parent.mkdir(parents=True, exist_ok=True)
+            replacing = anchor.exists()
             shutil.copyfile(root_cert_path, anchor)
             os.chmod(anchor, 0o644)
+            if tool == "update-ca-certificates" and not replacing:
+                with timing.timed("install root in trust store"):
+                    if truststore.add_new_anchor(anchor):   # one certificate, not a rebuild of all
+                        return anchor
             run("install root in trust store", [tool] if tool == "update-ca-certificates" else [tool, "extract"])
             return anchor
     raise StepFailed("install root in trust store", "neither update-ca-trust nor update-ca-certificates is installed")
