@@ -52,6 +52,7 @@ PACKAGES = (
     "qemu-guest-agent", "open-vm-tools", "grub-pc", "cloud-guest-utils", "e2fsprogs",
     "iproute2", "less",
     "netbase",  # /etc/protocols and /etc/services: firewalld refuses to start without them
+    "zstd",     # initramfs-tools compresses with it when present (else gzip): faster to unpack at boot
 )
 # Keep the image lean: no manuals, docs (licences stay) or translations.
 DPKG_EXCLUDES = (

@@ -10,16 +10,17 @@ for moddir in "$root"/usr/lib/modules/*/; do
     grep -v -e '^#' -e '^$' "$list" | while read -r sub; do
         rm -rf "${moddir}kernel/$sub"
     done
-    # a module needing a symbol only a dropped one exported could never load: drop it too
-    round=0
-    while [ "$round" -lt 5 ]; do
-        broken=$(chroot "$root" depmod -a -e -F "/boot/System.map-$kver" "$kver" 2>&1 |
-            sed -n 's/^depmod: WARNING: \(\/.*\.ko[^ ]*\) needs unknown symbol.*/\1/p' | sort -u)
-        [ -n "$broken" ] || break
-        for module in $broken; do
-            rm -f "$root$module"
+    # a module that needs a dropped one could never load: drop it too (modules.dep, written by
+    # the kernel's postinst, lists each module's dependencies transitively, so one pass is enough)
+    while IFS=: read -r module deps; do
+        [ -e "$moddir$module" ] || continue
+        for dep in $deps; do
+            if [ ! -e "$moddir$dep" ]; then
+                rm -f "$moddir$module"
+                break
+            fi
         done
-        round=$((round + 1))
-    done
+    done < "${moddir}modules.dep"
+    chroot "$root" depmod -a "$kver"
 done
 chroot "$root" update-initramfs -u -k all
