@@ -107,14 +107,17 @@ def wait_for_url(url: str, timeout: float, alive=lambda: None) -> float:
 
 def measure_builds(cfg, changed, say, quick: bool = False) -> tuple[dict, Path]:
     """Cold (empty caches), warm (same inputs: the base tree comes from the cache) and after an
-    overlay-only change (the payload differs, the base tree does not). quick: no cold build; the
-    bench's cache is kept from the last run, so the "warm" build is cold only the first time."""
+    overlay-only change (the payload differs, the base tree does not). quick: no cold build, and the
+    user's cache (image.cache.cache_dir()), so the "warm" build is cold only when it holds no base tree."""
     from image.build import build_appliance, output_stem
+    from image.cache import cache_dir
     results: dict = {}
-    cache = BENCH_DIR / "cache"
-    if not quick:
-        shutil.rmtree(cache, ignore_errors=True)
     previous = os.environ.get("CA_APPLIANCE_CACHE")
+    if quick:   # the user's cache: its base tree makes the "warm" build warm
+        cache = cache_dir()
+    else:       # an empty one of its own, for a truly cold build
+        cache = BENCH_DIR / "cache"
+        shutil.rmtree(cache, ignore_errors=True)
     os.environ["CA_APPLIANCE_CACHE"] = str(cache)
     runs = ([("cold", cfg)] if not quick else []) + [("warm", cfg), ("overlay_change", changed)]
     try:

@@ -53,6 +53,9 @@ PACKAGES = (
     "iproute2", "less",
     "netbase",  # /etc/protocols and /etc/services: firewalld refuses to start without them
     "zstd",     # initramfs-tools compresses with it when present (else gzip): faster to unpack at boot
+    # mmdebstrap merges /usr itself; without this, apt satisfies init-system-helpers' "usrmerge |
+    # usr-is-merged" with usrmerge, which brings the whole of perl (about 50 MB) for nothing
+    "usr-is-merged",
 )
 # Keep the image lean: no manuals, docs (licences stay) or translations.
 DPKG_EXCLUDES = (

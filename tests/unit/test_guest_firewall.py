@@ -10,7 +10,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "overlay/usr/lib/ca-appliance"))
 from ca_appliance import system  # noqa: E402
 
-SERVICE_XML = '<?xml version="1.0"?>\n<service>\n  <short>step-ca</short>\n  <port protocol="tcp" port="{port}"/>\n</service>\n'
+SERVICE_XML = ('<?xml version="1.0"?>\n<service>\n  <short>step-ca</short>\n'
+               '  <port protocol="tcp" port="{port}"/>\n</service>\n')
 
 
 def test_ports_are_read_from_firewall_cmd_and_from_the_service_file(tmp_path):
@@ -29,9 +30,9 @@ def fake_firewalld(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     script = bin_dir / "firewall-cmd"
-    script.write_text('#!/bin/sh\necho "$*" >> "%s"\n'
-                      'if [ "$1" = "--info-service=step-ca" ]; then printf "step-ca\\n  ports: %%s\\n" "$RUNTIME_PORT"; fi\n'
-                      % calls)
+    script.write_text(f'#!/bin/sh\necho "$*" >> "{calls}"\n'
+                      'if [ "$1" = "--info-service=step-ca" ]; then\n'
+                      '    printf "step-ca\\n  ports: %s\\n" "$RUNTIME_PORT"\nfi\n')
     os.chmod(script, 0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     return calls
