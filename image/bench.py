@@ -487,6 +487,7 @@ def machine_facts() -> dict:
     except OSError:
         pass
     return {"cpu_model": model, "cpus": os.cpu_count(), "kernel": platform.release(),
+            "loadavg_at_start": [round(x, 1) for x in os.getloadavg()],   # a shared host skews every time
             "python": platform.python_version(),
             "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
 
@@ -536,6 +537,7 @@ def run_benchmarks(image=None, accel="auto", out="build/bench.json", clients=4, 
     if plain:
         results["first_boot_plain_ratio"] = round(results["first_boot_ready_s"] / plain, 2)
         results["later_boot_plain_ratio"] = round(results["later_boot_ready_median_s"] / plain, 2)
+    results["machine"]["loadavg_at_end"] = [round(x, 1) for x in os.getloadavg()]
     table = render_table(results, choice.accel)
     say("\n" + table)
     out = Path(out)
