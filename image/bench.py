@@ -416,9 +416,10 @@ def plain_image(image: Path, workdir: Path, say) -> Path:
     part = read_partitions(raw)[0]
     with loop_device(raw, runner, offset=part.offset, size=part.size) as dev, \
             mounted(dev, workdir / "mnt", runner) as mnt:
-        for unit in APPLIANCE_UNITS:
-            for path in list((mnt / "etc/systemd/system").rglob(unit)):
-                path.unlink()
+        # os.walk, not rglob: the .wants links are absolute, so dangling on the host
+        for directory, _, names in os.walk(mnt / "etc/systemd/system"):
+            for name in set(names) & set(APPLIANCE_UNITS):
+                os.unlink(os.path.join(directory, name))
     return raw
 
 
