@@ -312,7 +312,8 @@ def guest_profile(guest) -> dict:
 
 
 def measure_appliance(cfg, image: Path, accel: str, answers: dict, key_file: Path, clients: int,
-                      seconds: float, say, quick: bool = False) -> dict:
+                      seconds: float, say, quick: bool = False, checkpoint=lambda partial: None) -> dict:
+    """checkpoint(results so far) is called after each measure, so a run cut short still leaves figures."""
     from image.qemu import VM, free_port
     from image.verify import CHALLENGE_IP, CREDENTIAL_NAME
     results: dict = {}
@@ -338,6 +339,7 @@ def measure_appliance(cfg, image: Path, accel: str, answers: dict, key_file: Pat
             return out.read().decode()
 
         results.update(guest_profile(guest))
+        checkpoint(results)
         guest(f"echo '{CHALLENGE_IP} {CHALLENGE_NAME}' | sudo tee -a /etc/hosts >/dev/null")
 
         def guest_rss() -> float | None:
@@ -363,6 +365,8 @@ def measure_appliance(cfg, image: Path, accel: str, answers: dict, key_file: Pat
             vm.start()
             later.append(wait_for_url(acme, 900, alive=lambda: vm.check_alive("later boot")))
             say(f"    ready after {later[-1]:.1f}s")
+            results["later_boot_ready_all_s"] = [round(t, 1) for t in later]
+            checkpoint(results)
             ssh = vm.wait_for_ssh(cfg.admin.user, key_file, 600)
         results["later_boot_blame"] = [" ".join(line.split()) for line in guest(
             "systemd-analyze blame --no-pager 2>&1").splitlines()[:10]]
@@ -530,9 +534,16 @@ def run_benchmarks(image=None, accel="auto", out="build/bench.json", clients=4, 
     answers = bench_answers(key_file.with_suffix(".pub").read_text().strip(), ":443")
     if not quick:
         results.update(measure_native(step_ca, answers, clients, seconds, say))
-    results.update(measure_appliance(cfg, image, choice.accel, answers, key_file, clients, seconds, say,
-                                     quick=quick))
+    out = Path(out)
+
+    def checkpoint(partial: dict) -> None:
+        _write_json(out, {**results, **partial, "complete": False})
+
     results.update(measure_plain_boot(cfg, image, choice.accel, say))
+    checkpoint({})
+    results.update(measure_appliance(cfg, image, choice.accel, answers, key_file, clients, seconds, say,
+                                     quick=quick, checkpoint=checkpoint))
+    checkpoint({})
     if results.get("native_certs_per_s") and results.get("certs_per_s") is not None:
         results["throughput_ratio"] = round(results["certs_per_s"] / results["native_certs_per_s"], 2)
     plain = results.get("plain_debian_boot_ready_s")
@@ -542,10 +553,13 @@ def run_benchmarks(image=None, accel="auto", out="build/bench.json", clients=4, 
     results["machine"]["loadavg_at_end"] = [round(x, 1) for x in os.getloadavg()]
     table = render_table(results, choice.accel)
     say("\n" + table)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=out.parent, delete=False, suffix=".part") as f:
-        json.dump({**results, "table": table.splitlines()}, f, indent=2)
-    os.replace(f.name, out)
+    _write_json(out, {**results, "complete": True, "table": table.splitlines()})
     say(f"results: {out}")
     return results
+
+
+def _write_json(out: Path, data: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=out.parent, delete=False, suffix=".part") as f:
+        json.dump(data, f, indent=2)
+    os.replace(f.name, out)
