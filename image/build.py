@@ -152,9 +152,12 @@ def update_sums(dist_dir: Path, digests: dict[str, str]) -> None:
 
 
 def build_appliance(cfg: Config, formats=None, verbose: bool = False, *, sign_key=None, sign_cert=None,
-                    dist_dir: Path = DIST_DIR, build_dir: Path = BUILD_DIR, out=sys.stderr) -> list[Path]:
+                    dist_dir: Path = DIST_DIR, build_dir: Path = BUILD_DIR, out=sys.stderr,
+                    use_cache: bool = True) -> list[Path]:
     """Build the appliance into dist_dir; returns the written outputs (manifest last).
-    sign_key/sign_cert: sign the OVA (PEM RSA key and its certificate)."""
+    sign_key/sign_cert: sign the OVA (PEM RSA key and its certificate).
+    use_cache=False: bootstrap the base afresh instead of reusing a cached base tree (the fresh tree
+    then replaces the cache entry)."""
     formats = check_formats(formats or cfg.image.formats)
     check_signing(formats, sign_key, sign_cert)
     signing = {"sign_key": sign_key, "sign_cert": sign_cert}
@@ -181,8 +184,9 @@ def build_appliance(cfg: Config, formats=None, verbose: bool = False, *, sign_ke
             runner.say(f"warning: TEST IMAGE: {assessment.reason}")
         with runner.step("payload: overlay and generated files"):
             payload = write_payload_tarball(cfg, workdir / "payload.tar.gz", artifacts)
+        cache_option = {"use_cache": use_cache} if getattr(base, "SUPPORTS_BASE_CACHE", False) else {}
         result = base.build_raw(cfg, workdir=workdir / "base", runner=runner, artifacts=artifacts,
-                                payload=payload)
+                                payload=payload, **cache_option)
         written: dict[str, Path] = {}
         for fmt in sorted(formats, key=lambda f: f == "raw"):   # raw last: it is moved, not copied
             target = staging / f"{stem}.{fmt}"   # each format's name is its file extension
@@ -240,3 +244,11 @@ def clean_outputs(build_dir: Path = BUILD_DIR, dist_dir: Path = DIST_DIR) -> Non
             remove_tree(directory, runner)
             runner.say(f"removed {directory}")
 
+
+
+def clean_cache() -> None:
+    """Remove the cached base trees (downloads and the step-ca built from source stay)."""
+    from image.cache import TreeCache
+    cache = TreeCache()
+    freed = cache.clear()
+    print(f"removed {cache.root} ({freed / 1e6:.0f} MB)" if freed else f"no cached base trees in {cache.root}")

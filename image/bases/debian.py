@@ -19,10 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from image.bases import BaseResult
-from image.cache import cache_dir
+from image.cache import TreeCache, cache_dir, cache_key, digest_files
 from image.config import Config
 from image.disk import create_disk, install_grub, make_ext4_from_dir, remove_tree
 from image.errors import StepFailed, UserError
+from image.files import sha256_file
 from image.runner import Runner
 
 REQUIRED_TOOLS = {
@@ -47,6 +48,10 @@ GRUB_EFI_MODULES = Path("/usr/lib/grub/x86_64-efi")   # and the UEFI ones (grub-
 
 FILES_DIR = Path(__file__).resolve().parent / "debian_files"   # base-specific files laid into the rootfs
 ROOT_LABEL = "root"
+SLIM_DIR = Path(__file__).resolve().parent / "debian_slim"   # build-time only, not laid into the rootfs
+DRIVER_HOOK = FILES_DIR / "etc/initramfs-tools/hooks/ca-appliance-drivers"
+# modules the slimming must never take away, beside those the driver hook names
+REQUIRED_MODULES = ("ext4", "sym53c8xx", "hv_storvsc", "hv_netvsc", "vmwgfx", "virtio_gpu", "bochs", "usbhid")
 
 PACKAGES = (
     "linux-image-amd64", "initramfs-tools", "systemd", "systemd-sysv", "dbus",
@@ -55,6 +60,11 @@ PACKAGES = (
     "qemu-guest-agent", "open-vm-tools", "grub-pc", "cloud-guest-utils", "e2fsprogs",
     "iproute2", "less",
     "netbase",  # /etc/protocols and /etc/services: firewalld refuses to start without them
+    "zstd",     # initramfs-tools compresses with it when present (else gzip): faster to unpack at boot
+    # mmdebstrap merges /usr itself, so this meets init-system-helpers' "usrmerge | usr-is-merged".
+    # usrmerge (and with it perl, ~50 MB) still comes in mmdebstrap's essential phase; purging both
+    # in a customize hook is the next size step (not yet done: it needs a bootstrap to verify)
+    "usr-is-merged",
 )
 # Keep the image lean: no manuals, docs (licences stay) or translations.
 DPKG_EXCLUDES = (
@@ -126,12 +136,48 @@ def mmdebstrap_command(cfg: Config, rootfs: Path, debs: list[Path], used_debs_li
         cmd += [f"--customize-hook=copy-in {q(deb)} /tmp/",
                 f"--customize-hook=chroot \"$1\" apt-get install -y --no-install-recommends {inside}",
                 f"--customize-hook=rm -f \"$1\"{inside}"]
+    # smaller image, faster boot: modules no VM target has, then a leaner initramfs (slim.sh)
+    cmd.append(f"--customize-hook=sh {q(SLIM_DIR / 'slim.sh')} \"$1\"")
     cmd += [f"--customize-hook=sync-out /var/cache/apt/archives {q(cache)}",
             f"--customize-hook=ls \"$1\"/var/cache/apt/archives > {q(used_debs_list)}"]
     if cfg.debian.mirror.startswith("file://"):
         cmd.append("--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount")
     cmd += [cfg.debian.suite, str(rootfs)] + sources(cfg)
     return cmd
+
+
+def slim_rules() -> dict[str, str]:
+    return digest_files(SLIM_DIR)
+
+
+def required_modules() -> list[str]:
+    """The driver hook's manual_add_modules names (the import targets' drivers) and REQUIRED_MODULES."""
+    text = DRIVER_HOOK.read_text() if DRIVER_HOOK.exists() else ""
+    names = []
+    for match in re.finditer(r"manual_add_modules((?:[ \t]+[\w-]+|[ \t]*\\\n)+)", text):
+        names += match.group(1).replace("\\", " ").split()
+    return sorted(set(names) | set(REQUIRED_MODULES))
+
+
+def check_required_modules(rootfs: Path) -> None:
+    """After slimming, every driver an import target needs is still there, with its dependencies."""
+    for moddir in sorted((rootfs / "usr/lib/modules").glob("*/")):
+        deps = {}
+        for line in (moddir / "modules.dep").read_text().splitlines():
+            module, _, needs = line.partition(":")
+            deps[Path(module).name.split(".ko")[0].replace("-", "_")] = [module, *needs.split()]
+        builtin = (moddir / "modules.builtin").read_text() if (moddir / "modules.builtin").exists() else ""
+        builtin_names = {Path(x).name.split(".ko")[0].replace("-", "_") for x in builtin.split()}
+        for name in required_modules():
+            key = name.replace("-", "_")
+            if key in builtin_names:
+                continue
+            files = deps.get(key)
+            missing = [f for f in (files or []) if not (moddir / f).exists()]
+            if files is None or missing:
+                raise StepFailed("debian: bootstrap", f"kernel module {name} (a VM target's driver) is missing "
+                                 f"after slimming {moddir.name}: {missing or 'not in modules.dep'}; "
+                                 f"fix {SLIM_DIR / 'modules-to-drop.txt'}")
 
 
 def prune_apt_cache(cfg: Config, used_debs_list: Path) -> None:
@@ -282,12 +328,72 @@ def release_name(cfg: Config, rootfs: Path) -> str:
     return f"Debian {version} ({cfg.debian.suite})"
 
 
-def bootstrap_rootfs(cfg: Config, rootfs: Path, debs: list[Path], workdir: Path, runner: Runner) -> None:
-    used_debs_list = workdir / "debs-used.txt"
+# The base's own files that go in while bootstrapping (essential hooks, before the initramfs is built)
+BOOTSTRAP_FILES = ("etc/initramfs-tools", "etc/modprobe.d")
+SUPPORTS_BASE_CACHE = True
+
+
+def base_tree_inputs(cfg: Config, debs: list[Path], mmdebstrap_version: str) -> dict:
+    """Everything that shapes the bootstrapped tree, for its cache key: the mmdebstrap command
+    (suite, mirror, packages, dpkg excludes, hook text) with this machine's paths replaced by names,
+    the local .debs' and bootstrap files' digests, the slimming rules and mmdebstrap's version."""
+    paths = {str(apt_cache_dir(cfg)): "@apt-cache", str(FILES_DIR): "@base-files", str(SLIM_DIR): "@slim"}
+    paths.update({str(deb): f"@deb/{deb.name}" for deb in debs})
+
+    def neutral(arg: str) -> str:
+        for real, name in sorted(paths.items(), key=lambda kv: -len(kv[0])):
+            arg = arg.replace(real, name)
+        return arg
+
+    command = mmdebstrap_command(cfg, Path("/@rootfs"), debs, Path("/@used-debs"))
+    return {"base": "debian", "suite": cfg.debian.suite, "mirror": cfg.debian.mirror,
+            "packages": list(PACKAGES), "dpkg_excludes": list(DPKG_EXCLUDES),
+            "command": [neutral(a) for a in command],
+            "debs": {deb.name: sha256_file(deb) for deb in debs},
+            "files": digest_files(FILES_DIR, BOOTSTRAP_FILES),
+            "slim": slim_rules(), "mmdebstrap": mmdebstrap_version}
+
+
+TAR_COMPRESSOR = "zstd -T0 -3 -q"
+TAR_OPTIONS = ("--xattrs", "--xattrs-include=*", "--numeric-owner")
+
+
+def pack_tree(rootfs: Path, tarball: Path, runner: Runner) -> None:
+    runner.run(["tar", "--create", "--file", str(tarball), f"--use-compress-program={TAR_COMPRESSOR}",
+                *TAR_OPTIONS, "-C", str(rootfs), "."])
+
+
+def unpack_tree(tarball: Path, rootfs: Path, runner: Runner) -> None:
+    rootfs.mkdir(parents=True)
+    runner.run(["tar", "--extract", "--file", str(tarball), f"--use-compress-program={TAR_COMPRESSOR}",
+                *TAR_OPTIONS, "--same-permissions", "-C", str(rootfs)])
+
+
+def bootstrap_rootfs(cfg: Config, rootfs: Path, debs: list[Path], workdir: Path, runner: Runner,
+                     use_cache: bool = True) -> bool:
+    """The bootstrapped, slimmed tree in rootfs: from the base-tree cache when an entry matches
+    (and use_cache), else by mmdebstrap, then stored. True when it came from the cache."""
     remove_tree(rootfs, runner)   # mmdebstrap wants an empty target
+    version = runner.output(["mmdebstrap", "--version"]).strip()
+    inputs = base_tree_inputs(cfg, debs, version)
+    key = cache_key(inputs)
+    cache = TreeCache()
+    tarball = cache.lookup(key) if use_cache else None
+    if tarball is not None:
+        runner.say(f"    base tree from the cache ({key[:12]}; `invoke build --no-cache` bootstraps afresh)")
+        try:
+            unpack_tree(tarball, rootfs, runner)
+            return True
+        except StepFailed:
+            runner.say("    cached base tree could not be unpacked: bootstrapping afresh")
+            remove_tree(rootfs, runner)
+    used_debs_list = workdir / "debs-used.txt"
     with echo_progress(runner):
         runner.run(mmdebstrap_command(cfg, rootfs, debs, used_debs_list))
     prune_apt_cache(cfg, used_debs_list)
+    check_required_modules(rootfs)
+    cache.store(key, lambda path: pack_tree(rootfs, path, runner), inputs)
+    return False
 
 
 def lay_payload(rootfs: Path, payload: Path, runner: Runner) -> None:
@@ -308,14 +414,15 @@ def configure_rootfs(cfg: Config, rootfs: Path, payload: Path, artifacts: list, 
     runner.run(provision_command(rootfs))
 
 
-def build_raw(cfg: Config, *, workdir: Path, runner: Runner, artifacts: list, payload: Path) -> BaseResult:
+def build_raw(cfg: Config, *, workdir: Path, runner: Runner, artifacts: list, payload: Path,
+              use_cache: bool = True) -> BaseResult:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     rootfs = workdir / "rootfs"
     debs = check_artifact_kinds(artifacts)
     root_uuid = str(uuidlib.uuid4())
-    with runner.step(f"debian: bootstrap {cfg.debian.suite} rootfs (mmdebstrap)"):
-        bootstrap_rootfs(cfg, rootfs, debs, workdir, runner)
+    with runner.step(f"debian: bootstrap {cfg.debian.suite} rootfs (mmdebstrap, or the base-tree cache)"):
+        bootstrap_rootfs(cfg, rootfs, debs, workdir, runner, use_cache=use_cache)
     with runner.step("debian: configure rootfs (payload, artifacts; chroot: ca-appliance provision --base debian)"):
         configure_rootfs(cfg, rootfs, payload, artifacts, root_uuid, runner)
         packages = installed_packages(rootfs, runner)

@@ -39,7 +39,8 @@ FEDORA_UNITS = {"sshd.service": "multi-user.target", "chronyd.service": "multi-u
 DEBIAN_UNITS = {"ssh.service": "multi-user.target", "chrony.service": "multi-user.target",
                 "NetworkManager.service": "multi-user.target", "firewalld.service": "multi-user.target",
                 "open-vm-tools.service": "multi-user.target", "serial-getty@.service": "getty.target",
-                "apt-daily.timer": "timers.target", "apt-daily-upgrade.timer": "timers.target"}
+                "apt-daily.timer": "timers.target", "apt-daily-upgrade.timer": "timers.target",
+                "e2scrub_reap.service": "multi-user.target"}   # e2fsprogs': masked by provision
 # a kernel lacking one of the wanted drivers: provision names it and leaves it out
 KERNEL_MODULES = [d for d in provision.INITRAMFS_DRIVERS if d != "sym53c8xx"]
 
@@ -230,6 +231,7 @@ def test_debian_layout_root_provisions_with_sudo_and_initramfs_tools_recorded(tm
                  "step-ca.service", "ca-appliance-growroot.service", "ca-appliance-ssh-hostkeys.service",
                  "apt-daily.timer", "apt-daily-upgrade.timer"):
         assert is_enabled(root, unit) == "enabled", unit
+    assert is_enabled(root, "e2scrub_reap.service") == "masked"
     assert record.read_text().splitlines() == ["update-initramfs -u -k all"]   # no restorecon: no SELinux
     hook = root / "etc/initramfs-tools/hooks/ca-appliance-drivers"
     assert os.stat(hook).st_mode & 0o777 == 0o755

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from . import backup, banner, cajson, clientpage, database, jose, pki, replace, system
+from . import backup, banner, cajson, clientpage, database, jose, pki, replace, system, timing
 from .errors import StepFailed, UserError
 from .staging import checkpoint, fsync_dir, make_dir, write_file
 
@@ -192,13 +192,15 @@ def setup(answers, source, layout, *, use_system=True, force=False, root_key_out
     root_passphrase = None if keep_root_key else generate_password()
 
     print("Generating root and intermediate certificates...", file=out, flush=True)
-    material = pki.create_ca(
-        ca["name"], password, key_type=ca["key_type"], root_years=ca["root_years"],
-        intermediate_years=ca["intermediate_years"], permitted_dns=ca["name_constraints"]["dns"],
-        permitted_ip=ca["name_constraints"]["ip"], ssh=ca["ssh"], root_password=root_passphrase)
-    provisioner_key = ec.generate_private_key(ec.SECP256R1())
-    config = cajson.ca_json(ca, layout, material.root_cert_pem, jose.public_jwk(provisioner_key),
-                            jose.encrypted_private_jwk(provisioner_key, password))
+    with timing.timed("generate CA keys and certificates"):
+        material = pki.create_ca(
+            ca["name"], password, key_type=ca["key_type"], root_years=ca["root_years"],
+            intermediate_years=ca["intermediate_years"], permitted_dns=ca["name_constraints"]["dns"],
+            permitted_ip=ca["name_constraints"]["ip"], ssh=ca["ssh"], root_password=root_passphrase)
+    with timing.timed("provisioner key (PBKDF2)"):
+        provisioner_key = ec.generate_private_key(ec.SECP256R1())
+        config = cajson.ca_json(ca, layout, material.root_cert_pem, jose.public_jwk(provisioner_key),
+                                jose.encrypted_private_jwk(provisioner_key, password))
     defaults = cajson.defaults_json(ca, layout, material.root_fingerprint)
     state = _state(answers, source, ca, material)
     checkpoint("generated")

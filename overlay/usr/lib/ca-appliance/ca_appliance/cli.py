@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import answers, apply, backup, database, join, provision, renew, replace, status, upgrade, watch
+from . import answers, apply, backup, database, join, provision, renew, replace, status, timing, upgrade, watch
 from .errors import ApplianceError, UserError
 from .layout import Layout
 
@@ -196,7 +196,9 @@ def cmd_setup(args):
             request["passphrase"] = getpass.getpass("Passphrase of this backup: ")
         validated, out = {"restore": request}, sys.stdout
     else:
-        validated, source, out = gather_answers(args)
+        timing.log_startup()
+        with timing.timed("answers"):   # a wizard's waiting for a person is in it
+            validated, source, out = gather_answers(args)
     request = validated.pop("restore", None)
     if request is not None:
         try:
@@ -213,8 +215,9 @@ def cmd_setup(args):
         join.join(layout, archive, answers=validated, use_system=not args.no_system, out=out,
                   passphrase=validated["join"].get("passphrase"))
         return
-    apply.setup(validated, source, layout, use_system=not args.no_system, force=args.force,
-                root_key_out=args.root_key_out, out=out)
+    with timing.timed("setup total"):
+        apply.setup(validated, source, layout, use_system=not args.no_system, force=args.force,
+                    root_key_out=args.root_key_out, out=out)
 
 
 def cmd_status(args):

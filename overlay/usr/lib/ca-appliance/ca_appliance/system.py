@@ -4,14 +4,17 @@ trust store, service. `--no-system` skips every one of them; the files they woul
 """
 import os
 import pwd
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
+from . import timing, truststore
 from .errors import StepFailed
 from .layout import SERVICE, STEP_USER
 
 NM_CONNECTION = "ca-appliance"
+FIREWALLD_SERVICE_FILE = Path("/etc/firewalld/services/step-ca.xml")   # Layout.firewalld_service without prefix
 TRUST_ANCHORS = {
     # tool that rebuilds the bundle: where it reads extra anchors from
     "update-ca-trust": Path("/etc/pki/ca-trust/source/anchors/ca-appliance-root.crt"),
@@ -22,7 +25,8 @@ TRUST_ANCHORS = {
 def run(step, argv, check=True):
     """Run a command; a non-zero exit is StepFailed naming the step and the command's own words."""
     try:
-        result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        with timing.timed(step):   # one journal line per command: the first boot's profile
+            result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     except FileNotFoundError:
         raise StepFailed(step, f"{argv[0]} is not installed") from None
     if check and result.returncode != 0:
@@ -122,16 +126,43 @@ def configure_network(network):
     run("configure network", ["nmcli", "connection", "up", NM_CONNECTION])
 
 
-def open_firewall():
+def service_ports(info_text):
+    """{'443/tcp', ...} from `firewall-cmd --info-service` output."""
+    for line in info_text.splitlines():
+        key, _, value = line.strip().partition(":")
+        if key == "ports":
+            return set(value.split())
+    return set()
+
+
+def written_service_ports(path):
+    """{'443/tcp', ...} from a firewalld service XML; None when it cannot be read."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return None
+    ports = set()
+    for element in re.findall(r"<port\b[^>]*>", text):
+        attrs = dict(re.findall(r'(\w+)="([^"]*)"', element))
+        if "port" in attrs and "protocol" in attrs:
+            ports.add(f"{attrs['port']}/{attrs['protocol']}")
+    return ports
+
+
+def open_firewall(firewalld_service_file=FIREWALLD_SERVICE_FILE):
     """Open the CA port through the step-ca firewalld service (apply wrote it with the right port)."""
     if shutil.which("firewall-cmd") is None:
         return "firewalld is not installed: open the CA port yourself"
     services = ["--add-service=step-ca", *firewall_page_services()]
-    if run("open firewall", ["firewall-cmd", "--state"], check=False).returncode != 0:
+    info = run("open firewall", ["firewall-cmd", "--info-service=step-ca"], check=False)
+    if info.returncode != 0 and run("open firewall", ["firewall-cmd", "--state"], check=False).returncode != 0:
         # firewall-cmd needs the daemon, even for --permanent; the offline tool edits the files
         run("open firewall", ["firewall-offline-cmd", *services])
         return "firewalld is not running: step-ca added to its configuration for its next start"
-    run("open firewall", ["firewall-cmd", "--reload"])
+    # A reload re-applies the whole rule set (the slowest firewall step on a first boot); it is only
+    # needed when the running firewalld knows another definition of the service than the one written.
+    if info.returncode != 0 or service_ports(info.stdout) != written_service_ports(firewalld_service_file):
+        run("open firewall", ["firewall-cmd", "--reload"])
     run("open firewall", ["firewall-cmd", "--permanent", *services])
     run("open firewall", ["firewall-cmd", *services])
     return None
@@ -148,8 +179,13 @@ def install_trust_anchor(root_cert_path):
     for tool, anchor in TRUST_ANCHORS.items():
         if shutil.which(tool):
             anchor.parent.mkdir(parents=True, exist_ok=True)
+            replacing = anchor.exists()
             shutil.copyfile(root_cert_path, anchor)
             os.chmod(anchor, 0o644)
+            if tool == "update-ca-certificates" and not replacing:
+                with timing.timed("install root in trust store"):
+                    if truststore.add_new_anchor(anchor):   # one certificate, not a rebuild of all
+                        return anchor
             run("install root in trust store", [tool] if tool == "update-ca-certificates" else [tool, "extract"])
             return anchor
     raise StepFailed("install root in trust store", "neither update-ca-trust nor update-ca-certificates is installed")
@@ -168,8 +204,10 @@ def stop_service():
 
 
 def start_service(restart=False):
-    run("start step-ca", ["systemctl", "daemon-reload"])
-    run("start step-ca", ["systemctl", "enable", SERVICE])
+    # enable reloads systemd itself, and only when the unit is not enabled yet (the image enables it):
+    # each reload re-reads every unit, seconds on an emulated first boot
+    if run("start step-ca", ["systemctl", "is-enabled", SERVICE], check=False).stdout.strip() != "enabled":
+        run("start step-ca", ["systemctl", "enable", SERVICE])
     try:
         run("start step-ca", ["systemctl", "restart" if restart else "start", SERVICE])
     except StepFailed as error:
