@@ -184,9 +184,8 @@ def build_appliance(cfg: Config, formats=None, verbose: bool = False, *, sign_ke
             runner.say(f"warning: TEST IMAGE: {assessment.reason}")
         with runner.step("payload: overlay and generated files"):
             payload = write_payload_tarball(cfg, workdir / "payload.tar.gz", artifacts)
-        cache_option = {"use_cache": use_cache} if getattr(base, "SUPPORTS_BASE_CACHE", False) else {}
         result = base.build_raw(cfg, workdir=workdir / "base", runner=runner, artifacts=artifacts,
-                                payload=payload, **cache_option)
+                                payload=payload, use_cache=use_cache)
         written: dict[str, Path] = {}
         for fmt in sorted(formats, key=lambda f: f == "raw"):   # raw last: it is moved, not copied
             target = staging / f"{stem}.{fmt}"   # each format's name is its file extension

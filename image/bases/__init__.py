@@ -34,8 +34,10 @@ class Base(Protocol):
     def check_host(self) -> None:
         """What REQUIRED_TOOLS cannot express; called before any work (UserError naming the fix)."""
 
-    def build_raw(self, cfg, *, workdir: Path, runner, artifacts: list, payload: Path) -> BaseResult:
-        """Install the base, lay the payload, provision, and write workdir's bootable raw disk."""
+    def build_raw(self, cfg, *, workdir: Path, runner, artifacts: list, payload: Path,
+                  use_cache: bool = True) -> BaseResult:
+        """Install the base, lay the payload, provision, and write workdir's bootable raw disk;
+        use_cache=False rebuilds whatever the base caches between builds (`invoke build --no-cache`)."""
 
 
 def get_base(name: str) -> Base:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from image.bases import BaseResult
 from image.cache import TreeCache, cache_dir, cache_key, digest_files
-from image.config import Config
+from image.config import PROJECT_ROOT, Config
 from image.disk import create_disk, install_grub, make_ext4_from_dir, remove_tree
 from image.errors import StepFailed, UserError
 from image.files import sha256_file
@@ -49,7 +49,8 @@ GRUB_EFI_MODULES = Path("/usr/lib/grub/x86_64-efi")   # and the UEFI ones (grub-
 FILES_DIR = Path(__file__).resolve().parent / "debian_files"   # base-specific files laid into the rootfs
 ROOT_LABEL = "root"
 SLIM_DIR = Path(__file__).resolve().parent / "debian_slim"   # build-time only, not laid into the rootfs
-DRIVER_HOOK = FILES_DIR / "etc/initramfs-tools/hooks/ca-appliance-drivers"
+# the import targets' drivers: the guest's provision puts them in the initramfs; slimming must keep them
+DRIVER_LIST = PROJECT_ROOT / "overlay/usr/lib/ca-appliance/initramfs-drivers.txt"
 # modules the slimming must never take away, beside those the driver hook names
 REQUIRED_MODULES = ("ext4", "sym53c8xx", "hv_storvsc", "hv_netvsc", "vmwgfx", "virtio_gpu", "bochs", "usbhid")
 
@@ -151,12 +152,9 @@ def slim_rules() -> dict[str, str]:
 
 
 def required_modules() -> list[str]:
-    """The driver hook's manual_add_modules names (the import targets' drivers) and REQUIRED_MODULES."""
-    text = DRIVER_HOOK.read_text() if DRIVER_HOOK.exists() else ""
-    names = []
-    for match in re.finditer(r"manual_add_modules((?:[ \t]+[\w-]+|[ \t]*\\\n)+)", text):
-        names += match.group(1).replace("\\", " ").split()
-    return sorted(set(names) | set(REQUIRED_MODULES))
+    """The import targets' drivers (DRIVER_LIST, as provision reads it) and REQUIRED_MODULES."""
+    lines = (line.split("#", 1)[0].strip() for line in DRIVER_LIST.read_text().splitlines())
+    return sorted({line for line in lines if line} | set(REQUIRED_MODULES))
 
 
 def check_required_modules(rootfs: Path) -> None:
@@ -330,7 +328,6 @@ def release_name(cfg: Config, rootfs: Path) -> str:
 
 # The base's own files that go in while bootstrapping (essential hooks, before the initramfs is built)
 BOOTSTRAP_FILES = ("etc/initramfs-tools", "etc/modprobe.d")
-SUPPORTS_BASE_CACHE = True
 
 
 def base_tree_inputs(cfg: Config, debs: list[Path], mmdebstrap_version: str) -> dict:
@@ -351,6 +348,7 @@ def base_tree_inputs(cfg: Config, debs: list[Path], mmdebstrap_version: str) -> 
             "command": [neutral(a) for a in command],
             "debs": {deb.name: sha256_file(deb) for deb in debs},
             "files": digest_files(FILES_DIR, BOOTSTRAP_FILES),
+            "drivers": sha256_file(DRIVER_LIST),   # slimming keeps these: a new one needs a new tree
             "slim": slim_rules(), "mmdebstrap": mmdebstrap_version}
 
 

@@ -79,17 +79,21 @@ def test_bootstrap_files_and_slimming_rules_are_in_the_key_the_rest_of_the_base_
     base = key_of(cfg_with())
     (files / "etc/default/grub.d/ca-appliance.cfg").write_text("GRUB_TIMEOUT=5\n")   # laid in at configure
     assert key_of(cfg_with()) == base
-    hook = files / "etc/initramfs-tools/hooks/ca-appliance-drivers"
-    hook.write_text(hook.read_text() + "manual_add_modules nvme\n")
+    conf = files / "etc/initramfs-tools/conf.d/ca-appliance-fstype"   # synced in before the kernel
+    conf.write_text(conf.read_text() + "# changed\n")
     changed_hook = key_of(cfg_with())
     assert changed_hook != base
-    os.chmod(hook, 0o644)   # a hook that lost its executable bit is not run: a different tree
+    os.chmod(conf, 0o755)   # a mode is part of the tree too
     assert key_of(cfg_with()) != changed_hook
+    drivers = tmp_path / "initramfs-drivers.txt"   # the drivers slimming must keep
+    drivers.write_text(debian.DRIVER_LIST.read_text() + "nvme\n")
+    monkeypatch.setattr(debian, "DRIVER_LIST", drivers)
+    assert key_of(cfg_with()) not in (base, changed_hook)
     (slim / "modules-to-drop.txt").write_text("sound\n")
     assert key_of(cfg_with()) not in (base, changed_hook)
 
 
-def test_the_driver_hooks_modules_are_required_after_slimming():
+def test_the_import_targets_drivers_are_required_after_slimming():
     assert {"mptspi", "mptsas", "vmw_pvscsi", "vmxnet3", "ahci", "e1000", "virtio_blk", "ext4",
             "sym53c8xx"} <= set(debian.required_modules())
 

@@ -47,4 +47,6 @@ def test_reload_only_when_the_running_definition_differs(fake_firewalld, tmp_pat
     assert system.open_firewall(xml) is None
     calls = fake_firewalld.read_text().splitlines()
     assert ("--reload" in calls) is reload
-    assert calls[-2:] == ["--permanent --add-service=step-ca", "--add-service=step-ca"]
+    # the client page's service too (build.json's client_page defaults to on)
+    assert calls[-2:] == ["--permanent --add-service=step-ca --add-service=ca-appliance-page",
+                          "--add-service=step-ca --add-service=ca-appliance-page"]

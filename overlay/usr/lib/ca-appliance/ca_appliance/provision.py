@@ -37,13 +37,16 @@ UNIT_DIRS = ("etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system
 # Storage and network drivers of every import target, in the initramfs on both bases: QEMU/KVM
 # (virtio), VMware (LSI Logic SPI/SAS, PVSCSI, BusLogic-era sym53c8xx, e1000/e1000e, vmxnet3),
 # VirtualBox and most others (AHCI, PIIX IDE), Hyper-V (storvsc, netvsc), and a MegaRAID SAS HBA.
-INITRAMFS_DRIVERS = (
-    "virtio_blk", "virtio_scsi", "virtio_net", "virtio_pci",
-    "ahci", "ata_piix", "e1000", "e1000e", "vmw_pvscsi", "vmxnet3",
-    "mptspi", "mptsas", "mptscsih", "sym53c8xx", "megaraid_sas",
-    "hv_storvsc", "hv_netvsc",
-    "sd_mod", "sr_mod",
-)
+# One list for both bases and for the build's slimming check (a data file the host reads too).
+DRIVER_LIST = Path(__file__).resolve().parent.parent / "initramfs-drivers.txt"
+
+
+def _read_driver_list(path=DRIVER_LIST):
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return tuple(line for line in lines if line)
+
+
+INITRAMFS_DRIVERS = _read_driver_list()
 
 
 @dataclass(frozen=True)
