@@ -9,11 +9,12 @@ INVOKE := $(VENV)/bin/invoke
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 HOST_PACKAGES := $(shell sed -e 's/\#.*//' host-packages.txt | xargs)
 
-.PHONY: build test lint host-deps clean help
+.PHONY: build test check lint host-deps clean help
 
 help:
 	@echo "make build   build the default appliance (invoke build --format qcow2)"
 	@echo "make test    run the whole test suite (builds and boots the Debian appliance)"
+	@echo "make check   the quick loop: unit tests that neither build nor boot (under a minute)"
 	@echo "make lint    ruff, and shellcheck on the shell laid into the image"
 	@echo "make clean   remove build/ and dist/ (the download cache stays)"
 
@@ -43,6 +44,10 @@ build: host-deps $(VENV)/.installed
 test: host-deps $(VENV)/.installed
 	$(INVOKE) step-ca-from-source
 	$(VENV)/bin/pytest
+
+# The inner loop while editing: no image build, no VM, no daemon (tests/unit, not marked slow).
+check: $(VENV)/.installed
+	$(VENV)/bin/pytest -q -m "not slow" tests/unit
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
