@@ -277,6 +277,17 @@ def mark_complete(layout):
     layout.baked_answers.unlink(missing_ok=True)
 
 
+def serve_restored_ca(layout, out):
+    """After a restore or a join without the admin's answers: open the firewall, trust the root,
+    (re)start step-ca and refresh the consoles."""
+    note = system.open_firewall()
+    if note:
+        print(f"note: {note}", file=out)
+    system.install_trust_anchor(layout.root_cert)
+    system.start_service(restart=True)
+    system.refresh_console_issue()
+
+
 def _system_steps(saved, layout, restart, out):
     system.restore_selinux_labels(layout.steppath, layout.data_dir, layout.state_dir, layout.firewalld_service,
                                   layout.issue_file, layout.sshd_dropin)

@@ -14,7 +14,7 @@ import sys
 
 from cryptography.x509.oid import NameOID
 
-from . import apply, backup, banner, cajson, database, pki, system
+from . import apply, backup, banner, cajson, database, pki
 from .errors import UserError
 from .staging import write_file
 
@@ -76,12 +76,7 @@ def join(layout, archive, *, answers=None, address=None, use_system=True, out=sy
         if answers is not None:
             apply._system_steps(answers, layout, restart=True, out=out)
         else:
-            note = system.open_firewall()
-            if note:
-                print(f"note: {note}", file=out)
-            system.install_trust_anchor(layout.root_cert)
-            system.start_service(restart=True)
-            system.refresh_console_issue()
+            apply.serve_restored_ca(layout, out)
     apply.mark_complete(layout)   # last: the first-boot unit is done once this exists
     print(f"This appliance is now a node of the CA with root fingerprint {fingerprint}.\n"
           f"  CA URL:    {cajson.ca_url(ca)}\n"

@@ -142,12 +142,7 @@ def restore_at_first_boot(layout, archive, *, passphrase=None, answers=None, use
             note = system.install_admin_keys(answers["admin"]["user"], answers["admin"]["ssh_authorized_keys"])
             if note:
                 print(f"note: {note}", file=out)
-        note = system.open_firewall()
-        if note:
-            print(f"note: {note}", file=out)
-        system.install_trust_anchor(layout.root_cert)
-        system.start_service(restart=True)
-        system.refresh_console_issue()
+        apply.serve_restored_ca(layout, out)
     apply.mark_complete(layout)   # last: the first-boot unit is done once this exists
     directory = cajson.acme_directory_url({"address": config["address"], "dns_names": config["dnsNames"]})
     print(f"\nRestored the CA from {archive}.\n  Root fingerprint:  {fingerprint}\n  ACME directory:    {directory}",
