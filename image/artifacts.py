@@ -10,19 +10,13 @@ is always a whole one; it is re-checked against the cached checksums.txt before 
 """
 from __future__ import annotations
 
-import hashlib
-import http.client
-import os
 import sys
-import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from image.cache import cache_dir
 from image.config import ConfigError
+from image.download import download_verified
 from image.errors import StepFailed, UserError
 from image.files import sha256_file
 
@@ -30,9 +24,6 @@ PACKAGE_KIND = {"fedora": "rpm", "debian": "deb"}
 CHECKSUMS_ASSET = "checksums.txt"
 # smallstep's goreleaser/nfpm packages carry package release 1 (packageRelease in .goreleaser.yml).
 PACKAGE_RELEASE = "1"
-USER_AGENT = "ca-appliance-builder"
-DOWNLOAD_TIMEOUT_S = 60
-CHUNK = 256 * 1024
 
 # what to do without the network, per artifact: the error for an unreachable release says it
 OFFLINE_HINT = {
@@ -199,99 +190,13 @@ def parse_checksums(text: str) -> dict[str, str]:
 
 def download(url: str, target: Path, *, step: str, key: str, version: str,
              expected_sha256: str | None, progress: bool, out) -> str:
-    """Download url to target and return its sha256. The bytes go to a .part file first and only
-    a whole file with the expected digest is moved into place: a failure leaves nothing behind."""
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    fd, part = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            digest, received, length = _stream(request, f, url=url, step=step, key=key,
-                                               version=version, label=target.name,
-                                               progress=progress, out=out)
-        if length is not None and received != length:
-            raise StepFailed(step, f"download of {url} was cut short: got {received} of {length} bytes")
-        if expected_sha256 is not None and digest != expected_sha256:
-            raise StepFailed(step, f"{target.name} from {url} does not match the release's {CHECKSUMS_ASSET}: "
-                                   f"expected sha256 {expected_sha256}, got {digest} (the file was deleted)")
-        os.replace(part, target)
-    except BaseException:
-        Path(part).unlink(missing_ok=True)
-        raise
-    return digest
-
-
-def _stream(request, f, *, url, step, key, version, label, progress, out):
-    host = urlsplit(url).netloc or url
+    """A release asset to target (image.download: whole and verified, or nothing); returns its sha256."""
     version_key = f"artifacts.{key}.version"
-    try:
-        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            length = response.headers.get("Content-Length")
-            expected = int(length) if length and length.isdigit() else None
-            bar = ProgressBar(label, expected, out) if progress else None
-            h = hashlib.sha256()
-            received = 0
-            while chunk := response.read(CHUNK):
-                f.write(chunk)
-                h.update(chunk)
-                received += len(chunk)
-                if bar:
-                    bar.update(received)
-            if bar:
-                bar.done(received)
-            return h.hexdigest(), received, expected
-    except urllib.error.HTTPError as e:
-        if e.code == 404:
-            raise UserError(f"config error: {version_key}: {version!r}: {url} does not exist (HTTP 404); "
-                            f"check {version_key} (and the release url next to it)") from None
-        raise StepFailed(step, f"{url}: HTTP {e.code} {e.reason}") from None
-    except urllib.error.URLError as e:
-        if isinstance(e.reason, FileNotFoundError):  # file:// mirrors
-            raise UserError(f"config error: {version_key}: {version!r}: {url} does not exist; "
-                            f"check {version_key} (and the release url next to it)") from None
-        raise StepFailed(step, f"cannot reach {host} ({_reason(e.reason)}); {OFFLINE_HINT[key]}") from None
-    except (OSError, http.client.HTTPException) as e:  # reset, timed out or cut off mid-body
-        raise StepFailed(step, f"download of {url} failed: {_reason(e)}") from None
 
+    def missing(http_404: bool) -> UserError:
+        return UserError(f"config error: {version_key}: {version!r}: {url} does not exist"
+                         f"{' (HTTP 404)' if http_404 else ''}; check {version_key} (and the release url next to it)")
 
-def _reason(reason) -> str:
-    if isinstance(reason, OSError) and reason.strerror:
-        return reason.strerror
-    return str(reason) or type(reason).__name__
-
-
-
-class ProgressBar:
-    """Percentage and MB on one updating line on a terminal; a line per quarter otherwise (logs)."""
-
-    def __init__(self, label: str, total: int | None, out):
-        self.label, self.total, self.out = label, total, out
-        self.tty = hasattr(out, "isatty") and out.isatty()
-        self.shown = -1
-
-    def _line(self, received: int) -> str:
-        mb = received / 1e6
-        if self.total:
-            return f"{self.label} {100 * received // self.total:3d}% {mb:.1f}/{self.total / 1e6:.1f} MB"
-        return f"{self.label} {mb:.1f} MB"
-
-    def update(self, received: int) -> None:
-        # a terminal redraws on every whole percent; a log gets a line per quarter (or per 10 MB untold)
-        if self.tty:
-            step = 100 * received // self.total if self.total else received // 100_000
-        else:
-            step = 4 * received // self.total if self.total else received // 10_000_000
-        if step == self.shown:
-            return
-        self.shown = step
-        if self.tty:
-            self.out.write("\r" + self._line(received))
-            self.out.flush()
-        elif not self.total or step < 4:
-            print(self._line(received), file=self.out, flush=True)
-
-    def done(self, received: int) -> None:
-        if self.tty:
-            self.out.write("\r" + self._line(received) + "\n")
-        else:
-            print(self._line(received), file=self.out)
-        self.out.flush()
+    return download_verified(url, target, step=step, expected_sha256=expected_sha256,
+                             digest_source=f"the release's {CHECKSUMS_ASSET}", missing=missing,
+                             unreachable_hint=OFFLINE_HINT[key], progress=progress, out=out)

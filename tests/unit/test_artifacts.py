@@ -12,13 +12,13 @@ import pytest
 from image.artifacts import (
     RPM_LEAD_MAGIC,
     Artifact,
-    ProgressBar,
     detect_kind,
     fetch_artifacts,
     parse_checksums,
     release_asset_name,
 )
 from image.config import load_config
+from image.download import ProgressBar
 from image.errors import UserError
 
 HOST_ELF = Path("/usr/bin/true")

@@ -15,17 +15,13 @@ from __future__ import annotations
 import configparser
 import contextlib
 import functools
-import hashlib
 import http.server
-import os
 import re
 import shlex
 import subprocess
 import tarfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -45,6 +41,7 @@ from image.bases.fedora.kickstart import (
 )
 from image.cache import cache_dir
 from image.config import Config
+from image.download import download_verified
 from image.errors import StepFailed, UserError
 from image.files import sha256_file
 from image.runner import Runner, stop_process, tail
@@ -65,7 +62,6 @@ QEMU_HOST_ADDRESS = "10.0.2.2"      # the host as QEMU's user-mode network shows
 # A whole Server install: minutes with KVM, hours under TCG emulation.
 INSTALL_TIMEOUT_S = {"kvm": 90 * 60, "tcg": 8 * 3600}
 FATAL_GRACE_S = 30                   # after a fatal console line, let the logs flush, then stop
-DOWNLOAD_TIMEOUT_S = 60
 
 
 # --- the installer's kernel and initrd, verified against the tree's .treeinfo
@@ -90,38 +86,18 @@ def parse_treeinfo(text: str, source: str = ".treeinfo") -> dict[str, tuple[str,
 
 
 def _fetch(url: str, target: Path, *, expected_sha256: str | None = None) -> str:
-    """Download url to target (whole and verified, or not at all); returns its sha256."""
-    host = urlsplit(url).netloc or url
-    part = target.with_name(target.name + ".part")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    try:
-        request = urllib.request.Request(url, headers={"User-Agent": "ca-appliance-builder"})
-        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response, open(part, "wb") as f:
-            while chunk := response.read(1 << 20):
-                f.write(chunk)
-                digest.update(chunk)
-    except urllib.error.HTTPError as e:
-        part.unlink(missing_ok=True)
-        if e.code == 404:
-            raise UserError(f"config error: fedora.release/fedora.mirror: {url} does not exist (HTTP 404); "
-                            f"the mirror needs releases/<release>/Server/x86_64/os/") from None
-        raise StepFailed("fetch installer", f"{url}: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, OSError) as e:
-        part.unlink(missing_ok=True)
-        reason = getattr(e, "reason", None) or e
-        if isinstance(reason, FileNotFoundError):
-            raise UserError(f"config error: fedora.mirror: {url} does not exist") from None
-        raise StepFailed("fetch installer", f"cannot reach {host} ({reason}); the fedora base installs from "
-                                            f"fedora.mirror over the network: point it at a reachable mirror or "
-                                            f"a local copy (file:///path), or build with base debian") from None
-    actual = digest.hexdigest()
-    if expected_sha256 is not None and actual != expected_sha256:
-        part.unlink(missing_ok=True)
-        raise StepFailed("fetch installer", f"{url} does not match the tree's .treeinfo: expected sha256 "
-                                            f"{expected_sha256}, got {actual} (the file was deleted)")
-    os.replace(part, target)
-    return actual
+    """An installer file to target (image.download: whole and verified, or nothing); returns its sha256."""
+    def missing(http_404: bool) -> UserError:
+        if http_404:
+            return UserError(f"config error: fedora.release/fedora.mirror: {url} does not exist (HTTP 404); "
+                             f"the mirror needs releases/<release>/Server/x86_64/os/")
+        return UserError(f"config error: fedora.mirror: {url} does not exist")
+
+    return download_verified(url, target, step="fetch installer", expected_sha256=expected_sha256,
+                             digest_source="the tree's .treeinfo", missing=missing,
+                             unreachable_hint="the fedora base installs from fedora.mirror over the network: point "
+                                              "it at a reachable mirror or a local copy (file:///path), or build "
+                                              "with base debian")
 
 
 
