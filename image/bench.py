@@ -29,6 +29,7 @@ import yaml
 
 from image.config import PROJECT_ROOT, load_config
 from image.errors import StepFailed, UserError
+from image.runner import checked_output, stop_process
 
 BENCH_DIR = PROJECT_ROOT / "build" / "bench"
 GUEST_CLI = PROJECT_ROOT / "overlay" / "usr" / "bin" / "ca-appliance"
@@ -232,8 +233,8 @@ def native_step_ca(step_ca: Path, answers: dict, workdir: Path):
     answers_file = workdir / "native-answers.yaml"
     answers_file.write_text(yaml.safe_dump(answers))
     python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else "python3"
-    subprocess.run([python, str(GUEST_CLI), "setup", "--prefix", str(prefix), "--no-system",
-                    "--answers", str(answers_file)], check=True, capture_output=True)
+    checked_output("native step-ca: setup", [python, str(GUEST_CLI), "setup", "--prefix", str(prefix), "--no-system",
+                                            "--answers", str(answers_file)])
     log = open(workdir / "native-step-ca.log", "w")
     proc = subprocess.Popen([str(step_ca), "--password-file", str(prefix / "etc/step-ca/password.txt"),
                              str(prefix / "etc/step-ca/config/ca.json")], stdout=log, stderr=subprocess.STDOUT)
@@ -246,12 +247,7 @@ def native_step_ca(step_ca: Path, answers: dict, workdir: Path):
         wait_for_url(f"{url}/health", 60, alive=alive)
         yield url, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, grace=20)
         log.close()
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from image.errors import StepFailed
-from image.runner import Runner
+from image.runner import Runner, checked_output
 
 SECTOR = 512
 MIB = 1 << 20
@@ -267,7 +267,7 @@ def create_disk(path: Path, size_bytes: int, runner: Runner) -> Layout:
 
 def read_partitions(path: Path) -> list[Partition]:
     """The partitions of a raw disk image, as byte ranges with their types (from `sfdisk --json`)."""
-    out = subprocess.run(["sfdisk", "--json", str(path)], capture_output=True, text=True, check=True).stdout
+    out = checked_output("read partitions", ["sfdisk", "--json", str(path)])
     table = json.loads(out)["partitiontable"]
     unit = table.get("sectorsize", SECTOR)
     return [Partition(p["start"] * unit, p["size"] * unit, str(p.get("type", "")).upper())

@@ -9,7 +9,6 @@ and removes its files on exit, unless `keep` asks to leave both for a person to 
 from __future__ import annotations
 
 import base64
-import contextlib
 import logging
 import os
 import shlex
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from image.errors import StepFailed, UserError
-from image.runner import tail
+from image.runner import checked_output, stop_process, tail
 
 # SMBIOS strings are fine for a few KiB; bigger credentials go through fw_cfg instead.
 SMBIOS_CREDENTIAL_MAX = 4096
@@ -203,8 +202,8 @@ class VM:
             raise UserError(f"--image: {str(self.image)!r} does not exist (give a built .qcow2)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         fmt = image_format(self.image)
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(self.image), "-F", fmt,
-                        str(self.spec.disk)], check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        checked_output("copy-on-write overlay", ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(self.image),
+                                                 "-F", fmt, str(self.spec.disk)])
         if self.spec.uefi_vars is not None:
             shutil.copyfile(OVMF_VARS, self.spec.uefi_vars)
         if self.spec.credentials:
@@ -250,14 +249,7 @@ class VM:
         """Stop QEMU now (SIGKILL: as if the power was cut) and wait for it to be gone."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, grace=30, sig=sig)
         self.proc = None
 
     def close(self) -> None:

@@ -32,6 +32,20 @@ def tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def checked_output(step: str, cmd: Sequence[str], **kwargs) -> str:
+    """A short command outside a build log (a query, a tool run once): its stdout, or StepFailed
+    naming the step, the command and the end of what it said (never a CalledProcessError traceback)."""
+    try:
+        proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kwargs)
+    except FileNotFoundError:
+        raise StepFailed(step, f"{cmd[0]} is not installed") from None
+    if proc.returncode != 0:
+        said = " ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        raise StepFailed(step, f"{shlex.join(str(c) for c in cmd)} exited {proc.returncode}"
+                               + (f": {said}" if said else ""))
+    return proc.stdout
+
+
 def stop_process(proc: subprocess.Popen | None, grace: float = 15.0, sig: int = signal.SIGTERM) -> None:
     """Stop a child we started: `sig` (SIGTERM: a clean stop; SIGKILL: a power cut), up to `grace`
     seconds to exit, then SIGKILL; always reaped, so no zombie and no port or lock left held."""

@@ -45,3 +45,16 @@ def test_a_reader_that_goes_away_ends_a_task_quietly(tmp_path):
     result = subprocess.run(f"{INVOKE} render --out {tmp_path}/r | true",
                             shell=True, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+
+
+def test_a_short_command_that_fails_is_a_failed_step_with_what_it_said(tmp_path):
+    from image.errors import StepFailed
+    from image.runner import checked_output
+    with pytest.raises(StepFailed) as caught:
+        checked_output("read partitions", ["sfdisk", "--json", str(tmp_path / "no-such-disk.raw")])
+    message = str(caught.value)
+    assert "read partitions" in message and "sfdisk --json" in message and "exited" in message
+    assert "no-such-disk.raw" in message and "\n" not in message
+    with pytest.raises(StepFailed, match="not-a-tool is not installed"):
+        checked_output("probe", ["not-a-tool"])
+    assert checked_output("echo", ["echo", "fine"]) == "fine\n"
