@@ -56,9 +56,20 @@ def smbios_credential(name: str, data: bytes) -> str:
     return f"type=11,value=io.systemd.credential.binary:{name}={base64.b64encode(data).decode()}"
 
 
-def _opt(value: str | os.PathLike) -> str:
-    """A value inside a QEMU -opt list: commas are doubled."""
+def qemu_opt(value: str | os.PathLike) -> str:
+    """A value inside a QEMU -opt list (-drive file=..., -chardev path=...): commas are doubled."""
     return str(value).replace(",", ",,")
+
+
+
+def machine_args(name: str, machine: str, accel: str, cpus: int, memory_mb: int) -> list[str]:
+    """The start of every QEMU command line here (the Fedora installer's and verify's): the machine,
+    the accelerator (the host's CPU under KVM, every emulated feature under TCG), no display."""
+    if accel not in ("kvm", "tcg"):
+        raise ValueError(f"accel must be kvm or tcg, not {accel!r}")
+    return ["qemu-system-x86_64", "-name", name, "-machine", machine, "-accel", accel,
+            "-cpu", "host" if accel == "kvm" else "max", "-smp", str(cpus), "-m", str(memory_mb),
+            "-display", "none", "-monitor", "none"]
 
 
 @dataclass(frozen=True)
@@ -90,8 +101,8 @@ def disk_args(hardware: Hardware, disk: Path) -> list[str]:
     """The boot disk on the hardware's controller (writeback honours the guest's flushes, so a
     SIGKILL loses no synced data)."""
     if hardware.disk == "virtio":
-        return ["-drive", f"file={_opt(disk)},format=qcow2,if=virtio,cache=writeback"]
-    drive = f"file={_opt(disk)},format=qcow2,cache=writeback"
+        return ["-drive", f"file={qemu_opt(disk)},format=qcow2,if=virtio,cache=writeback"]
+    drive = f"file={qemu_opt(disk)},format=qcow2,cache=writeback"
     if hardware.disk not in DISK_CONTROLLERS:
         raise ValueError(f"disk controller must be virtio or one of {sorted(DISK_CONTROLLERS)}, "
                          f"not {hardware.disk!r}")
@@ -120,32 +131,24 @@ class QemuSpec:
 
 
 def qemu_command(spec: QemuSpec) -> list[str]:
-    if spec.accel not in ("kvm", "tcg"):
-        raise ValueError(f"accel must be kvm or tcg, not {spec.accel!r}")
     netdev = ["user", "id=net0"]
     netdev += [f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in spec.hostfwds.items()]
-    netdev += [f"guestfwd=tcp:{ip}:{port}-cmd:{_opt(cmd)}" for (ip, port), cmd in spec.guestfwds.items()]
+    netdev += [f"guestfwd=tcp:{ip}:{port}-cmd:{qemu_opt(cmd)}" for (ip, port), cmd in spec.guestfwds.items()]
     cmd = [
-        "qemu-system-x86_64",
-        "-name", "ca-appliance-verify",
-        "-machine", spec.hardware.machine,
-        "-accel", spec.accel,
-        "-cpu", "host" if spec.accel == "kvm" else "max",
-        "-smp", str(spec.cpus),
-        "-m", str(spec.memory_mb),
-        "-display", "none", "-monitor", "none", "-parallel", "none",
+        *machine_args("ca-appliance-verify", spec.hardware.machine, spec.accel, spec.cpus, spec.memory_mb),
+        "-parallel", "none",
         "-pidfile", str(spec.pidfile),
         *disk_args(spec.hardware, spec.disk),
         "-netdev", ",".join(netdev),
         "-device", f"{spec.hardware.nic},netdev=net0",
         "-device", "virtio-rng-pci",  # first boot generates keys: don't let it starve for entropy
-        "-chardev", f"socket,id=serial0,path={_opt(spec.serial_socket)},server=on,wait=off,"
-                    f"logfile={_opt(spec.serial_log)},logappend=on",
+        "-chardev", f"socket,id=serial0,path={qemu_opt(spec.serial_socket)},server=on,wait=off,"
+                    f"logfile={qemu_opt(spec.serial_log)},logappend=on",
         "-serial", "chardev:serial0",
     ]
     if spec.uefi_vars is not None:
-        cmd += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={_opt(OVMF_CODE)}",
-                "-drive", f"if=pflash,format=raw,unit=1,file={_opt(spec.uefi_vars)}"]
+        cmd += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={qemu_opt(OVMF_CODE)}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={qemu_opt(spec.uefi_vars)}"]
     for name, data in spec.credentials.items():
         if len(smbios_credential(name, data)) <= SMBIOS_CREDENTIAL_MAX:
             cmd += ["-smbios", smbios_credential(name, data)]
@@ -153,7 +156,7 @@ def qemu_command(spec: QemuSpec) -> list[str]:
             if spec.credential_dir is None:
                 raise ValueError(f"credential {name} is too big for SMBIOS and no credential_dir is set")
             path = spec.credential_dir / name
-            cmd += ["-fw_cfg", f"name=opt/io.systemd.credentials/{name},file={_opt(path)}"]
+            cmd += ["-fw_cfg", f"name=opt/io.systemd.credentials/{name},file={qemu_opt(path)}"]
     return cmd
 
 

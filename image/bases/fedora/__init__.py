@@ -44,6 +44,7 @@ from image.config import Config
 from image.download import download_verified
 from image.errors import StepFailed, UserError
 from image.files import sha256_file
+from image.qemu import machine_args, qemu_opt
 from image.runner import Runner, stop_process, tail
 
 REQUIRED_TOOLS = {"qemu-system-x86_64": ("qemu-system-x86", "qemu-system-x86"),
@@ -154,10 +155,6 @@ def guest_visible_mirror(mirror: str) -> Iterator[str]:
 # --- the QEMU command line (a pure function: tests compare it whole)
 
 
-def _qemu_value(path) -> str:
-    """A path inside a QEMU -drive/-chardev option: a comma is written twice."""
-    return str(path).replace(",", ",,")
-
 
 def anaconda_kernel_args(tree: str) -> str:
     return " ".join([
@@ -173,30 +170,23 @@ def anaconda_qemu_command(cfg: Config, *, kernel: Path, initrd: Path, iso: Path,
                           installer_log: Path, result_log: Path, accel: str, tree: str) -> list[str]:
     """QEMU running Anaconda from the tree's pxeboot kernel onto the raw disk, OEMDRV as a CD."""
     return [
-        "qemu-system-x86_64",
-        "-name", "ca-appliance-anaconda",
-        "-machine", "q35",
-        "-accel", accel,
-        "-cpu", "host" if accel == "kvm" else "max",
-        "-smp", str(cfg.image.cpus),
-        "-m", str(max(cfg.image.memory_mb, ANACONDA_MIN_MEMORY_MB)),
-        "-display", "none",
-        "-monitor", "none",
+        *machine_args("ca-appliance-anaconda", "q35", accel, cfg.image.cpus,
+                      max(cfg.image.memory_mb, ANACONDA_MIN_MEMORY_MB)),
         "-serial", f"file:{serial_log}",
         "-no-reboot",
         "-kernel", str(kernel),
         "-initrd", str(initrd),
         "-append", anaconda_kernel_args(tree),
-        "-drive", f"file={_qemu_value(disk)},format=raw,if=virtio,cache=unsafe",
-        "-drive", f"file={_qemu_value(iso)},format=raw,media=cdrom,readonly=on",
+        "-drive", f"file={qemu_opt(disk)},format=raw,if=virtio,cache=unsafe",
+        "-drive", f"file={qemu_opt(iso)},format=raw,media=cdrom,readonly=on",
         "-netdev", "user,id=net0",
         "-device", "virtio-net-pci,netdev=net0",
         "-object", "rng-random,id=rng0,filename=/dev/urandom",
         "-device", "virtio-rng-pci,rng=rng0",
         "-device", "virtio-serial-pci",
-        "-chardev", f"file,id=anaconda-log,path={_qemu_value(installer_log)}",
+        "-chardev", f"file,id=anaconda-log,path={qemu_opt(installer_log)}",
         "-device", f"virtserialport,chardev=anaconda-log,name={ANACONDA_LOG_PORT}",
-        "-chardev", f"file,id=install-result,path={_qemu_value(result_log)}",
+        "-chardev", f"file,id=install-result,path={qemu_opt(result_log)}",
         "-device", f"virtserialport,chardev=install-result,name={RESULT_PORT}",
     ]
 
