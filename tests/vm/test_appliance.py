@@ -93,11 +93,12 @@ def firewall_open_ports(host) -> set[str]:
     return ports
 
 
-def test_firewall_allows_only_ssh_and_the_ca(host, target):
+def test_firewall_allows_only_ssh_the_ca_and_the_client_page(host, target):
     allowed = {"22/tcp", f"{target.guest_ca_port}/tcp"}
-    open_ports = firewall_open_ports(host)
-    assert allowed <= open_ports
-    assert open_ports - allowed <= {"80/tcp"}, f"also open: {sorted(open_ports - allowed)}"
+    build = json.loads(host.file("/usr/lib/ca-appliance/build.json").content_string)
+    if build.get("client_page", True):   # page.enabled: the onboarding page on port 80, and only then
+        allowed.add("80/tcp")
+    assert firewall_open_ports(host) == allowed
 
 
 @pytest.mark.parametrize("name, owner", [("root_ca_key", "root"), ("intermediate_ca_key", "step")])
