@@ -42,8 +42,8 @@ def assert_nothing_left(tmp_path: Path, dist: Path, stem: str):
 
 
 def test_a_step_failing_with_the_disk_attached_and_mounted_cleans_up(tmp_path, monkeypatch):
-    """grub-install really fails (asked for a module that does not exist) while the whole-disk and
-    partition loop devices are attached and the root file system is mounted."""
+    """grub-install really fails (asked for a module that does not exist) while the whole-disk, ESP
+    and root partition loop devices are attached and the root file system is mounted."""
     cfg = small_config()
     stem = output_stem(cfg)
     dist = tmp_path / "dist"
@@ -61,7 +61,7 @@ def test_a_step_failing_with_the_disk_attached_and_mounted_cleans_up(tmp_path, m
     out = io.StringIO()
     with pytest.raises(StepFailed) as failure:
         build_appliance(cfg, dist_dir=dist, build_dir=tmp_path / "build", out=out)
-    assert len(attached) == 1 and len(attached[0][0]) == 2, attached   # disk + partition loops were up
+    assert len(attached) == 1 and len(attached[0][0]) == 3, attached   # disk, ESP and root loops were up
     log = Path(failure.value.log)
     assert log.is_file() and "no_such_grub_module" in log.read_text()
     assert "grub-install" in str(failure.value) and str(log) in str(failure.value)
@@ -81,7 +81,9 @@ def test_ctrl_c_during_the_bootstrap_cleans_up_the_chroot(tmp_path):
         "from pathlib import Path\n"
         "from image.build import build_appliance\n"
         "from test_build_failure import small_config\n"
-        f"build_appliance(small_config(), dist_dir=Path({str(dist)!r}), build_dir=Path({str(tmp_path / 'build')!r}))\n"
+        # use_cache=False: the bootstrap must really run (a cached base tree would skip mmdebstrap)
+        f"build_appliance(small_config(), dist_dir=Path({str(dist)!r}), build_dir=Path({str(tmp_path / 'build')!r}),"
+        " use_cache=False)\n"
     )
     env = dict(os.environ, PYTHONPATH=f"{PROJECT_ROOT}/tests/image:{PROJECT_ROOT}/tests:{PROJECT_ROOT}")
     out_file = tmp_path / "build-output.txt"
