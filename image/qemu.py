@@ -130,6 +130,18 @@ class QemuSpec:
     hardware: Hardware = HARDWARE["libvirt"]          # machine, disk controller and NIC
 
 
+def loggable(cmd: list[str]) -> list[str]:
+    """The command line as it may be logged: a credential's value (answers may hold the CA password)
+    is replaced by its size, never written to a log."""
+    shown = []
+    for arg in cmd:
+        if arg.startswith("type=11,value=io.systemd.credential"):
+            head, _, data = arg.rpartition("=")
+            arg = f"{head}=<{len(data)} base64 characters, not logged>"
+        shown.append(arg)
+    return shown
+
+
 def qemu_command(spec: QemuSpec) -> list[str]:
     netdev = ["user", "id=net0"]
     netdev += [f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in spec.hostfwds.items()]
@@ -223,7 +235,7 @@ class VM:
         self.spec.serial_socket.unlink(missing_ok=True)
         cmd = qemu_command(self.spec)
         with open(self.qemu_log, "a") as log:
-            log.write(f"$ {shlex.join(cmd)}\n")
+            log.write(f"$ {shlex.join(loggable(cmd))}\n")
             log.flush()
             try:
                 # its own session: a Ctrl-C in the terminal reaches us, and we stop QEMU ourselves

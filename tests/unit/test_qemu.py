@@ -197,3 +197,12 @@ def test_a_qemu_that_cannot_start_fails_the_step_with_its_log(tmp_path):
     assert "qemu exited with status 1" in str(failure.value)
     assert "appliance.qcow2" in str(failure.value)
     assert not vm.is_running()
+
+
+def test_the_logged_command_line_never_holds_the_answers(tmp_path):
+    from image.qemu import loggable, smbios_credential
+    secret = b"ca: {password: correct-horse-battery-staple}\n"
+    cmd = ["qemu-system-x86_64", "-smbios", smbios_credential("ca-appliance.answers", secret), "-m", "4096"]
+    shown = " ".join(loggable(cmd))
+    assert base64.b64encode(secret).decode() not in shown and "correct-horse" not in shown
+    assert "io.systemd.credential.binary:ca-appliance.answers=<" in shown and "-m 4096" in shown
