@@ -287,12 +287,13 @@ class VM:
     # ---- talking to the guest
 
     def console(self, timeout: float = 60, logfile=None):
-        """A pexpect session on the serial console (closing it leaves QEMU logging on its own)."""
+        """A pexpect session on the serial console (closing it leaves QEMU logging on its own). The log
+        gets what the console shows, never what is typed: a typed password is not echoed, so not logged."""
         from pexpect import fdpexpect
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(str(self.spec.serial_socket))
         session = fdpexpect.fdspawn(sock, timeout=timeout, encoding="utf-8", codec_errors="replace",
-                                    logfile=logfile)
+                                    logfile_read=logfile)
         session._verify_socket = sock  # keep the socket alive as long as the session
         return session
 
