@@ -154,12 +154,20 @@ class Target:
 
 # What the guest's setup prints on the console right after the CA is committed (apply.setup).
 COMMITTED_LINE = "The CA's files are in place; system steps next"
+KERNEL_BANNER = "Linux version"   # the guest's kernel started (console=ttyS0 on both bases)
 
 
 def cut_first_boot(target: Target, say=print) -> None:
     """Power cut (SIGKILL QEMU) during first-boot setup, right after the CA's files are committed and
     before its system steps are done; then boot the same disk again. The first-boot unit must run
     again (no completion marker yet) and finish; tests/vm then check the CA as after any first boot."""
+    booted_by = time.monotonic() + target.ssh_timeout
+    while KERNEL_BANNER not in target.vm.serial_log.read_text(errors="replace"):
+        target.vm.check_alive("first boot (waiting for the kernel)")
+        if time.monotonic() > booted_by:   # nothing booted: no cut; the SSH wait reports it as ever
+            say("no kernel on the console: the power cut during setup is skipped")
+            return
+        time.sleep(0.5)
     deadline = time.monotonic() + target.ssh_timeout + target.ready_timeout
     while COMMITTED_LINE not in target.vm.serial_log.read_text(errors="replace"):
         target.vm.check_alive("first boot (waiting for setup to commit)")
