@@ -10,11 +10,14 @@ serial log, the journal and step-ca's log are kept under build/verify-logs/<time
 from __future__ import annotations
 
 import datetime
+import http.client
 import re
 import secrets
 import shutil
+import ssl
 import sys
 import time
+import urllib.request
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,7 +129,25 @@ class Target:
             state = out.read().decode().strip()
         finally:
             client.close()
+        # systemd calls step-ca started when it is exec'd; it answers once it has opened its keys
+        if self.answers_ca(deadline=start + self.ssh_timeout + self.ready_timeout):
+            state += ", CA answering"
         self.boot_times[label] = (ssh_at, time.monotonic() - start, state)
+
+    def answers_ca(self, deadline: float) -> bool:
+        """Whether step-ca's /health answers through the forwarded CA port before `deadline`."""
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE   # only: does it answer?
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{self.vm.ports['ca']}/health", timeout=5,
+                                            context=context) as response:
+                    if response.status == 200:
+                        return True
+            except (OSError, http.client.HTTPException):
+                pass
+            time.sleep(1)
+        return False
 
     def reboot(self) -> None:
         """A clean reboot from inside the guest; returns when it is up again."""
