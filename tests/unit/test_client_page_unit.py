@@ -4,11 +4,11 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+from helpers.units import directives
 
 from image.config import ConfigError, load_config
 from image.payload import build_info, write_payload_tarball
@@ -19,21 +19,7 @@ SOCKET = UNITS / "ca-appliance-page.socket"
 SERVICE = UNITS / "ca-appliance-page.service"
 FIREWALL = OVERLAY / "usr/lib/firewalld/services/ca-appliance-page.xml"
 MAX_EXPOSURE = 2.0
-sys.path.insert(0, str(OVERLAY / "usr/lib/ca-appliance"))
 
-
-def directives(path):
-    result, section = {}, None
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("["):
-            section = line.strip("[]")
-            continue
-        key, _, value = line.partition("=")
-        result.setdefault((section, key), []).append(value)
-    return result
 
 
 def test_the_socket_owns_port_80_and_is_what_gets_enabled():

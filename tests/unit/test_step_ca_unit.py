@@ -5,6 +5,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers.units import directives as unit_directives
 
 OVERLAY = Path(__file__).resolve().parents[2] / "overlay"
 UNIT = OVERLAY / "etc/systemd/system/step-ca.service"
@@ -12,18 +13,7 @@ MAX_EXPOSURE = 2.0
 
 
 def directives():
-    """Every `Key=value` of the unit as {(section, key): [values]} (keys repeat in systemd units)."""
-    result, section = {}, None
-    for line in UNIT.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("["):
-            section = line.strip("[]")
-            continue
-        key, _, value = line.partition("=")
-        result.setdefault((section, key), []).append(value)
-    return result
+    return unit_directives(UNIT)
 
 
 def test_runs_as_step_with_the_password_from_a_file():
