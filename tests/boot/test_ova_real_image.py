@@ -57,6 +57,10 @@ def test_virt_v2v_converts_the_real_ova_for_libvirt(real_ova, tmp_path):
     dest = tmp_path / "converted"
     dest.mkdir()
     env = {**os.environ, "LIBGUESTFS_BACKEND": "direct"}
+    if choose_accel("auto").accel == "tcg" and not os.environ.get("CA_TEST_V2V_UNDER_TCG"):
+        pytest.skip("virt-v2v -o local boots libguestfs' own appliance; under TCG (KVM does not work here) its "
+                    "guest inspection alone ran over 9 minutes in a trial on this 2-core host, beyond make test's "
+                    "budget: CA_TEST_V2V_UNDER_TCG=1 runs it anyway (with KVM it always runs)")
     if choose_accel("auto").accel == "tcg":
         # libguestfs tries KVM first; where /dev/kvm exists but its guests hang (this CI host), its
         # appliance would wait forever: make it emulate, as every other VM here does
