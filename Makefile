@@ -52,7 +52,7 @@ check: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	@# shell laid into the image as-is; the kickstart's %post templates are rendered and checked by tests/unit/test_kickstart.py
-	shellcheck $$(grep -rlE '^#!/(usr/)?bin/(env )?(ba)?sh' overlay kickstart image/bases)
+	shellcheck $$(grep -rlIE --exclude-dir=__pycache__ '^#!/(usr/)?bin/(env )?(ba)?sh' overlay kickstart image/bases)
 
 clean: $(VENV)/.installed
 	$(INVOKE) clean
