@@ -292,8 +292,8 @@ class VM:
         from pexpect import fdpexpect
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(str(self.spec.serial_socket))
-        session = fdpexpect.fdspawn(sock, timeout=timeout, encoding="utf-8", codec_errors="replace",
-                                    logfile_read=logfile)
+        session = fdpexpect.fdspawn(sock, timeout=timeout, encoding="utf-8", codec_errors="replace")
+        session.logfile_read = logfile  # an attribute: fdspawn() takes no logfile_read argument
         session._verify_socket = sock  # keep the socket alive as long as the session
         return session
 

@@ -206,3 +206,36 @@ def test_the_logged_command_line_never_holds_the_answers(tmp_path):
     shown = " ".join(loggable(cmd))
     assert base64.b64encode(secret).decode() not in shown and "correct-horse" not in shown
     assert "io.systemd.credential.binary:ca-appliance.answers=<" in shown and "-m 4096" in shown
+
+
+def test_the_console_logs_what_the_guest_shows_never_what_is_typed(tmp_path):
+    """vm.console() on a real UNIX socket standing where QEMU's serial chardev listens: the session
+    reads the guest's output into the log, and a typed secret reaches the guest but not the log."""
+    import io
+    import threading
+    vm = VM(tmp_path / "img.qcow2", tmp_path / "vm", cpus=1, memory_mb=1024, accel="tcg")
+    vm.spec.serial_socket.parent.mkdir(parents=True, exist_ok=True)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(vm.spec.serial_socket))
+    server.listen(1)
+    typed = []
+
+    def guest():
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"CA password: ")
+            typed.append(conn.recv(100))
+            conn.sendall(b"\r\nYour CA is ready.\r\n")
+
+    thread = threading.Thread(target=guest, daemon=True)
+    thread.start()
+    log = io.StringIO()
+    session = vm.console(timeout=10, logfile=log)
+    session.expect("CA password: ")
+    session.sendline("s3cret-typed")
+    session.expect("Your CA is ready.")
+    thread.join(10)
+    server.close()
+    assert typed and b"s3cret-typed" in typed[0]
+    assert "Your CA is ready." in log.getvalue() and "CA password: " in log.getvalue()
+    assert "s3cret-typed" not in log.getvalue()
