@@ -16,7 +16,6 @@ import re
 import shutil
 import ssl
 import subprocess
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -24,9 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/: image_fixture
-from image_fixture import PROJECT_ROOT, ensure_debian_test_image  # noqa: E402
+from image_fixture import PROJECT_ROOT
 
 from image.qemu import HARDWARE, VM, resolve_accel  # noqa: E402
 from image.verify import CREDENTIAL_NAME, default_answers, ensure_admin_key  # noqa: E402
@@ -277,22 +274,15 @@ def first_boot_with_qemu(image: Path, answers: Path) -> FirstBoot:
 
 
 @pytest.fixture(scope="session")
-def debian_boot_image() -> Path:
-    if os.geteuid() != 0:
-        pytest.skip("building the Debian image needs root (mmdebstrap, loop devices)")
-    return ensure_debian_test_image()
-
-
-@pytest.fixture(scope="session")
-def first_boot(debian_boot_image, request) -> FirstBoot:
+def first_boot(debian_image, request) -> FirstBoot:
     """The test image's first boot with answers (PKI created), done once for the whole matrix."""
     WORK.mkdir(parents=True, exist_ok=True)
     _, answers = boot_answers(WORK)
     if libvirt_missing() is None:
         lib = request.getfixturevalue("libvirt")
-        boot = first_boot_with_libvirt(lib, debian_boot_image, answers)
+        boot = first_boot_with_libvirt(lib, debian_image, answers)
     else:
-        boot = first_boot_with_qemu(debian_boot_image, answers)
+        boot = first_boot_with_qemu(debian_image, answers)
     record_boot("libvirt q35 virtio-blk virtio-net", f"first boot via {boot.how}, PKI created, CA up",
                 boot.seconds)
     return boot

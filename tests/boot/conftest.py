@@ -1,7 +1,6 @@
 """Fixtures of the boot matrix: they live in boot_helpers.py (see there)."""
 from boot_helpers import (  # noqa: F401
     boot_work_cleanup,
-    debian_boot_image,
     first_boot,
     libvirt,
     pytest_terminal_summary,

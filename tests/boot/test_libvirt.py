@@ -54,9 +54,9 @@ def test_readme_import_with_sysinfo_answers_comes_up_unattended(first_boot):
 
 
 @pytest.mark.slow
-def test_readme_import_without_answers_shows_the_wizard_on_the_serial_console(libvirt, debian_boot_image):
+def test_readme_import_without_answers_shows_the_wizard_on_the_serial_console(libvirt, debian_image):
     name = f"ca-boot-wizard-{os.getpid()}"
-    disk = overlay(debian_boot_image, WORK / "wizard.qcow2")
+    disk = overlay(debian_image, WORK / "wizard.qcow2")
     log = WORK / "wizard-serial.log"
     log.unlink(missing_ok=True)
     start = time.monotonic()

@@ -24,12 +24,10 @@ def run(*cmd, **kw):
 
 
 @pytest.fixture(scope="module")
-def real_ova(tmp_path_factory):
+def real_ova(debian_image, tmp_path_factory):
     """The Debian appliance image itself as an OVA (the image is built once by tests/image_fixture.py,
     ~minutes; the export adds a streamOptimized compression pass over the used blocks)."""
-    from image_fixture import ensure_debian_test_image
-
-    image = Path(ensure_debian_test_image())
+    image = Path(debian_image)
     cfg = load_config(overrides={"image": {"base": "debian"}})
     work = tmp_path_factory.mktemp("real-ova")
     out = ova.write_ova(cfg, image, work / "dist" / "appliance.ova", Runner(work / "ova.log"))

@@ -14,13 +14,6 @@ INVOKE = Path(sys.executable).parent / "invoke"
 RUN_TIMEOUT = 1800  # per verify run; generous for TCG on a busy 2-core machine
 
 
-@pytest.fixture(scope="module")
-def debian_image():
-    sys.path.insert(0, str(PROJECT_ROOT / "tests"))
-    from image_fixture import ensure_debian_test_image
-    return ensure_debian_test_image()
-
-
 def run_verify(image, *extra):
     return subprocess.run([str(INVOKE), "verify", "--image", str(image), "--accel", "tcg", *extra],
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT,

@@ -6,19 +6,10 @@ qcow2 converted to a sparse raw file in a temp dir, a read-only loop device over
 `mount -o ro,noload` (noload: not even the journal is replayed).
 """
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from image_fixture import ensure_debian_test_image  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def debian_image() -> Path:
-    if os.geteuid() != 0:
-        pytest.skip("building the Debian image needs root (mmdebstrap, loop devices)")
-    return ensure_debian_test_image()
 
 
 @pytest.fixture(scope="session")

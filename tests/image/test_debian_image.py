@@ -63,8 +63,6 @@ def test_unit_is_enabled(image_root, unit):
 
 def test_the_build_provisioned_the_rootfs_with_the_guest_program(debian_image):
     """The Debian build runs the same `ca-appliance provision` the Fedora kickstart's %post runs."""
-    import sys
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from image_fixture import latest_build_log
     log = latest_build_log(debian_image)
     if log is None:

@@ -12,12 +12,12 @@ import urllib.request
 from pathlib import Path
 
 import yaml
+from helpers.wizard import CLI as CA_APPLIANCE
+from helpers.wizard import GUEST_PYTHON
 
 from image.runner import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
-CA_APPLIANCE = REPO / "overlay/usr/bin/ca-appliance"
-GUEST_PYTHON = "/usr/bin/python3"
 PASSWORD = "integration-test-password-0123456789"
 HEALTH_TIMEOUT = 60
 

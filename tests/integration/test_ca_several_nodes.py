@@ -17,6 +17,7 @@ from ca_helpers import CA, answers_for, free_port, openssl_verify, run_cli
 from cluster_helpers import MariaDB, RoundRobinProxy, mariadb_missing
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from helpers.wizard import answer, bake, finish, start_setup, walk
 
 VENV_BIN = Path(sys.executable).parent
 DB_PASSWORD = "db-Secret-0f-the-test-42"
@@ -314,28 +315,17 @@ def test_join_refuses_a_backup_of_a_badger_ca_and_an_unreachable_database(tmp_pa
 
 
 def test_wizard_after_a_bad_unattended_database_falls_back_to_badger_without_showing_the_password(tmp_path):
-    from test_wizard import answer, finish, start_setup
-
     prefix = tmp_path / "root"
-    baked = prefix / "etc/ca-appliance/answers.yaml"
-    baked.parent.mkdir(parents=True)
-    baked.write_text(yaml.safe_dump({"hostname": "baked.lab.example", "ca": {
+    bake(prefix, {"hostname": "baked.lab.example", "ca": {
         "name": "Baked CA", "provisioner": "ops@lab.example",
-        "database": {"type": "mysql", "dsn": f"stepca:{DB_PASSWORD}@db.lab.example", "database": DB_NAME}}}))
+        "database": {"type": "mysql", "dsn": f"stepca:{DB_PASSWORD}@db.lab.example", "database": DB_NAME}}})
     child = start_setup(prefix)
     child.logfile_read = seen = io.StringIO()  # everything the console showed
     child.expect_exact("The unattended answers could not be used:")
     child.expect_exact("ca.database.dsn:")
     child.expect_exact("is not a MySQL DSN")
-    answer(child, "Host name of this appliance (fully qualified) [baked.lab.example]: ", "")
-    answer(child, "Network: dhcp or static? [dhcp]: ", "")
-    answer(child, "name your new PKI? (e.g. Lab CA) [Baked CA]: ", "")
-    answer(child, "(comma-separated) [", "baked.lab.example")
-    answer(child, "listen at? (e.g. :443) [:443]: ", "")
-    answer(child, "first provisioner? (an email) [ops@lab.example]: ", "")
-    answer(child, "Generate a random one (shown once, at the end)? [Y/n]: ", "")
-    answer(child, "sign SSH host and user certificates? [Y/n]: ", "")
-    answer(child, "Admin's SSH public key ('none' for console login only) [none]: ", "")
+    walk(child, {"dns_names": "baked.lab.example"},
+         shown={"hostname": "baked.lab.example", "name": "Baked CA", "provisioner": "ops@lab.example"})
     child.expect_exact("Using the default for ca.database")
     child.expect_exact("Database:")
     child.expect_exact("badger (embedded")

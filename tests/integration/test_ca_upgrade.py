@@ -7,7 +7,6 @@ had registered an ACME account; fixtures/backup-format1-acme-account.json is tha
 """
 import base64
 import json
-import os
 import shutil
 import ssl
 import tarfile
@@ -19,7 +18,8 @@ import jwcrypto.jwk
 import jwcrypto.jws
 import pexpect
 import yaml
-from ca_helpers import CA, CA_APPLIANCE, GUEST_PYTHON, PASSWORD, free_port, openssl_verify, run_cli
+from ca_helpers import CA, PASSWORD, free_port, openssl_verify, run_cli
+from helpers.wizard import start_setup
 from test_ca_provisioners import sign
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -120,10 +120,7 @@ def test_the_wizard_offers_a_backup_it_finds(tmp_path):
     backups = prefix / "var/backups/ca-appliance"
     backups.mkdir(parents=True)
     shutil.copy(FORMAT1, backups / "ca-appliance-from-n.tar.gz")
-    env = {key: value for key, value in os.environ.items() if key != "CREDENTIALS_DIRECTORY"}
-    env["TERM"] = "dumb"
-    child = pexpect.spawn(GUEST_PYTHON, [str(CA_APPLIANCE), "setup", "--prefix", str(prefix), "--no-system"],
-                          env=env, encoding="utf-8", timeout=60, dimensions=(50, 200))
+    child = start_setup(prefix, timeout=60)
     child.expect_exact("Backups of a CA were found")
     child.expect_exact("ca-appliance-from-n.tar.gz")
     child.expect_exact("Restore which backup (1-1), or Enter for a new CA? [new]")
@@ -143,10 +140,7 @@ def test_the_wizard_still_creates_a_new_ca_when_the_offer_is_declined(tmp_path):
     backups = prefix / "var/backups/ca-appliance"
     backups.mkdir(parents=True)
     shutil.copy(FORMAT1, backups / "old.tar.gz")
-    env = {key: value for key, value in os.environ.items() if key != "CREDENTIALS_DIRECTORY"}
-    env["TERM"] = "dumb"
-    child = pexpect.spawn(GUEST_PYTHON, [str(CA_APPLIANCE), "setup", "--prefix", str(prefix), "--no-system"],
-                          env=env, encoding="utf-8", timeout=60, dimensions=(50, 200))
+    child = start_setup(prefix, timeout=60)
     child.expect_exact("Enter for a new CA? [new]")
     child.sendline("")
     child.expect_exact("Host name of this appliance")  # the wizard's first question: a new CA after all

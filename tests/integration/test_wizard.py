@@ -5,51 +5,26 @@ person at the console would, and checks what lands under DIR.
 """
 
 import json
-import os
 from pathlib import Path
 
 import pexpect
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-CLI = ROOT / "overlay/usr/bin/ca-appliance"
-GUEST_PYTHON = "/usr/bin/python3"  # the oldest target's interpreter (Debian 12), with apt's modules
-
-pytestmark = pytest.mark.skipif(
-    not Path(GUEST_PYTHON).exists(), reason=f"{GUEST_PYTHON} (Debian's python3 with python3-yaml) runs the guest CLI"
+from helpers.wizard import (
+    GUEST_PYTHON,
+    NEEDS_GUEST_PYTHON,
+    QUESTIONS,
+    answer,
+    bake,
+    files_under,
+    finish,
+    start_setup,
+    walk,
 )
+
+pytestmark = pytest.mark.skipif(not Path(GUEST_PYTHON).exists(), reason=NEEDS_GUEST_PYTHON)
 
 ED25519_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF2pOt2K2QRFWGUOR45v0pfO5z0KpWOzxkTWPjkXuPOl admin@laptop"
 PASSWORD = "a long enough password"
-
-
-def start_setup(prefix):
-    env = {key: value for key, value in os.environ.items() if key != "CREDENTIALS_DIRECTORY"}
-    env["TERM"] = "dumb"
-    child = pexpect.spawn(
-        GUEST_PYTHON,
-        [str(CLI), "setup", "--prefix", str(prefix), "--no-system"],
-        env=env,
-        encoding="utf-8",
-        timeout=20,
-        dimensions=(50, 200),
-    )
-    return child
-
-
-def answer(child, question, reply):
-    child.expect_exact(question)
-    child.sendline(reply)
-
-
-def finish(child):
-    child.expect(pexpect.EOF)
-    child.close()
-    return child.exitstatus
-
-
-def files_under(path):
-    return sorted(str(p.relative_to(path)) for p in Path(path).rglob("*"))
 
 
 def ca_json(prefix):
@@ -97,19 +72,16 @@ def test_bad_answers_are_asked_again_and_start_over_keeps_them_as_defaults(tmp_p
     answer(child, "Apply? [Y/n]: ", "n")
 
     # Start over: every answer given is now the default.
-    answer(child, "Host name of this appliance (fully qualified) [ca.lab.example]: ", "")
-    answer(child, "Network: dhcp or static? [static]: ", "")
+    walk(child, shown={"hostname": "ca.lab.example", "network": "static"}, stop="name")
     answer(child, "IPv4 address with prefix length (e.g. 192.168.70.10/24) [192.168.70.10/24]: ", "")
     answer(child, "Gateway [192.168.70.1]: ", "")
     answer(child, "DNS servers (comma-separated) [192.168.70.1]: ", "")
-    answer(child, "name your new PKI? (e.g. Lab CA) [Lab CA]: ", "")
-    answer(child, "(comma-separated) [ca.lab.example, 192.168.70.10]: ", "")
-    answer(child, "listen at? (e.g. :443) [:8443]: ", "")
-    answer(child, "first provisioner? (an email) [admin@lab.example]: ", "")
-    answer(child, "Generate a random one (shown once, at the end)? [y/N]: ", "")
+    walk(child, start="name", stop="ssh", shown={
+        "name": "Lab CA", "dns_names": "ca.lab.example, 192.168.70.10", "address": ":8443",
+        "provisioner": "admin@lab.example", "generate": "y/N"})
     answer(child, "Password [Enter: keep the one typed before]: ", "")
-    answer(child, "sign SSH host and user certificates? [y/N]: ", "")
-    answer(child, "Admin's SSH public key ('none' for console login only) [ssh-ed25519 ...", "")
+    short_key = f"ssh-ed25519 ...{ED25519_KEY.split()[1][-8:]} admin@laptop"
+    walk(child, start="ssh", shown={"ssh": "y/N", "admin_key": short_key})
     child.expect_exact("Please review:")
     assert files_under(tmp_path) == []  # nothing written before the answer to "Apply?"
     answer(child, "Apply? [Y/n]: ", "y")
@@ -127,15 +99,9 @@ def test_bad_answers_are_asked_again_and_start_over_keeps_them_as_defaults(tmp_p
 def test_generated_password_is_shown_once_after_setup(tmp_path):
     prefix = tmp_path / "root"
     child = start_setup(prefix)
-    answer(child, "Host name of this appliance (fully qualified) [", "pki.lab.example")
-    answer(child, "Network: dhcp or static? [dhcp]: ", "")
-    answer(child, "name your new PKI? (e.g. Lab CA) [Private CA]: ", "")
-    answer(child, "(comma-separated) [", "pki.lab.example")
-    answer(child, "listen at? (e.g. :443) [:443]: ", "")
-    answer(child, "first provisioner? (an email) [admin@ca.internal]: ", "")
-    answer(child, "Generate a random one (shown once, at the end)? [Y/n]: ", "")
-    answer(child, "sign SSH host and user certificates? [Y/n]: ", "")
-    answer(child, "Admin's SSH public key ('none' for console login only) [none]: ", "")
+    walk(child, {"hostname": "pki.lab.example", "dns_names": "pki.lab.example"},
+         shown={"network": "dhcp", "name": "Private CA", "address": ":443", "provisioner": "admin@ca.internal",
+                "generate": "Y/n", "ssh": "Y/n", "admin_key": "none"})
     child.expect_exact("generated, shown once when setup is done")
     answer(child, "Apply? [Y/n]: ", "")
     child.expect(pexpect.EOF)
@@ -150,24 +116,16 @@ def test_generated_password_is_shown_once_after_setup(tmp_path):
 
 def test_bad_unattended_answers_lead_to_the_wizard_and_an_empty_pki_name_is_asked_again(tmp_path):
     prefix = tmp_path / "root"
-    baked = prefix / "etc/ca-appliance/answers.yaml"
-    baked.parent.mkdir(parents=True)
-    baked.write_text("hostname: baked.lab.example\nca: {name: '', provisioner: ops@lab.example, key_type: DSA}\n")
+    bake(prefix, "hostname: baked.lab.example\nca: {name: '', provisioner: ops@lab.example, key_type: DSA}\n")
     child = start_setup(prefix)
     child.expect_exact("The unattended answers could not be used:")
     child.expect_exact("ca.name")
     child.expect_exact("baked")
-    answer(child, "Host name of this appliance (fully qualified) [baked.lab.example]: ", "")
-    answer(child, "Network: dhcp or static? [dhcp]: ", "")
+    walk(child, shown={"hostname": "baked.lab.example", "network": "dhcp"}, stop="name")
     answer(child, "name your new PKI? (e.g. Lab CA): ", "   ")
     child.expect_exact("An answer is needed here.")
     answer(child, "name your new PKI? (e.g. Lab CA): ", "Baked CA")
-    answer(child, "(comma-separated) [", "baked.lab.example")
-    answer(child, "listen at? (e.g. :443) [:443]: ", "")
-    answer(child, "first provisioner? (an email) [ops@lab.example]: ", "")
-    answer(child, "Generate a random one (shown once, at the end)? [Y/n]: ", "")
-    answer(child, "sign SSH host and user certificates? [Y/n]: ", "")
-    answer(child, "Admin's SSH public key ('none' for console login only) [none]: ", "")
+    walk(child, {"dns_names": "baked.lab.example"}, start="dns_names", shown={"provisioner": "ops@lab.example"})
     # key_type is not asked: its bad preset value falls back to the default, and says so.
     child.expect_exact("Using the default for ca.key_type")
     answer(child, "Apply? [Y/n]: ", "")
@@ -178,26 +136,18 @@ def test_bad_unattended_answers_lead_to_the_wizard_and_an_empty_pki_name_is_aske
     assert "baked" in state["answers_source"]
 
 
-@pytest.mark.parametrize("stop_at", ["Host name of this appliance", "Password [", "Apply? [Y/n]: "])
+@pytest.mark.parametrize("stop_at", [QUESTIONS["hostname"], "Password [", "Apply? [Y/n]: "])
 def test_ctrl_c_before_apply_leaves_nothing_under_the_prefix(tmp_path, stop_at):
     prefix = tmp_path / "root"
     prefix.mkdir()
     child = start_setup(prefix)
-    replies = {
-        "Host name of this appliance (fully qualified) [": "ca.lab.example",
-        "Network: dhcp or static? [dhcp]: ": "",
-        "name your new PKI? (e.g. Lab CA) [Private CA]: ": "",
-        "(comma-separated) [": "ca.lab.example",
-        "listen at? (e.g. :443) [:443]: ": "",
-        "first provisioner? (an email) [admin@ca.internal]: ": "",
-        "Generate a random one (shown once, at the end)? [Y/n]: ": "n",
-        "Password [": PASSWORD,
-        "Password again: ": PASSWORD,
-        "sign SSH host and user certificates? [Y/n]: ": "",
-        "Admin's SSH public key ('none' for console login only) [none]: ": "",
-        "Apply? [Y/n]: ": "",
-    }
-    for question, reply in replies.items():
+    replies = [
+        (QUESTIONS["hostname"], "ca.lab.example"), (QUESTIONS["network"], ""), (QUESTIONS["name"], ""),
+        (QUESTIONS["dns_names"], "ca.lab.example"), (QUESTIONS["address"], ""), (QUESTIONS["provisioner"], ""),
+        (QUESTIONS["generate"], "n"), ("Password [", PASSWORD), ("Password again: ", PASSWORD),
+        (QUESTIONS["ssh"], ""), (QUESTIONS["admin_key"], ""), ("Apply? [Y/n]: ", ""),
+    ]
+    for question, reply in replies:
         child.expect_exact(question)
         if question.startswith(stop_at):
             child.sendintr()
@@ -212,8 +162,8 @@ def test_end_of_input_stops_like_ctrl_c(tmp_path):
     prefix = tmp_path / "root"
     prefix.mkdir()
     child = start_setup(prefix)
-    answer(child, "Host name of this appliance (fully qualified) [", "ca.lab.example")
-    child.expect_exact("Network: dhcp or static? [dhcp]: ")
+    walk(child, {"hostname": "ca.lab.example"}, stop="network")
+    child.expect_exact(QUESTIONS["network"])
     child.sendeof()
     child.expect_exact("interrupted; nothing was changed")
     assert finish(child) == 130
@@ -224,22 +174,14 @@ def test_end_of_input_stops_like_ctrl_c(tmp_path):
 def test_enter_at_the_password_prompt_with_a_bad_preset_generates_one_instead_of_failing_at_the_end(tmp_path):
     # Before: Enter returned the bad preset password, and setup exited after all the questions.
     prefix = tmp_path / "root"
-    baked = prefix / "etc/ca-appliance/answers.yaml"
-    baked.parent.mkdir(parents=True)
-    baked.write_text("hostname: baked.lab.example\nca: {password: Hunter2short}\n")
+    bake(prefix, "hostname: baked.lab.example\nca: {password: Hunter2short}\n")
     child = start_setup(prefix)
     child.expect_exact("The unattended answers could not be used:")
-    answer(child, "Host name of this appliance (fully qualified) [baked.lab.example]: ", "")
-    answer(child, "Network: dhcp or static? [dhcp]: ", "")
-    answer(child, "name your new PKI? (e.g. Lab CA) [Private CA]: ", "")
-    answer(child, "(comma-separated) [", "baked.lab.example")
-    answer(child, "listen at? (e.g. :443) [:443]: ", "")
-    answer(child, "first provisioner? (an email) [admin@ca.internal]: ", "")
+    walk(child, {"dns_names": "baked.lab.example"}, shown={"hostname": "baked.lab.example"}, stop="generate")
     child.expect_exact("The password from the unattended answers can't be used: it needs at least 16 characters")
-    answer(child, "Generate a random one (shown once, at the end)? [Y/n]: ", "n")
+    walk(child, {"generate": "n"}, start="generate", stop="ssh")
     answer(child, "Password [Enter: generate one after all]: ", "")
-    answer(child, "sign SSH host and user certificates? [Y/n]: ", "")
-    answer(child, "Admin's SSH public key ('none' for console login only) [none]: ", "")
+    walk(child, start="ssh")
     child.expect_exact("generated, shown once when setup is done")
     answer(child, "Apply? [Y/n]: ", "")
     child.expect_exact("Your CA is ready.")
@@ -254,13 +196,10 @@ def test_enter_at_the_password_prompt_with_a_bad_preset_generates_one_instead_of
 
 def test_escape_sequences_in_a_bad_preset_are_not_sent_to_the_console(tmp_path):
     prefix = tmp_path / "root"
-    baked = prefix / "etc/ca-appliance/answers.yaml"
-    baked.parent.mkdir(parents=True)
-    baked.write_text('hostname: baked.lab.example\nca: {name: "Evil\\e[2J CA"}\n')
+    bake(prefix, 'hostname: baked.lab.example\nca: {name: "Evil\\e[2J CA"}\n')
     child = start_setup(prefix)
     child.expect_exact("The unattended answers could not be used:")
-    answer(child, "Host name of this appliance (fully qualified) [baked.lab.example]: ", "")
-    answer(child, "Network: dhcp or static? [dhcp]: ", "")
+    walk(child, shown={"hostname": "baked.lab.example"}, stop="name")
     child.expect_exact("name your new PKI? (e.g. Lab CA) [Evil\\x1b[2J CA]: ")
     assert "\x1b" not in child.before
     child.sendintr()
@@ -270,23 +209,15 @@ def test_escape_sequences_in_a_bad_preset_are_not_sent_to_the_console(tmp_path):
 
 def test_a_preset_of_the_wrong_shape_is_asked_about_not_a_crash(tmp_path):
     prefix = tmp_path / "root"
-    baked = prefix / "etc/ca-appliance/answers.yaml"
-    baked.parent.mkdir(parents=True)
-    baked.write_text("hostname: baked.lab.example\nca: {dns_names: [1, 2], password: 1234567890123456789}\n")
+    bake(prefix, "hostname: baked.lab.example\nca: {dns_names: [1, 2], password: 1234567890123456789}\n")
     child = start_setup(prefix)
     child.expect_exact("The unattended answers could not be used:")
-    answer(child, "Host name of this appliance (fully qualified) [baked.lab.example]: ", "")
-    answer(child, "Network: dhcp or static? [dhcp]: ", "")
-    answer(child, "name your new PKI? (e.g. Lab CA) [Private CA]: ", "")
-    answer(child, "(comma-separated) [1, 2]: ", "")
+    walk(child, shown={"hostname": "baked.lab.example", "dns_names": "1, 2"}, stop="address")
     child.expect_exact("Not accepted: '1' is neither a DNS name nor an IP address")
-    answer(child, "(comma-separated) [1, 2]: ", "baked.lab.example")
-    answer(child, "listen at? (e.g. :443) [:443]: ", "")
-    answer(child, "first provisioner? (an email) [admin@ca.internal]: ", "")
+    walk(child, {"dns_names": "baked.lab.example"}, start="dns_names", stop="generate")
     child.expect_exact("The password from the unattended answers can't be used: it must be text")
-    answer(child, "Generate a random one (shown once, at the end)? [Y/n]: ", "")
-    answer(child, "sign SSH host and user certificates? [Y/n]: ", "")
-    child.expect_exact("Admin's SSH public key")
+    walk(child, start="generate", stop="admin_key")
+    child.expect_exact(QUESTIONS["admin_key"])
     child.sendintr()
     child.expect_exact("interrupted; nothing was changed")
     assert finish(child) == 130

@@ -11,14 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers.wizard import CLI, GUEST_PYTHON, NEEDS_GUEST_PYTHON, guest_env, walk
 from pexpect import fdpexpect
 
-ROOT = Path(__file__).resolve().parents[2]
-CLI = ROOT / "overlay/usr/bin/ca-appliance"
-GUEST_PYTHON = "/usr/bin/python3"
-
-pytestmark = pytest.mark.skipif(not Path(GUEST_PYTHON).exists(),
-                                reason=f"{GUEST_PYTHON} (Debian's python3 with python3-yaml) runs the guest CLI")
+pytestmark = pytest.mark.skipif(not Path(GUEST_PYTHON).exists(), reason=NEEDS_GUEST_PYTHON)
 
 
 @pytest.fixture
@@ -34,10 +30,9 @@ def consoles():
 
 
 def start_setup(prefix, names):
-    env = {key: value for key, value in os.environ.items() if key != "CREDENTIALS_DIRECTORY"}
     return subprocess.Popen([GUEST_PYTHON, str(CLI), "setup", "--prefix", str(prefix), "--no-system",
                              "--consoles", ",".join(names)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=guest_env())
 
 
 def test_wizard_runs_on_the_console_where_enter_is_pressed(tmp_path, consoles):
@@ -50,24 +45,11 @@ def test_wizard_runs_on_the_console_where_enter_is_pressed(tmp_path, consoles):
             console.expect_exact(f"Press Enter to start the setup wizard on this console ({name})")
         serial.sendline("")
         vga.expect_exact(f"Setup is running on {serial_name}")
-        for question, reply in [
-            ("Host name of this appliance (fully qualified) [", "serial.lab.example"),
-            ("Network: dhcp or static? [dhcp]: ", ""),
-            ("name your new PKI? (e.g. Lab CA) [Private CA]: ", "Serial CA"),
-            ("(comma-separated) [", ""),
-            ("listen at? (e.g. :443) [:443]: ", ""),
-            ("first provisioner? (an email) [admin@ca.internal]: ", ""),
-            ("Generate a random one (shown once, at the end)? [Y/n]: ", "n"),
-        ]:
-            serial.expect_exact(question)
-            serial.sendline(reply)
+        walk(serial, {"hostname": "serial.lab.example", "name": "Serial CA", "generate": "n"}, stop="ssh")
         for prompt in ("password", "again"):
             serial.expect(f"(?i){prompt}[^:]*: ")
             serial.sendline("typed on the serial console")
-        serial.expect(r"\[Y/n\]: ")  # SSH CA
-        serial.sendline("")
-        serial.expect_exact("[none]: ")   # the admin's key
-        serial.sendline("")
+        walk(serial, start="ssh", shown={"admin_key": "none"})
         serial.expect_exact("Apply? [Y/n]: ")
         serial.sendline("")
         serial.expect_exact("Your CA is ready.")

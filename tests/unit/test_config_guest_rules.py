@@ -75,7 +75,6 @@ def test_render_accepts_good_baked_answers_and_bakes_them(tmp_path):
 
 
 def test_the_ova_max_len_of_ca_name_is_the_guests_limit():
-    sys.path.insert(0, str(GUEST_LIB))
     from ca_appliance import answers
 
     from image.config import guest_limits

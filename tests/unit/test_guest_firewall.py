@@ -2,13 +2,9 @@
 than the one setup wrote. firewalld cannot run on the build host, so a recording firewall-cmd
 stands in for the daemon's command line; the decision under test is the appliance's own."""
 import os
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "overlay/usr/lib/ca-appliance"))
-from ca_appliance import system  # noqa: E402
+from ca_appliance import system
 
 SERVICE_XML = ('<?xml version="1.0"?>\n<service>\n  <short>step-ca</short>\n'
                '  <port protocol="tcp" port="{port}"/>\n</service>\n')

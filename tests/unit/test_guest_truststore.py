@@ -4,17 +4,13 @@ import datetime
 import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from ca_appliance import truststore
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "overlay/usr/lib/ca-appliance"))
-from ca_appliance import truststore  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
