@@ -6,12 +6,12 @@ main (image/go/step-ca/main.go) turns it into a working step-ca.
 """
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 from image.cache import cache_dir
-from image.errors import StepFailed, UserError
+from image.errors import UserError
+from image.runner import Runner
 
 MAIN_GO = Path(__file__).parent / "go" / "step-ca" / "main.go"
 GOPATH = Path("/usr/share/gocode")
@@ -35,15 +35,13 @@ def build_step_ca_from_source(force: bool = False, log=print) -> Path:
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     log_path = target.parent / "build.log"
-    env = dict(os.environ, GO111MODULE="off", GOPATH=str(GOPATH), GOFLAGS="",
-               GOCACHE=str(target.parent / "gocache"))
+    log_path.unlink(missing_ok=True)   # the log of this build only
+    runner = Runner(log_path)
+    runner.step_name = "step-ca-from-source"   # a failure names this step, the log's tail and its path
+    env = {"GO111MODULE": "off", "GOPATH": str(GOPATH), "GOFLAGS": "", "GOCACHE": str(target.parent / "gocache")}
     log(f"building step-ca from {COMMANDS_PKG} (about a minute)...")
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / "step-ca"
-        with open(log_path, "w") as logf:
-            rc = subprocess.run(["go", "build", "-o", str(out), str(MAIN_GO)],
-                                env=env, stdout=logf, stderr=subprocess.STDOUT).returncode
-        if rc != 0:
-            raise StepFailed("step-ca-from-source", f"go build exited {rc}", log_path)
+        runner.run(["go", "build", "-o", out, MAIN_GO], env=env)
         os.replace(out, target)  # atomic: a half-built binary never counts as cached
     return target
