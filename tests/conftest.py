@@ -12,3 +12,24 @@ def debian_image() -> Path:
         pytest.skip("building the Debian image needs root (mmdebstrap, loop devices)")
     from image_fixture import ensure_debian_test_image  # only when a test needs the image
     return ensure_debian_test_image()
+
+
+# ---- time per tier: what the README's tier table quotes, measured by every run
+
+_tier_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    """Setup, call and teardown of each test, summed per tier (tests/<tier>/...); a session
+    fixture such as the image build counts in the tier of the first test that needs it."""
+    parts = report.nodeid.split("/")
+    tier = parts[1] if len(parts) > 2 and parts[0] == "tests" else parts[0].split("::")[0]
+    _tier_seconds[tier] = _tier_seconds.get(tier, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _tier_seconds:
+        return
+    terminalreporter.write_sep("-", "time per tier (setup + call + teardown)")
+    for tier, seconds in sorted(_tier_seconds.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"{tier:<14}{seconds / 60:6.1f} min  ({seconds:.0f} s)")
