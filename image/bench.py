@@ -406,14 +406,14 @@ def wait_for_ssh_banner(port: int, timeout: float, alive=lambda: None) -> float:
 
 def plain_image(image: Path, workdir: Path, say) -> Path:
     """A raw copy of `image` with the appliance's units removed: the same base, kernel and disk."""
-    from image.disk import loop_device, mounted, read_partitions
+    from image.disk import loop_device, mounted, root_partition
     from image.runner import Runner
     workdir.mkdir(parents=True, exist_ok=True)
     raw = workdir / "plain.raw"
     runner = Runner(workdir / "plain.log")
     say("==> plain Debian image (the appliance's units removed)")
     runner.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", image, raw])
-    part = read_partitions(raw)[0]
+    part = root_partition(raw)
     with loop_device(raw, runner, offset=part.offset, size=part.size) as dev, \
             mounted(dev, workdir / "mnt", runner) as mnt:
         # os.walk, not rglob: the .wants links are absolute, so dangling on the host

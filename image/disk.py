@@ -274,6 +274,15 @@ def read_partitions(path: Path) -> list[Partition]:
             for p in table.get("partitions", [])]
 
 
+def root_partition(path: Path) -> Partition:
+    """The root file system's partition of an appliance disk: the last Linux one (the GPT also
+    holds the BIOS boot partition and the ESP, which come first)."""
+    roots = [p for p in read_partitions(path) if p.type == LINUX_FS_TYPE]
+    if not roots:
+        raise StepFailed("read partitions", f"{path} has no Linux file system partition")
+    return roots[-1]
+
+
 def make_ext4_from_dir(disk: Path, part: Partition, rootfs: Path, *, uuid: str, label: str,
                        runner: Runner) -> None:
     """Create the partition's ext4 file system from the rootfs directory, inside the disk file."""
