@@ -168,6 +168,28 @@ def test_keys_are_encrypted_pkcs8_under_the_password(ec_material):
     assert intermediate_key.public_key() == load(ec_material.intermediate_cert_pem).public_key()
 
 
+def test_each_key_file_seals_the_key_of_its_own_certificate_or_public_key(ec_material):
+    """The key files are sealed side by side (pki.in_parallel): each must still hold its own key."""
+    def opened(pem):
+        return serialization.load_pem_private_key(pem, PASSWORD.encode())
+    assert opened(ec_material.root_key_pem).public_key() == load(ec_material.root_cert_pem).public_key()
+    for pem, line in ((ec_material.ssh_host_key_pem, ec_material.ssh_host_pub),
+                      (ec_material.ssh_user_key_pem, ec_material.ssh_user_pub)):
+        public = opened(pem).public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                       serialization.PublicFormat.OpenSSH).decode()
+        assert line.split()[:2] == public.split()
+
+
+def test_in_parallel_keeps_the_order_and_raises_the_first_failure():
+    assert pki.in_parallel(lambda: 1, lambda: 2, lambda: 3) == [1, 2, 3]
+    assert pki.in_parallel(lambda: "alone") == ["alone"]
+
+    def fails():
+        raise ValueError("this one")
+    with pytest.raises(ValueError, match="this one"):
+        pki.in_parallel(lambda: 1, fails)
+
+
 def test_ssh_ca_public_keys_are_openssh_lines(ec_material):
     for line in (ec_material.ssh_host_pub, ec_material.ssh_user_pub):
         assert line.startswith("ecdsa-sha2-nistp256 ")

@@ -195,24 +195,40 @@ def create_ca(name, password, *, key_type="EC-P256", root_years=10, intermediate
     intermediate = _ca_certificate(
         intermediate_subject, intermediate_key, root_subject, root_key, intermediate_years, path_length=0,
         constraints=name_constraints(permitted_dns, permitted_ip), issuer_cert=root)
+    # step ca init makes the SSH CA keys EC P-256 whatever the X.509 key type.
+    ssh_keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(2)] if ssh else []
+    # Sealing each key file is PBKDF2 (the bulk of the time): all of them at once, one per core.
+    root_key_pem, intermediate_key_pem, *ssh_key_pems = in_parallel(
+        lambda: encrypted_pem(root_key, root_password or password, ROOT_KEY_PBKDF2_ITERATIONS),
+        lambda: encrypted_pem(intermediate_key, password),
+        *[lambda key=key: encrypted_pem(key, password) for key in ssh_keys])
     pem = serialization.Encoding.PEM
     material = CAMaterial(
         root_cert_pem=root.public_bytes(pem),
-        root_key_pem=encrypted_pem(root_key, root_password or password, ROOT_KEY_PBKDF2_ITERATIONS),
+        root_key_pem=root_key_pem,
         intermediate_cert_pem=intermediate.public_bytes(pem),
-        intermediate_key_pem=encrypted_pem(intermediate_key, password),
+        intermediate_key_pem=intermediate_key_pem,
         root_fingerprint=fingerprint(root),
         intermediate_not_after=not_after(intermediate),
     )
     if ssh:
-        # step ca init makes the SSH CA keys EC P-256 whatever the X.509 key type.
-        host_key = ec.generate_private_key(ec.SECP256R1())
-        user_key = ec.generate_private_key(ec.SECP256R1())
-        material.ssh_host_key_pem = encrypted_pem(host_key, password)
+        host_key, user_key = ssh_keys
+        material.ssh_host_key_pem, material.ssh_user_key_pem = ssh_key_pems
         material.ssh_host_pub = openssh_public(host_key, f"{name} SSH host CA")
-        material.ssh_user_key_pem = encrypted_pem(user_key, password)
         material.ssh_user_pub = openssh_public(user_key, f"{name} SSH user CA")
     return material
+
+
+def in_parallel(*calls):
+    """The results of the zero-argument `calls`, in order, run at the same time in threads: PBKDF2
+    (OpenSSL, through cryptography) runs without the GIL, so N derivations take the time of
+    N / cores, not N. The first call to fail raises its error."""
+    if len(calls) < 2:
+        return [call() for call in calls]
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        futures = [pool.submit(call) for call in calls]
+        return [future.result() for future in futures]
 
 
 def load_certificate(path):
