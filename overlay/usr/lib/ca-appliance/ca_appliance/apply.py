@@ -282,7 +282,6 @@ def mark_complete(layout):
 def serve_restored_ca(layout, out):
     """After a restore or a join without the admin's answers: open the firewall, trust the root,
     (re)start step-ca and refresh the consoles."""
-    system.wait_for_boot_units()
     note = system.open_firewall()
     if note:
         print(f"note: {note}", file=out)
@@ -292,7 +291,6 @@ def serve_restored_ca(layout, out):
 
 
 def _system_steps(saved, layout, restart, out):
-    system.wait_for_boot_units()
     system.restore_selinux_labels(layout.steppath, layout.data_dir, layout.state_dir, layout.firewalld_service,
                                   layout.issue_file, layout.sshd_dropin)
     system.set_hostname(saved["hostname"])

@@ -127,9 +127,6 @@ def run_wizard(args, defaults, **kwargs):
     """The wizard on this terminal, or with --consoles on the console where Enter is pressed first.
     Returns (validated answers, the stream the rest of setup reports on)."""
     from . import consoles
-    if not args.no_system:
-        from . import system
-        system.wait_for_boot_units()   # the network questions' defaults come from NetworkManager
     if not args.consoles:
         return _wizard_or_restore(args, defaults, **kwargs), sys.stdout
     terminals = consoles.open_terminals([name for name in args.consoles.split(",") if name])

@@ -100,25 +100,6 @@ def install_admin_keys(user_name, keys):
     return None
 
 
-BOOT_UNITS = ("NetworkManager.service", "firewalld.service")
-
-
-def wait_for_boot_units(units=BOOT_UNITS):
-    """Block until the enabled ones of `units` are up: the first-boot unit is not ordered after
-    them (so keys are made while they start), and setup's network and firewall steps need them.
-    `systemctl start` joins the boot's own start job, or returns at once when the unit runs; a
-    unit the image does not enable is left alone."""
-    if shutil.which("systemctl") is None:
-        return
-    with timing.timed("wait for NetworkManager and firewalld"):
-        # one unit a call: a unit that does not exist prints no state line at all
-        enabled = [unit for unit in units if subprocess.run(["systemctl", "is-enabled", unit], capture_output=True,
-                                                              text=True).stdout.strip() == "enabled"]
-        if enabled:
-            # a unit that fails to start is reported by the step that needs it (nmcli, the firewall)
-            subprocess.run(["systemctl", "start", *enabled], capture_output=True, text=True)
-
-
 def reload_sshd():
     """Make sshd read setup's drop-in (key-only, admin only); a note when there is no sshd."""
     sshd = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
