@@ -115,11 +115,17 @@ def test_answers_naming_a_missing_backup_fail_without_a_half_configured_ca(tmp_p
     assert result.returncode == 2 and "restore.when" in result.stderr and "s3cret-value" not in result.stderr
 
 
-def test_the_wizard_offers_a_backup_it_finds(tmp_path):
+def new_appliance_with_backup(tmp_path, name):
+    """A new appliance's root holding, where the wizard looks, a backup written by version N."""
     prefix = tmp_path / "new-appliance"
     backups = prefix / "var/backups/ca-appliance"
     backups.mkdir(parents=True)
-    shutil.copy(FORMAT1, backups / "ca-appliance-from-n.tar.gz")
+    shutil.copy(FORMAT1, backups / name)
+    return prefix
+
+
+def test_the_wizard_offers_a_backup_it_finds(tmp_path):
+    prefix = new_appliance_with_backup(tmp_path, "ca-appliance-from-n.tar.gz")
     child = start_setup(prefix, timeout=60)
     child.expect_exact("Backups of a CA were found")
     child.expect_exact("ca-appliance-from-n.tar.gz")
@@ -136,10 +142,7 @@ def test_the_wizard_offers_a_backup_it_finds(tmp_path):
 
 
 def test_the_wizard_still_creates_a_new_ca_when_the_offer_is_declined(tmp_path):
-    prefix = tmp_path / "new-appliance"
-    backups = prefix / "var/backups/ca-appliance"
-    backups.mkdir(parents=True)
-    shutil.copy(FORMAT1, backups / "old.tar.gz")
+    prefix = new_appliance_with_backup(tmp_path, "old.tar.gz")
     child = start_setup(prefix, timeout=60)
     child.expect_exact("Enter for a new CA? [new]")
     child.sendline("")
