@@ -1,8 +1,18 @@
-"""Fixtures more than one tier uses."""
+"""Fixtures and session set-up more than one tier uses."""
 import os
+import signal
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config):
+    """Started in the background by a non-interactive shell (`make test &`, nohup), pytest inherits
+    SIGINT *ignored*, and so would every program a test starts: the Ctrl-C tests (the wizard, the
+    build) would wait for an interrupt that never comes. A handled SIGINT is reset to the default
+    in each child, as a terminal's programs get it."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
