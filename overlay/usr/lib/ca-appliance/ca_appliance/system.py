@@ -133,6 +133,8 @@ def configure_network(network):
 FIREWALLD_BUS = "org.fedoraproject.FirewallD1"
 FIREWALLD_PATH = "/org/fedoraproject/FirewallD1"
 FIREWALLD_CONFIG_PATH = "/org/fedoraproject/FirewallD1/config"
+RUNTIME_ZONE = f"{FIREWALLD_BUS}.zone"              # zone methods take the zone's name
+PERMANENT_ZONE = f"{FIREWALLD_BUS}.config.zone"     # on the zone's object from getZoneByName
 
 
 class FirewalldError(Exception):
@@ -199,11 +201,10 @@ def open_firewall(firewalld_service_file=FIREWALLD_SERVICE_FILE):
                                         path=FIREWALLD_CONFIG_PATH)
         for name in services:
             # adding what is there already is an error (ALREADY_ENABLED): ask first
-            if not firewalld_call("queryService", "s", name, interface=f"{FIREWALLD_BUS}.config.zone",
-                                  path=zone_config)[0]:
-                firewalld_call("addService", "s", name, interface=f"{FIREWALLD_BUS}.config.zone", path=zone_config)
-            if not firewalld_call("queryService", "ss", zone, name, interface=f"{FIREWALLD_BUS}.zone")[0]:
-                firewalld_call("addService", "ssi", zone, name, 0, interface=f"{FIREWALLD_BUS}.zone")
+            if not firewalld_call("queryService", "s", name, interface=PERMANENT_ZONE, path=zone_config)[0]:
+                firewalld_call("addService", "s", name, interface=PERMANENT_ZONE, path=zone_config)
+            if not firewalld_call("queryService", "ss", zone, name, interface=RUNTIME_ZONE)[0]:
+                firewalld_call("addService", "ssi", zone, name, 0, interface=RUNTIME_ZONE)
     except FirewalldError as error:
         raise StepFailed("open firewall", f"firewalld refused: {error}") from None
     return None
