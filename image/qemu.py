@@ -8,9 +8,10 @@ and removes its files on exit, unless `keep` asks to leave both for a person to 
 """
 from __future__ import annotations
 
-import base64
+import contextlib
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -24,8 +25,12 @@ from pathlib import Path
 from image.errors import StepFailed, UserError
 from image.runner import checked_output, stop_process, tail
 
-# SMBIOS strings are fine for a few KiB; bigger credentials go through fw_cfg instead.
-SMBIOS_CREDENTIAL_MAX = 4096
+# systemd's PID 1 imports every file under this fw_cfg directory as a system credential
+# (/run/credentials/@system/NAME), loading qemu_fw_cfg itself early when it runs under QEMU.
+FW_CFG_CREDENTIALS = "opt/io.systemd.credentials"
+# systemd's credential names: no '/', no ',' (QEMU's option separator) and no '=' either here
+CREDENTIAL_NAME_RE = re.compile(r"[A-Za-z0-9_.@-]+")
+FW_CFG_NAME_MAX = 55  # QEMU's fw_cfg file names: 56 bytes with the terminating NUL
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 QEMU_TOOLS = {"qemu-system-x86_64": ("qemu-system-x86", "qemu-system-x86"),
@@ -50,10 +55,34 @@ def free_port(host: str = "127.0.0.1", taken: Iterable[int] = ()) -> int:
     raise StepFailed("pick free ports", f"no free TCP port on {host}")
 
 
-def smbios_credential(name: str, data: bytes) -> str:
-    """The -smbios argument passing `data` as the systemd credential `name` (binary form: base64,
-    so any YAML survives, and base64 has no commas for QEMU's option parser to trip over)."""
-    return f"type=11,value=io.systemd.credential.binary:{name}={base64.b64encode(data).decode()}"
+def fw_cfg_credential(name: str, path: str | os.PathLike) -> str:
+    """The -fw_cfg argument handing the file at `path` to the guest as the systemd credential `name`.
+    Only the file's name is on the command line: credentials never go on argv (every local user
+    reads /proc/PID/cmdline) nor into the logged command line, whatever their size."""
+    if not CREDENTIAL_NAME_RE.fullmatch(name) or name in (".", "..") or len(name) > FW_CFG_NAME_MAX - len(
+            FW_CFG_CREDENTIALS) - 1:
+        raise ValueError(f"credential name {name!r} is not a systemd credential name that fits fw_cfg "
+                         f"(letters, digits, '.', '_', '-', '@'; at most {FW_CFG_NAME_MAX} characters with "
+                         f"{FW_CFG_CREDENTIALS}/)")
+    return f"name={FW_CFG_CREDENTIALS}/{name},file={qemu_opt(path)}"
+
+
+def write_credential_files(directory: Path, credentials: Mapping[str, bytes]) -> None:
+    """Each credential into its own file, mode 0600, in `directory` (made or made private: 0700).
+    Files are created anew (O_EXCL, O_NOFOLLOW): a link planted in their place is never followed."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(directory)
+    if not os.path.isdir(directory) or os.path.islink(directory) or info.st_uid != os.getuid():
+        raise StepFailed("write the VM's credentials", f"{directory} is not a directory of this user's")
+    os.chmod(directory, 0o700)
+    for name, data in credentials.items():
+        fw_cfg_credential(name, directory / name)  # checks the name before a file is made
+        path = directory / name
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
 
 
 def qemu_opt(value: str | os.PathLike) -> str:
@@ -125,19 +154,23 @@ class QemuSpec:
     hostfwds: Mapping[int, int] = field(default_factory=dict)    # host port -> guest port
     guestfwds: Mapping[tuple[str, int], str] = field(default_factory=dict)  # (guest ip, port) -> host cmd
     credentials: Mapping[str, bytes] = field(default_factory=dict)
-    credential_dir: Path | None = None                # where fw_cfg credential files go
+    credential_dir: Path | None = None                # where fw_cfg credential files go (0700, files 0600)
     uefi_vars: Path | None = None                     # a writable OVMF_VARS copy: boot UEFI; None: BIOS
     hardware: Hardware = HARDWARE["libvirt"]          # machine, disk controller and NIC
 
 
+_INLINE_VALUE = re.compile(r"(io\.systemd\.credential(?:\.binary)?:[^=,]*=|(?:^|,)string=)")
+
+
 def loggable(cmd: list[str]) -> list[str]:
-    """The command line as it may be logged: a credential's value (answers may hold the CA password)
-    is replaced by its size, never written to a log."""
+    """The command line as it may be logged. qemu_command puts no secret on it (credentials are
+    fw_cfg files); should an inline value (`-smbios ...io.systemd.credential:NAME=VALUE`, `-fw_cfg
+    ...,string=VALUE`) ever get in, everything after its first `=` is replaced by its length."""
     shown = []
     for arg in cmd:
-        if arg.startswith("type=11,value=io.systemd.credential"):
-            head, _, data = arg.rpartition("=")
-            arg = f"{head}=<{len(data)} base64 characters, not logged>"
+        match = _INLINE_VALUE.search(arg)
+        if match:
+            arg = f"{arg[:match.end()]}<{len(arg) - match.end()} characters, not logged>"
         shown.append(arg)
     return shown
 
@@ -161,14 +194,10 @@ def qemu_command(spec: QemuSpec) -> list[str]:
     if spec.uefi_vars is not None:
         cmd += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={qemu_opt(OVMF_CODE)}",
                 "-drive", f"if=pflash,format=raw,unit=1,file={qemu_opt(spec.uefi_vars)}"]
-    for name, data in spec.credentials.items():
-        if len(smbios_credential(name, data)) <= SMBIOS_CREDENTIAL_MAX:
-            cmd += ["-smbios", smbios_credential(name, data)]
-        else:
-            if spec.credential_dir is None:
-                raise ValueError(f"credential {name} is too big for SMBIOS and no credential_dir is set")
-            path = spec.credential_dir / name
-            cmd += ["-fw_cfg", f"name=opt/io.systemd.credentials/{name},file={qemu_opt(path)}"]
+    if spec.credentials and spec.credential_dir is None:
+        raise ValueError("credentials need a credential_dir: they go to QEMU as files, never on its command line")
+    for name in spec.credentials:
+        cmd += ["-fw_cfg", fw_cfg_credential(name, spec.credential_dir / name)]
     return cmd
 
 
@@ -222,9 +251,7 @@ class VM:
         if self.spec.uefi_vars is not None:
             shutil.copyfile(OVMF_VARS, self.spec.uefi_vars)
         if self.spec.credentials:
-            self.spec.credential_dir.mkdir(mode=0o700, exist_ok=True)
-            for name, data in self.spec.credentials.items():
-                (self.spec.credential_dir / name).write_bytes(data)
+            write_credential_files(self.spec.credential_dir, self.spec.credentials)
 
     def start(self) -> None:
         """Boot (the overlay is created on the first start and kept across restarts)."""

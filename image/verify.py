@@ -1,7 +1,7 @@
 """`invoke verify`: boot an appliance image, let its first boot configure it, and check it.
 
 The first boot is either unattended (the answers go in as the systemd credential
-`ca-appliance.answers`) or, with --interactive, answered on the serial console the way a person
+`ca-appliance.answers`, a 0600 file QEMU hands over through fw_cfg: never on its command line) or, with --interactive, answered on the serial console the way a person
 would, one wrong answer included. Then the checks in tests/vm/ run in this process with pytest
 (testinfra over SSH, certbot and the JWK flow from the host); they reach the VM through
 `current_target()`. A summary table is printed from the JUnit file either way; on failure the

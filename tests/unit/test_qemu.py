@@ -1,22 +1,43 @@
 """The QEMU layer without booting anything: command line, credential encoding, ports, overlay."""
 import base64
+import os
 import socket
+import stat
 import subprocess
 
 import pytest
+from pathlib import Path
 
 from image.errors import UserError
 from image.qemu import (
     HARDWARE,
-    SMBIOS_CREDENTIAL_MAX,
     VM,
     Hardware,
     QemuSpec,
     free_port,
     image_format,
+    loggable,
     qemu_command,
-    smbios_credential,
+    write_credential_files,
 )
+
+# a CA password of every length modulo 3 (base64 pads 0, 2 or 1 '='), from tiny to beyond SMBIOS's few KiB
+SECRET_LENGTHS = [1, 2, 3, 29, 30, 31, 6000, 6001, 6002]
+
+
+def secret_answers(length):
+    """Answers whose CA password has `length` characters, and that password."""
+    password = ("Sekr3t-" * (length // 7 + 1))[:length]
+    return f"hostname: ca.test\nca: {{password: '{password}'}}\n".encode(), password
+
+
+def exposures(data: bytes, password: str):
+    """Every form in which a secret could show on a command line: raw, and base64 at each alignment."""
+    forms = {password, data.decode()}
+    for start in range(3):
+        encoded = base64.b64encode(data[start:]).decode().rstrip("=")
+        forms.add(encoded[:-4] if len(encoded) > 8 else encoded)
+    return {form for form in forms if len(form) >= 1}
 
 
 def spec(tmp_path, **kw):
@@ -110,23 +131,80 @@ def test_serial_console_is_a_socket_that_qemu_also_logs(tmp_path):
     assert option(cmd, "-serial") == ["chardev:serial0"]
 
 
-def test_a_small_credential_goes_in_as_smbios_type_11_base64(tmp_path):
-    answers = b"hostname: ca.verify.test\nca: {name: 'Verify, CA'}\n"
+@pytest.mark.parametrize("length", SECRET_LENGTHS)
+def test_a_credential_of_any_size_goes_in_as_an_fw_cfg_file_never_on_the_command_line(tmp_path, length):
+    answers, password = secret_answers(length)
     cmd = qemu_command(spec(tmp_path, credentials={"ca-appliance.answers": answers}))
-    (smbios,) = option(cmd, "-smbios")
-    prefix = "type=11,value=io.systemd.credential.binary:ca-appliance.answers="
-    assert smbios.startswith(prefix)
-    assert base64.b64decode(smbios[len(prefix):]) == answers
-    assert smbios == smbios_credential("ca-appliance.answers", answers)
-    assert not option(cmd, "-fw_cfg")
-
-
-def test_a_big_credential_goes_in_through_fw_cfg(tmp_path):
-    big = b"x" * SMBIOS_CREDENTIAL_MAX
-    cmd = qemu_command(spec(tmp_path, credentials={"ca-appliance.answers": big}))
     assert not option(cmd, "-smbios")
     assert option(cmd, "-fw_cfg") == [
         f"name=opt/io.systemd.credentials/ca-appliance.answers,file={tmp_path / 'cred' / 'ca-appliance.answers'}"]
+    line = "\0".join(cmd)
+    for form in exposures(answers, password):
+        if len(form) >= 4:
+            assert form not in line
+
+
+def test_credentials_without_a_directory_for_their_files_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="credential_dir"):
+        qemu_command(spec(tmp_path, credential_dir=None, credentials={"ca-appliance.answers": b"x"}))
+
+
+@pytest.mark.parametrize("name", ["a,b", "a/b", "..", "", "x=y", "n" * 40])
+def test_a_credential_name_qemu_or_systemd_would_misread_is_refused(tmp_path, name):
+    with pytest.raises(ValueError, match="credential name"):
+        qemu_command(spec(tmp_path, credentials={name: b"x"}))
+
+
+def test_credential_files_are_private_and_never_follow_a_planted_link(tmp_path):
+    directory = tmp_path / "cred"
+    directory.mkdir(mode=0o755)
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    (directory / "ca-appliance.answers").symlink_to(victim)
+    write_credential_files(directory, {"ca-appliance.answers": b"ca: {password: x}\n"})
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+    path = directory / "ca-appliance.answers"
+    assert not path.is_symlink() and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert path.read_bytes() == b"ca: {password: x}\n"
+    assert victim.read_text() == "untouched"
+
+
+def test_a_credential_directory_that_is_a_link_is_refused(tmp_path):
+    from image.errors import StepFailed
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "cred").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(StepFailed, match="cred"):
+        write_credential_files(tmp_path / "cred", {"ca-appliance.answers": b"x"})
+    assert not (tmp_path / "elsewhere" / "ca-appliance.answers").exists()
+
+
+def test_a_real_qemu_gets_every_credential_as_a_file_and_shows_none_in_argv_or_its_log(tmp_path):
+    """A real QEMU process (the guest has nothing to boot, it idles in the firmware): its
+    /proc/PID/cmdline, which every local user can read, and qemu.log hold no credential of any
+    length modulo 3, only file names; the files are 0600 in a 0700 directory."""
+    image = tmp_path / "appliance.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
+    secrets = {f"ca-appliance.answers{suffix}": secret_answers(length)
+               for suffix, length in (("", 30), (".one", 31), (".two", 32), (".big", 6001))}
+    vm = VM(image, tmp_path / "vm", cpus=1, memory_mb=64, accel="tcg", keep=False,
+            credentials={name: data for name, (data, _) in secrets.items()})
+    with vm:
+        vm.start()
+        assert vm.is_running()
+        cmdline = (Path(f"/proc/{vm.proc.pid}/cmdline")).read_bytes().decode()
+        credential_dir = vm.spec.credential_dir
+        assert stat.S_IMODE(os.stat(credential_dir).st_mode) == 0o700
+        for name, (data, password) in secrets.items():
+            assert f"name=opt/io.systemd.credentials/{name},file={credential_dir / name}" in cmdline
+            assert stat.S_IMODE(os.stat(credential_dir / name).st_mode) == 0o600
+            assert (credential_dir / name).read_bytes() == data
+        log = vm.qemu_log.read_text()
+        assert "-fw_cfg" in log
+        for data, password in secrets.values():
+            for form in exposures(data, password):
+                if len(form) >= 4:
+                    assert form not in cmdline and form not in log
+    assert not vm.is_running()
 
 
 def test_uefi_adds_the_firmware_and_a_private_vars_copy(tmp_path):
@@ -199,12 +277,21 @@ def test_a_qemu_that_cannot_start_fails_the_step_with_its_log(tmp_path):
     assert not vm.is_running()
 
 
-def test_the_logged_command_line_never_holds_the_answers(tmp_path):
-    from image.qemu import loggable, smbios_credential
-    secret = b"ca: {password: correct-horse-battery-staple}\n"
-    cmd = ["qemu-system-x86_64", "-smbios", smbios_credential("ca-appliance.answers", secret), "-m", "4096"]
+@pytest.mark.parametrize("length", SECRET_LENGTHS)
+def test_an_inline_credential_is_never_logged_whatever_its_length(length):
+    """Defence in depth: qemu_command no longer puts credentials inline, but a command line that
+    does (SMBIOS type 11 or fw_cfg string=) is logged without them; base64 ends in 0, 1 or 2 '='."""
+    data, password = secret_answers(length)
+    encoded = base64.b64encode(data).decode()
+    cmd = ["qemu-system-x86_64",
+           "-smbios", f"type=11,value=io.systemd.credential.binary:ca-appliance.answers={encoded}",
+           "-smbios", f"type=11,value=io.systemd.credential:plain=hostname: x\nca: {{password: '{password}'}}",
+           "-fw_cfg", f"name=opt/io.systemd.credentials/x,string={password}", "-m", "4096"]
     shown = " ".join(loggable(cmd))
-    assert base64.b64encode(secret).decode() not in shown and "correct-horse" not in shown
+    for form in exposures(data, password):
+        if len(form) >= 4:
+            assert form not in shown
+    assert len(password) < 4 or password not in shown
     assert "io.systemd.credential.binary:ca-appliance.answers=<" in shown and "-m 4096" in shown
 
 
