@@ -4,9 +4,9 @@ import os
 import socket
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 from image.errors import UserError
 from image.qemu import (
@@ -194,7 +194,7 @@ def test_a_real_qemu_gets_every_credential_as_a_file_and_shows_none_in_argv_or_i
         cmdline = (Path(f"/proc/{vm.proc.pid}/cmdline")).read_bytes().decode()
         credential_dir = vm.spec.credential_dir
         assert stat.S_IMODE(os.stat(credential_dir).st_mode) == 0o700
-        for name, (data, password) in secrets.items():
+        for name, (data, _password) in secrets.items():
             assert f"name=opt/io.systemd.credentials/{name},file={credential_dir / name}" in cmdline
             assert stat.S_IMODE(os.stat(credential_dir / name).st_mode) == 0o600
             assert (credential_dir / name).read_bytes() == data
