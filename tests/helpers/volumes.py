@@ -1,5 +1,7 @@
-"""Real seed volumes for the guest's unattended sources: ext4 and ISO 9660 images with given files,
-attached as loop devices (the way a hypervisor's extra disk or CD-ROM appears), always detached."""
+"""Real seed volumes for the guest's unattended sources: ext4, vfat and ISO 9660 images with given files
+(names may hold folders: openstack/latest/user_data), and cloud-init NoCloud seeds made by
+cloud-localds as Proxmox VE users make them, attached as loop devices (the way a hypervisor's extra
+disk or CD-ROM appears), always detached."""
 import contextlib
 import subprocess
 from pathlib import Path
@@ -22,6 +24,7 @@ def content_dir(tmp_path: Path, name: str, files: dict) -> Path:
     directory = tmp_path / name
     directory.mkdir()
     for file_name, text in files.items():
+        (directory / file_name).parent.mkdir(parents=True, exist_ok=True)
         (directory / file_name).write_text(text)
     return directory
 
@@ -43,5 +46,32 @@ def iso_volume(tmp_path, label, files, options=("-J", "-r")):
     image = tmp_path / f"{label}.iso"
     run("xorriso", "-as", "mkisofs", "-quiet", "-V", label, *options, "-o", str(image),
         str(content_dir(tmp_path, f"{label}-iso", files)))
+    with loop_device(image, read_only=True) as device:
+        yield device
+
+
+def cloud_localds_image(out: Path, user_data: str, meta_data: str | None = None,
+                        network_config: str | None = None, filesystem: str = "iso9660") -> Path:
+    """A NoCloud seed image (label cidata) written by cloud-localds from cloud-image-utils."""
+    work = out.parent / f"{out.name}-files"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "user-data").write_text(user_data)
+    command = ["cloud-localds", "--filesystem", filesystem]
+    if network_config is not None:
+        (work / "network-config").write_text(network_config)
+        command += ["--network-config", str(work / "network-config")]
+    command += [str(out), str(work / "user-data")]
+    if meta_data is not None:
+        (work / "meta-data").write_text(meta_data)
+        command.append(str(work / "meta-data"))
+    run(*command)
+    return out
+
+
+@contextlib.contextmanager
+def cloud_localds_volume(tmp_path, user_data, meta_data=None, network_config=None, filesystem="iso9660"):
+    """A cloud-localds NoCloud seed attached read-only like the CD-ROM Proxmox or Hyper-V shows."""
+    image = cloud_localds_image(tmp_path / f"seed-{filesystem}.img", user_data, meta_data, network_config,
+                                filesystem)
     with loop_device(image, read_only=True) as device:
         yield device
