@@ -42,7 +42,7 @@ build: host-deps $(VENV)/.installed
 	$(INVOKE) build --format qcow2
 
 test: host-deps $(VENV)/.installed
-	$(INVOKE) step-ca-from-source
+	$(INVOKE) step-from-source --out build/step-from-source.yaml
 	$(VENV)/bin/pytest
 
 # The inner loop while editing: no image build, no VM, no daemon (tests/unit, not marked slow).

@@ -25,7 +25,7 @@ def reports_errors(fn):
             print("interrupted", file=sys.stderr)
             sys.exit(130)
         except BrokenPipeError:
-            # the reader went away (`invoke step-ca-from-source | head -1`): stop quietly, as cat does
+            # the reader went away (`invoke step-from-source | head -1`): stop quietly, as cat does
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(141)
     return wrapper
@@ -57,14 +57,21 @@ def fetch(c, config=None, base=None):
     fetch_artifacts(cfg)
 
 
-@task(name="step-ca-from-source", help={"force": "rebuild even when a binary is cached"})
+@task(name="step-from-source",
+      help={"config": "YAML file merged over appliance.yaml (the versions: artifacts.*.version)",
+            "out": "also write the config snippet to this file (atomically)",
+            "force": "rebuild even when the binaries are cached"})
 @reports_errors
-def step_ca_from_source(c, force=False):
-    """Build step-ca from Debian's Go sources (offline) and print the `path` to put in the config."""
-    from image.stepca_source import build_step_ca_from_source
-    path = build_step_ca_from_source(force=force)
-    print(path)
-    print(f"use it with:  artifacts: {{step_ca: {{path: {path}}}, step_cli: {{enabled: false}}}}")
+def step_from_source(c, config=None, out=None, force=False):
+    """Build the pinned step-ca and step from their Go modules (or reuse the cache); print the --config snippet."""
+    cfg = _config(config)
+    from image.files import write_atomic
+    from image.stepbuild import build_step_binaries, config_snippet
+    snippet = config_snippet(build_step_binaries(cfg, force=force))
+    if out:
+        write_atomic(out, snippet)
+        print(f"wrote {out}; use it with:  invoke build --config {out}", file=sys.stderr)
+    print(snippet, end="")
 
 
 @task(help={"format": "qcow2, raw, vmdk or ova; repeat or comma-separate for several "

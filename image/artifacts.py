@@ -28,8 +28,9 @@ PACKAGE_RELEASE = "1"
 # what to do without the network, per artifact: the error for an unreachable release says it
 OFFLINE_HINT = {
     "step_ca": "offline builds can use a local package or binary in artifacts.step_ca.path "
-               "(`invoke step-ca-from-source` builds one) with artifacts.step_cli.enabled: false",
-    "step_cli": "offline builds can use a local package in artifacts.step_cli.path, "
+               "(`invoke step-from-source` builds both from their Go modules)",
+    "step_cli": "offline builds can use a local package or binary in artifacts.step_cli.path "
+                "(`invoke step-from-source` builds both from their Go modules), "
                 "or go without the step CLI: artifacts.step_cli.enabled: false",
 }
 

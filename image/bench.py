@@ -499,7 +499,7 @@ def run_benchmarks(image=None, accel="auto", out="build/bench.json", clients=4, 
     """quick: no cold build, no OVA export and no JWK load (native and appliance): under 15 minutes."""
     from image.config import deep_merge
     from image.qemu import resolve_accel
-    from image.stepca_source import build_step_ca_from_source
+    from image.stepbuild import pinned_binaries
     from image.verify import ensure_admin_key
     clients = parse_count("--clients", clients)
     seconds = parse_seconds("--seconds", seconds)
@@ -509,14 +509,15 @@ def run_benchmarks(image=None, accel="auto", out="build/bench.json", clients=4, 
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     choice = resolve_accel(accel)
     say(f"accelerator: {choice.accel} ({choice.reason})")
-    step_ca = build_step_ca_from_source()
+    binaries = pinned_binaries(log=say)
+    step_ca = binaries["step_ca"]
     overrides = {"image": {"base": "debian", "formats": ["qcow2"]},
-                 "artifacts": {"step_ca": {"path": str(step_ca)}, "step_cli": {"enabled": False}}}
+                 "artifacts": {key: {"path": str(path)} for key, path in binaries.items()}}
     cfg = load_config(overrides=overrides)
     results: dict = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                      "machine": machine_facts(), "accel": choice.accel, "quick": quick,
                      "clients": clients, "seconds": seconds,
-                     "step_ca": subprocess.run([str(step_ca), "--version"], capture_output=True,
+                     "step_ca": subprocess.run([str(step_ca), "version"], capture_output=True,
                                                text=True).stdout.strip()}
     if image is None:
         # what an edit of overlay/ changes: the payload tarball (here: the generated defaults.yaml)

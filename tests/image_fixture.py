@@ -1,7 +1,8 @@
 """The Debian appliance image the tests share: built once, then reused while nothing it is made of changes.
 
-`ensure_debian_test_image()` builds the qcow2 CI builds (Debian base, step-ca built from Debian's Go
-sources, no step CLI) into build/test-image/<key>/ and returns its path. The key digests the config,
+`ensure_debian_test_image()` builds the qcow2 CI builds (Debian base, step-ca and step built from
+their Go modules at the versions appliance.yaml pins) into build/test-image/<key>/ and returns its
+path. The key digests the config,
 the payload (overlay and generated files) and the build code, so an edit to any of them rebuilds,
 and anything else reuses the image. A file lock keeps two test processes from building it twice.
 """
@@ -22,7 +23,7 @@ from image.build import build_appliance, output_stem  # noqa: E402
 from image.config import load_config  # noqa: E402
 from image.files import sha256_file  # noqa: E402
 from image.payload import write_payload_tarball  # noqa: E402
-from image.stepca_source import build_step_ca_from_source  # noqa: E402
+from image.stepbuild import pinned_binaries  # noqa: E402
 
 TEST_IMAGE_DIR = PROJECT_ROOT / "build" / "test-image"
 # the code that decides what goes into the image (besides the payload)
@@ -33,8 +34,7 @@ BUILD_CODE = ("image/build.py", "image/disk.py", "image/bases/__init__.py", "ima
 def debian_test_config():
     return load_config(overrides={
         "image": {"base": "debian", "formats": ["qcow2"]},
-        "artifacts": {"step_ca": {"path": str(build_step_ca_from_source())},
-                      "step_cli": {"enabled": False}},
+        "artifacts": {key: {"path": str(path)} for key, path in pinned_binaries().items()},
     })
 
 
@@ -50,6 +50,7 @@ def image_key(cfg) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         h.update(sha256_file(write_payload_tarball(cfg, Path(tmp) / "payload.tar.gz")).encode())
     h.update(sha256_file(Path(cfg.artifacts.step_ca.path)).encode())
+    h.update(sha256_file(Path(cfg.artifacts.step_cli.path)).encode())
     for rel in BUILD_CODE:
         _digest_tree(h, PROJECT_ROOT / rel)
     return h.hexdigest()[:16]

@@ -1,5 +1,5 @@
 """Fixtures for the guest CA tool's integration tests: a CA made by the real CLI, served by a
-real step-ca (0.19.0, built from Debian's Go sources) on a free loopback port.
+real step-ca (the release appliance.yaml pins, built from its Go module) on a free loopback port.
 """
 import socket
 
@@ -16,14 +16,25 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture(scope="session")
-def step_ca_binary():
+def step_binaries():
+    """{"step_ca": path, "step_cli": path}: the pinned releases (`invoke step-from-source`, cached)."""
     from image.errors import UserError
-    from image.stepca_source import build_step_ca_from_source
+    from image.stepbuild import pinned_binaries
 
     try:
-        return build_step_ca_from_source(log=lambda *_: None)
-    except UserError as error:  # no Go toolchain or sources: `make test` installs them
+        return pinned_binaries()
+    except UserError as error:  # no Go 1.25+ or no module proxy: the line says what to do
         pytest.skip(f"no step-ca to test against: {error}")
+
+
+@pytest.fixture(scope="session")
+def step_ca_binary(step_binaries):
+    return step_binaries["step_ca"]
+
+
+@pytest.fixture(scope="session")
+def step_cli_binary(step_binaries):
+    return step_binaries["step_cli"]
 
 
 @pytest.fixture(scope="session", autouse=True)

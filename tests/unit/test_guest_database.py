@@ -94,13 +94,13 @@ def test_supported_types_are_read_from_the_binary(tmp_path):
     assert database.supported_types(tmp_path / "missing") == database.FALLBACK_TYPES
 
 
-def test_supported_types_of_step_ca_built_from_debian_sources_include_mysql():
-    from image.stepca_source import source_binary_path
+def test_supported_types_of_the_pinned_step_ca_include_mysql_and_postgresql():
+    from image.stepbuild import cached_pinned_binary
 
-    binary = source_binary_path()
-    if not binary.exists():
-        pytest.skip(f"no step-ca built from source at {binary} (invoke step-ca-from-source builds it)")
-    assert database.supported_types(binary) == ("badger", "mysql")
+    binary = cached_pinned_binary("step_ca")
+    if binary is None:
+        pytest.skip("the pinned step-ca is not built yet (invoke step-from-source builds it)")
+    assert database.supported_types(binary) == ("badger", "mysql", "postgresql")
 
 
 def test_redact_and_describe_never_show_the_password():
