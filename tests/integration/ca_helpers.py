@@ -18,7 +18,7 @@ from helpers.wizard import GUEST_PYTHON
 from image.runner import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
-PASSWORD = "integration-test-password-0123456789"
+PASSWORD = "integration-test-password-7f3k9q2x"
 HEALTH_TIMEOUT = 60
 
 
