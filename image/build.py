@@ -23,7 +23,7 @@ from image.errors import ApplianceError, UserError
 from image.files import sha256_file
 from image.payload import write_payload_tarball
 from image.runner import Runner, require_root, require_tools
-from image.stepca_version import assess_step_ca
+from image.stepca_version import assess_configured, assess_step_ca
 
 BUILD_DIR = PROJECT_ROOT / "build"
 DIST_DIR = PROJECT_ROOT / "dist"
@@ -31,8 +31,12 @@ SUMS_FILE = "SHA256SUMS"
 CONVERSION_TOOLS = {"qemu-img": ("qemu-utils", "qemu-img")}
 
 
-def output_stem(cfg: Config) -> str:
-    return f"{cfg.image.name}-{cfg.image.version}-{cfg.image.base}"
+def output_stem(cfg: Config, test_only: bool | None = None) -> str:
+    """The dist/ file stem; a test image's ends in `-test` (test_only None: judged from the step-ca
+    the config names, without fetching it; an unreadable version counts as test)."""
+    if test_only is None:
+        test_only = assess_configured(cfg).test_only
+    return f"{cfg.image.name}-{cfg.image.version}-{cfg.image.base}" + ("-test" if test_only else "")
 
 
 def check_formats(formats: list[str] | tuple[str, ...]) -> list[str]:
@@ -70,7 +74,8 @@ def check_signing(formats: list[str], sign_key, sign_cert) -> None:
             raise UserError(f"{option}: {str(path)!r} does not exist")
 
 
-def write_format(fmt: str, cfg: Config, raw: Path, out: Path, runner: Runner, signing: dict) -> None:
+def write_format(fmt: str, cfg: Config, raw: Path, out: Path, runner: Runner, signing: dict,
+                 test_reason: str | None = None) -> None:
     """Write the raw disk as `fmt` to out (raw itself is written last, by the caller, as a move)."""
     if fmt == "qcow2":
         # zstd: as small as zlib and ten times faster to write; read by every QEMU since 5.1 (2020).
@@ -81,11 +86,21 @@ def write_format(fmt: str, cfg: Config, raw: Path, out: Path, runner: Runner, si
     elif fmt == "vmdk":
         from image.ova import write_vmdk
         write_vmdk(raw, out, runner)
+    elif fmt == "vhdx":
+        write_vhdx(raw, out, runner)
     elif fmt == "ova":
         from image.ova import write_ova
-        write_ova(cfg, raw, out, runner, **signing)
+        write_ova(cfg, raw, out, runner, **signing, test_reason=test_reason)
     else:
         raise ValueError(fmt)
+
+
+def write_vhdx(raw: Path, out: Path, runner: Runner) -> None:
+    """Hyper-V's disk: a dynamic VHDX (what New-VHD -Dynamic makes) with 1 MiB blocks, the block size
+    Microsoft recommends for Linux guests (ext4 spreads its writes; bigger blocks grow the file)."""
+    runner.run(["qemu-img", "convert", "-f", "raw", "-O", "vhdx", "-o", "subformat=dynamic,block_size=1M",
+                raw, out])
+    runner.run(["qemu-img", "check", "-f", "vhdx", out])
 
 
 def move_raw(raw: Path, out: Path, runner: Runner) -> None:
@@ -182,22 +197,24 @@ def build_appliance(cfg: Config, formats=None, verbose: bool = False, *, sign_ke
         assessment = assess_step_ca(artifacts)
         if assessment.test_only:
             runner.say(f"warning: TEST IMAGE: {assessment.reason}")
+        # the names say what the step-ca found in the artifacts makes it: a test image ends in -test
+        dist_stem = output_stem(cfg, assessment.test_only)
         with runner.step("payload: overlay and generated files"):
             payload = write_payload_tarball(cfg, workdir / "payload.tar.gz", artifacts)
         result = base.build_raw(cfg, workdir=workdir / "base", runner=runner, artifacts=artifacts,
                                 payload=payload, use_cache=use_cache)
         written: dict[str, Path] = {}
         for fmt in sorted(formats, key=lambda f: f == "raw"):   # raw last: it is moved, not copied
-            target = staging / f"{stem}.{fmt}"   # each format's name is its file extension
+            target = staging / f"{dist_stem}.{fmt}"   # each format's name is its file extension
             with runner.step(f"{fmt}: {target.name}"):
                 if fmt == "raw":
                     move_raw(result.raw, target, runner)
                 else:
-                    write_format(fmt, cfg, result.raw, target, runner, signing)
+                    write_format(fmt, cfg, result.raw, target, runner, signing, assessment.reason)
             written[target.name] = target
         with runner.step("checksums and manifest"):
             digests = {name: sha256_file(path) for name, path in written.items()}
-            manifest_path = staging / f"{stem}.manifest.json"
+            manifest_path = staging / f"{dist_stem}.manifest.json"
             manifest_path.write_text(json.dumps(
                 manifest(cfg, result, artifacts, payload, digests, time.monotonic() - start), indent=2) + "\n")
             digests[manifest_path.name] = sha256_file(manifest_path)

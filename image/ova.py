@@ -38,6 +38,7 @@ NETWORK_NAME = "VM Network"
 DISK_CONTROLLER = (20, "vmware.sata.ahci")
 NIC = "E1000"
 DISK_ID = "vmdisk1"
+TEST_IMAGE_MARK = "TEST IMAGE, not for production"
 
 OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1"
 OVF_ENV_NS = "http://schemas.dmtf.org/ovf/environment/1"
@@ -179,9 +180,24 @@ def _item(hardware: ET.Element, fields: list[tuple[str, object]], required: bool
         _sub(item, f"{{{RASD_NS}}}{name}", value)
 
 
-def build_descriptor(cfg, *, vmdk_name: str, vmdk_size: int, capacity: int) -> str:
-    """The .ovf text for one VM with the appliance's hardware, disk and first-boot properties."""
+_CONFIGURED = object()
+
+
+def test_image_reason(cfg, test_reason=_CONFIGURED) -> str | None:
+    """Why this is a test image (None: it is not). Not given: judged from the step-ca the config names,
+    and an unreadable version counts as test (image.stepca_version: the marking fails closed)."""
+    if test_reason is _CONFIGURED:
+        from image.stepca_version import assess_configured
+        return assess_configured(cfg).reason
+    return test_reason
+
+
+def build_descriptor(cfg, *, vmdk_name: str, vmdk_size: int, capacity: int, test_reason=_CONFIGURED) -> str:
+    """The .ovf text for one VM with the appliance's hardware, disk and first-boot properties.
+    A test image says so where importers show it: the product name and full version (vSphere's
+    deploy wizard, VirtualBox's import dialog) and an annotation (the VM's notes)."""
     name = cfg.image.name
+    test_reason = test_image_reason(cfg, test_reason)
     env = ET.Element(_o("Envelope"), {"{http://www.w3.org/XML/1998/namespace}lang": "en-US"})
     refs = _sub(env, _o("References"))
     _sub(refs, _o("File"), **{_o("id"): "file1", _o("href"): vmdk_name, _o("size"): vmdk_size})
@@ -207,12 +223,17 @@ def build_descriptor(cfg, *, vmdk_name: str, vmdk_size: int, capacity: int) -> s
     _sub(oss, _o("Info"), "The guest operating system")
     _sub(oss, _o("Description"), os_text)
 
+    if test_reason:
+        notes = _sub(vs, _o("AnnotationSection"))
+        _sub(notes, _o("Info"), "A test image")
+        _sub(notes, _o("Annotation"), f"{TEST_IMAGE_MARK}: {test_reason}")
     product = _sub(vs, _o("ProductSection"))
     _sub(product, _o("Info"), "First-boot answers of the CA appliance")
-    _sub(product, _o("Product"), "CA appliance (step-ca)")
+    _sub(product, _o("Product"), "CA appliance (step-ca)" + (f" - {TEST_IMAGE_MARK}" if test_reason else ""))
     _sub(product, _o("Vendor"), name)
-    _sub(product, _o("Version"), cfg.image.version)
-    _sub(product, _o("FullVersion"), f"{cfg.image.version} ({cfg.image.base})")
+    _sub(product, _o("Version"), cfg.image.version + ("-test" if test_reason else ""))
+    _sub(product, _o("FullVersion"), f"{cfg.image.version} ({cfg.image.base})"
+                                     + (f" {TEST_IMAGE_MARK}: {test_reason}" if test_reason else ""))
     defaults = _property_defaults(cfg)
     category = None
     for prop in PROPERTIES:
@@ -343,9 +364,11 @@ def write_tar(out, members: list[tuple[str, Path]], mtime: int) -> None:
     out.write(b"\0" * (end + (-(written + end) % TAR_RECORD)))
 
 
-def write_ova(cfg, disk: Path, out: Path, runner, sign_key=None, sign_cert=None) -> Path:
+def write_ova(cfg, disk: Path, out: Path, runner, sign_key=None, sign_cert=None, test_reason=_CONFIGURED) -> Path:
     """An OVA of the disk (qcow2 or raw) with the config's hardware and first-boot properties, written
-    atomically; signed (a .cert member) when sign_key and sign_cert are given."""
+    atomically; signed (a .cert member) when sign_key and sign_cert are given. test_reason: why the
+    image is a test image (None: it is not; not given: judged from the config's step-ca)."""
+    test_reason = test_image_reason(cfg, test_reason)
     disk, out = Path(disk), Path(out)
     if (sign_key is None) != (sign_cert is None):
         raise UserError("--sign and --cert: give both (the RSA key and its certificate) or neither")
@@ -359,7 +382,8 @@ def write_ova(cfg, disk: Path, out: Path, runner, sign_key=None, sign_cert=None)
         write_vmdk(disk, paths["vmdk"], runner)
         capacity = disk_info(paths["vmdk"], runner)["virtual-size"]
         paths["ovf"].write_text(build_descriptor(cfg, vmdk_name=names["vmdk"],
-                                                 vmdk_size=paths["vmdk"].stat().st_size, capacity=capacity))
+                                                 vmdk_size=paths["vmdk"].stat().st_size, capacity=capacity,
+                                                 test_reason=test_reason))
         mf = manifest_text({names[k]: sha256_file(paths[k]) for k in ("ovf", "vmdk")})
         paths["mf"].write_text(mf)
         order = ["ovf", "mf", "vmdk"]

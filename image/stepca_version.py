@@ -1,8 +1,10 @@
 """Which step-ca an image carries, and whether that makes it a test image.
 
 step-ca before 0.29.0 has GHSA-h8cp-697h-8c8p (ACME and SCEP authorization bypass): an image with
-one (e.g. CI's 0.19.0 built from Debian's Go sources) is for tests only. The build warns, the
-manifest records it, and build.json tells the guest (status and console banner show it).
+one is for tests only. So is an image whose step-ca version nobody could read: the marking fails
+closed, an unknown step-ca is never called production. The build warns, the dist file names carry
+`-test`, the OVA's product section says it, the manifest records it, and build.json tells the
+guest (status, the console and SSH banners, the client page show it).
 """
 from __future__ import annotations
 
@@ -66,9 +68,14 @@ def step_ca_version(artifact) -> str | None:
     return parse_version(_package_version(Path(artifact.path), artifact.kind))
 
 
+UNKNOWN_REASON = ("the step-ca version could not be read, so it may lack the fix for GHSA-h8cp-697h-8c8p "
+                  "(ACME/SCEP authorization bypass, fixed in step-ca 0.29.0); a test image, not for production")
+
+
 def assess_version(version: str | None) -> StepCaAssessment:
-    if version is None:
-        return StepCaAssessment(None, False, None)
+    """Test-only unless `version` is known and at least 0.29.0 (unknown counts as test: fail closed)."""
+    if version is None or not _VERSION.fullmatch(version):
+        return StepCaAssessment(None, True, UNKNOWN_REASON)
     if tuple(int(x) for x in version.split(".")) < FIXED_IN:
         return StepCaAssessment(version, True, f"step-ca {version} is older than 0.29.0: {ADVISORY}; "
                                                "a test image, not for production")
@@ -76,8 +83,25 @@ def assess_version(version: str | None) -> StepCaAssessment:
 
 
 def assess_step_ca(artifacts: list) -> StepCaAssessment:
-    """The assessment of the build's step-ca artifact (none: nothing known, nothing claimed)."""
+    """The assessment of the build's step-ca artifact (none, or one that cannot say its version:
+    a test image)."""
     for art in artifacts:
         if art.name == "step-ca":
             return assess_version(step_ca_version(art))
     return assess_version(None)
+
+
+def assess_configured(cfg) -> StepCaAssessment:
+    """What the build of `cfg` will find, without fetching: the release version it pins, or what
+    its local `path` (package or binary) says about itself."""
+    section = cfg.artifacts.step_ca
+    if not getattr(section, "path", None):
+        return assess_version(parse_version(section.version))
+    from image.artifacts import detect_kind  # the same test the build's fetch applies
+    path = Path(section.path)
+    try:
+        kind = detect_kind(path)
+    except OSError:
+        return assess_version(None)
+    reports = _binary_reports(path) if kind == "binary" else _package_version(path, kind)
+    return assess_version(parse_version(reports))

@@ -44,8 +44,17 @@ def test_a_local_binary_is_asked_its_version_and_a_release_uses_its_own(tmp_path
     assert step_ca_version(binary) == "0.19.0"
     release = Artifact("step-ca", "0.30.2", "rpm", tmp_path / "step-ca.rpm", "0" * 64)
     assert step_ca_version(release) == "0.30.2"
-    assert assess_step_ca([]).as_build_info() == {"step_ca_version": None, "test_only": False,
-                                                 "test_only_reason": None}
+
+
+@pytest.mark.parametrize("says", ["step-ca version unknown", "", "Smallstep CA/0.30 (linux/amd64)"])
+def test_a_step_ca_whose_version_cannot_be_read_is_a_test_image(tmp_path, says):
+    """Fail closed: an unknown step-ca is never called production."""
+    binary = Artifact("step-ca", "local", "binary", fake_step_ca(tmp_path, says), "0" * 64)
+    verdict = assess_step_ca([binary])
+    assert verdict.version is None and verdict.test_only is True
+    assert "could not be read" in verdict.reason and "GHSA-h8cp-697h-8c8p" in verdict.reason
+    assert assess_step_ca([]).test_only is True
+    assert assess_version(None).test_only is True and assess_version("0.30").test_only is True
 
 
 def test_manifest_and_build_json_record_a_test_image(tmp_path):
