@@ -31,7 +31,7 @@ DEFAULTS_FILE = PROJECT_ROOT / "appliance.yaml"
 GUEST_LIB = PROJECT_ROOT / "overlay/usr/lib/ca-appliance"
 
 BASES = ("fedora", "debian")
-FORMATS = ("qcow2", "raw", "vmdk", "ova")
+FORMATS = ("qcow2", "raw", "vmdk", "vhdx", "ova")   # vhdx: Hyper-V (docs/importing.md)
 KEY_TYPES = ("EC-P256", "EC-P384", "RSA-3072", "RSA-4096")
 
 

@@ -52,7 +52,7 @@ BAD_VALUES = [
      "config error: image.memory_mb: 'lots' is not an integer (MiB, 1024 to 1048576)"),
     ({"image": {"memory_mb": 512}}, "image.memory_mb: 512 is not an integer (MiB, 1024"),
     ({"image": {"base": "ubuntu"}}, "image.base: 'ubuntu' is not one of: fedora, debian"),
-    ({"image": {"formats": ["iso"]}}, "image.formats: ['iso'] is not a non-empty list of: qcow2, raw, vmdk, ova"),
+    ({"image": {"formats": ["iso"]}}, "image.formats: ['iso'] is not a non-empty list of: qcow2, raw, vmdk, vhdx, ova"),
     ({"image": {"formats": []}}, "image.formats: [] is not a non-empty list"),
     ({"image": {"name": "my appliance"}}, "image.name: 'my appliance' is not a file-name-safe name"),
     ({"image": {"cpus": True}}, "image.cpus: True is not an integer"),
