@@ -30,15 +30,34 @@ DEFAULTS_FILE = PROJECT_ROOT / "appliance.yaml"
 # The guest's package directory: its answers rules are run (never imported) to check what a build bakes.
 GUEST_LIB = PROJECT_ROOT / "overlay/usr/lib/ca-appliance"
 
+# The answers schema both worlds read (guest: ca_appliance/schema.py): limits, choices, secret flags.
+ANSWERS_SCHEMA_FILE = GUEST_LIB / "schema.yaml"
+
 BASES = ("fedora", "debian")
-FORMATS = ("qcow2", "raw", "vmdk", "vhdx", "ova")   # vhdx: Hyper-V (docs/importing.md)
-KEY_TYPES = ("EC-P256", "EC-P384", "RSA-3072", "RSA-4096")
+FORMATS = ("qcow2", "raw", "vmdk", "ova")
+
+# The strict loader's limits, the same as the guest's safeyaml (a test feeds both the same documents).
+MAX_YAML_BYTES = 256 * 1024
+MAX_YAML_DEPTH = 16
+
+
+class _Shown(str):
+    """A value already rendered for an error message (the guest's verdict, or a placeholder)."""
+
+    def __repr__(self):
+        return str(self)
+
+
+NOT_SHOWN = _Shown("<not shown>")
 
 
 class ConfigError(UserError):
+    """One line: the key, its value only when the schema declares the key non-secret, what is allowed."""
+
     def __init__(self, key: str, value: Any, allowed: str):
         self.key, self.value, self.allowed = key, value, allowed
-        super().__init__(f"config error: {key}: {value!r} {allowed}")
+        self.shown = shown_for(key, value)
+        super().__init__(f"config error: {key}: {self.shown} {allowed}")
 
 
 # --- leaf checks: each takes (key, value) and returns the normalized value or raises ConfigError
@@ -49,6 +68,7 @@ class Check:
     describe: str                       # what is allowed, for the error message
     convert: Callable[[Any], Any]       # returns the normalized value or raises ValueError
     optional: bool = False              # null allowed
+    secret: bool = False                # never shown in a message
 
     def __call__(self, key: str, value: Any) -> Any:
         if value is None and self.optional:
@@ -174,8 +194,9 @@ def _duration_hours(v):
 
 
 def _ssh_key(v):
-    if not isinstance(v, str) or not re.fullmatch(
-            r"(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-\S+) [A-Za-z0-9+/=]+( .*)?", v.strip()):
+    # The shape only; the guest's rules (run by check_with_guest_rules) check the key data itself.
+    if not isinstance(v, str) or v.strip().split(" ", 1)[0] not in SSH_KEY_TYPES or not re.fullmatch(
+            r"\S+ [A-Za-z0-9+/=]+( .*)?", v.strip()):
         raise ValueError
     return v.strip()
 
@@ -200,7 +221,115 @@ URL = Check("is not an http(s):// or file:// URL", _url)
 LOCAL_PATH = Check("is not an existing file", _existing_file, optional=True)
 
 
-# The whole schema: every key a config may have, with its check. One place for each rule.
+class _Refused(yaml.MarkedYAMLError):
+    pass
+
+
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with the guest's rules (ca_appliance/safeyaml.py): no anchors, aliases or
+    merge keys (a few bytes can expand to gigabytes), no duplicate or unhashable keys (the second
+    would silently win), nesting at most MAX_YAML_DEPTH; read_yaml adds the size limit."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise _Refused(problem="anchors and aliases (& and *) are not allowed", problem_mark=event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _Refused(problem=f"nesting deeper than {MAX_YAML_DEPTH} levels is not allowed",
+                               problem_mark=event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise _Refused(problem="merge keys (<<) are not allowed", problem_mark=key_node.start_mark)
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                raise _Refused(problem="a key must be a plain value", problem_mark=key_node.start_mark) from None
+            if duplicate:
+                raise _Refused(problem="a key appears twice in this mapping", problem_mark=key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def loads_yaml(data: bytes | str, what: str) -> Any:
+    """The YAML document in data by the strict rules, or UserError with one line that quotes none of it."""
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")
+    if len(data) > MAX_YAML_BYTES:
+        raise UserError(f"{what} is larger than {MAX_YAML_BYTES} bytes")
+    try:
+        text_ = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} is not UTF-8 text (byte {e.start})") from None
+    loader = None
+    try:
+        loader = StrictLoader(text_)
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        # Line and column only: the parser's message may quote the line, and a line may hold a secret.
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = re.sub(r"'[^']*'|\"[^\"]*\"", "...", str(getattr(e, "problem", "") or ""))
+        detail = f" ({problem})" if re.fullmatch(r"[A-Za-z0-9 <>(),.&*!-]{1,100}", problem) else ""
+        raise UserError(f"{what} is not valid YAML{where}{detail}") from None
+    except yaml.reader.ReaderError as e:
+        raise UserError(f"{what} is not valid YAML (a control character YAML does not allow, "
+                        f"at character {e.position})") from None
+    except yaml.YAMLError:
+        raise UserError(f"{what} is not valid YAML") from None
+    except (ValueError, OverflowError, RecursionError):  # e.g. an integer of more digits than Python converts
+        raise UserError(f"{what} holds a value that can't be read (a number too large?)") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def read_yaml(path: Path, what: str) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_YAML_BYTES + 1)
+    except FileNotFoundError:
+        raise UserError(f"{what}: {str(path)!r} does not exist") from None
+    except OSError as e:
+        raise UserError(f"{what}: {str(path)!r} cannot be read ({e.strerror})") from None
+    loaded = loads_yaml(data, f"{what}: {str(path)!r}")
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"{what}: {str(path)!r} is not a YAML mapping of sections")
+    return loaded
+
+
+def _load_answers_schema() -> dict:
+    data = read_yaml(ANSWERS_SCHEMA_FILE, "answers schema")
+    if not isinstance(data.get("keys"), dict) or not isinstance(data.get("limits"), dict):
+        raise UserError(f"answers schema: {str(ANSWERS_SCHEMA_FILE)!r} must be a mapping with limits and keys")
+    return data
+
+
+ANSWERS_SCHEMA = _load_answers_schema()
+ANSWER_LIMITS = ANSWERS_SCHEMA["limits"]
+KEY_TYPES = tuple(ANSWER_LIMITS["key_types"])
+SSH_KEY_TYPES = tuple(ANSWER_LIMITS["ssh_key_types"])
+USER_NAME_PATTERN = ANSWER_LIMITS["user_name_pattern"]
+CA_NAME_MAX = ANSWER_LIMITS["ca_name_max"]
+YEARS_MAX = ANSWER_LIMITS["years_max"]
+
+
+# The whole schema: every key a config may have, with its check. One place for each rule; the ca and
+# admin limits come from the answers schema the appliance applies at first boot.
 SCHEMA: dict[str, Any] = {
     "image": {
         "name": NAME,
@@ -228,15 +357,15 @@ SCHEMA: dict[str, Any] = {
         "step_cli": {"version": VERSION, "url": URL, "sha256": SHA256, "path": LOCAL_PATH, "enabled": boolean()},
     },
     "ca": {
-        "name": text(r"\S.{0,62}", "is not a PKI name (1 to 64 characters)"),
+        "name": text(rf"\S.{{0,{CA_NAME_MAX - 1}}}", f"is not a PKI name: 1-{CA_NAME_MAX} characters"),
         "dns_names": list_of(lambda v: _dns_or_ip(v), "is not a list of DNS names and IP addresses"),
         "address": Check("is not a listen address like :443 or 0.0.0.0:8443 (port 1-65535)", _listen_address),
         "provisioner": text(r"[^@\s]+@[^@\s]+\.[^@\s]+", "is not an email address"),
         "ssh": boolean(),
         "key_type": one_of(*KEY_TYPES),
-        "root_key": one_of("keep", "offline"),
-        "root_years": integer(1, 30, "years"),
-        "intermediate_years": integer(1, 30, "years"),
+        "root_key": one_of(*ANSWER_LIMITS["root_key_modes"]),
+        "root_years": integer(1, YEARS_MAX, "years"),
+        "intermediate_years": integer(1, YEARS_MAX, "years"),
         "name_constraints": {
             "dns": list_of(_dns_domain, "is not a list of DNS domains"),
             "ip": list_of(_ip_network, "is not a list of IP networks like 192.168.70.0/24"),
@@ -247,10 +376,10 @@ SCHEMA: dict[str, Any] = {
         },
     },
     "admin": {
-        "user": text(r"[a-z_][a-z0-9_-]{0,31}", "is not a Linux user name (lower case, at most 32)"),
+        "user": text(USER_NAME_PATTERN, "is not a Linux user name (lower case, at most 32)"),
         "ssh_authorized_keys": list_of(_ssh_key, "is not a list of SSH public keys (type base64 [comment])"),
         "password_hash": Check("is not a crypt(3) hash like $6$salt$hash (plaintext passwords are refused)",
-                               _crypt_hash, optional=True),
+                               _crypt_hash, optional=True, secret=True),
     },
     "firstboot": {
         "mode": one_of("interactive", "unattended"),
@@ -263,6 +392,35 @@ SCHEMA: dict[str, Any] = {
         "enabled": boolean(),
     },
 }
+
+
+def _schema_entry(key: str) -> Any:
+    node: Any = SCHEMA
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def shown_for(key: str, value: Any) -> str:
+    """What a message may show of a config value: only a non-secret key's (an allow-list: both the
+    build schema's secret flag and the answers schema's must say non-secret); a section's value by
+    its type; an unknown key's never."""
+    if isinstance(value, _Shown):
+        return str(value)
+    entry = _schema_entry(key) if isinstance(key, str) else None
+    answers_entry = ANSWERS_SCHEMA["keys"].get(key)
+    if isinstance(answers_entry, dict) and answers_entry.get("secret") is True:
+        return "<hidden>"
+    if isinstance(entry, Check) and not entry.secret:
+        if isinstance(value, dict):
+            return "{...}"
+        text_ = repr(value)
+        return text_ if len(text_) <= 80 else text_[:77] + "..."
+    if isinstance(entry, dict) or key == "":
+        return f"<{type(value).__name__}>"
+    return "<hidden>"
 
 
 class Section:
@@ -327,17 +485,26 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _key_text(key: Any) -> str:
+    return key if isinstance(key, str) and key.isprintable() and len(key) <= 64 else repr(key)[:40]
+
+
 def _validate(schema: dict, data: Any, path: str) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(path, data, "is not a mapping of keys")
     for key in data:
-        if key not in schema and f"{path}.{key}" == "ca.database":  # its DSN holds a password: never baked
-            raise ConfigError("ca.database", "<hidden>", "is not a build setting: answer it on the appliance "
+        dotted = f"{path}.{key}" if path else _key_text(key)
+        if key not in schema and ANSWERS_SCHEMA["keys"].get(dotted, {}).get("secret") is True:
+            # a DSN or password: never baked into an image
+            raise ConfigError(dotted, NOT_SHOWN, "is not a build setting: a secret is answered on the appliance "
+                              "at first boot, never baked into the image (docs/security.md)")
+        if dotted == "ca.database":
+            raise ConfigError("ca.database", NOT_SHOWN, "is not a build setting: answer it on the appliance "
                               "(first-boot answers; README: Several appliances)")
         if key not in schema:
             close = difflib.get_close_matches(str(key), list(schema), n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(schema)}"
-            raise ConfigError(f"{path}.{key}" if path else str(key), data[key], f"is an unknown key ({hint})")
+            raise ConfigError(dotted, NOT_SHOWN, f"is an unknown key ({hint})")
     out = {}
     for key, rule in schema.items():
         sub = f"{path}.{key}" if path else key
@@ -361,54 +528,6 @@ def _cross_checks(cfg: Config) -> None:
                           "is required when firstboot.mode is unattended (an answers YAML file)")
 
 
-class StrictLoader(yaml.SafeLoader):
-    """PyYAML's safe loader without aliases (a few bytes can expand to gigabytes) or duplicate keys
-    (the second would silently win), as the appliance's own answers loader."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise yaml.YAMLError(f"at line {mark.line + 1}, column {mark.column + 1} (anchors and aliases "
-                                 "are not allowed)")
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                mark = key_node.start_mark
-                raise yaml.YAMLError(f"at line {mark.line + 1}, column {mark.column + 1} (key {key!r} "
-                                     "appears twice)")
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def read_yaml(path: Path, what: str) -> dict:
-    try:
-        text_ = Path(path).read_text()
-    except FileNotFoundError:
-        raise UserError(f"{what}: {str(path)!r} does not exist") from None
-    except OSError as e:
-        raise UserError(f"{what}: {str(path)!r} cannot be read ({e.strerror})") from None
-    try:
-        data = yaml.load(text_, Loader=StrictLoader)   # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as e:
-        if type(e) is yaml.YAMLError:   # ours: where, and why, never the text
-            raise UserError(f"{what}: {str(path)!r} is not accepted: {e}") from None
-        # Line and column only: the parser's message may quote the line, and a line may hold a secret.
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = re.sub(r"'[^']*'|\"[^\"]*\"", "...", str(getattr(e, "problem", "") or ""))
-        detail = f" ({problem})" if re.fullmatch(r"[A-Za-z0-9 <>(),.-]{1,100}", problem) else ""
-        raise UserError(f"{what}: {str(path)!r} is not valid YAML{where}{detail}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"{what}: {str(path)!r} is not a YAML mapping of sections")
-    return data
-
-
 def load_config(user_file: str | Path | None = None, overrides: dict | None = None) -> Config:
     """appliance.yaml, with the user's file and then `overrides` (e.g. {'image': {'base': 'debian'}})
     deep-merged over it, validated and frozen."""
@@ -424,13 +543,6 @@ def load_config(user_file: str | Path | None = None, overrides: dict | None = No
 
 
 # --- one set of answer rules: the guest's own validator decides what the image may bake
-
-
-class _Shown(str):
-    """A value the guest already rendered for an error message (repr'd, or <hidden>)."""
-
-    def __repr__(self):
-        return str(self)
 
 
 def baked_defaults(cfg: Config) -> dict:

@@ -12,39 +12,33 @@ import re
 import unicodedata
 from pathlib import Path
 
-from . import database, safeyaml
+from . import database, safeyaml, schema, x5c
+from .schema import Placeholder
 
 DEFAULTS_RELATIVE_PATH = Path("usr/lib/ca-appliance/defaults.yaml")
 # The defaults.yaml shipped next to this package (the image's, or the repo checkout's).
 PACKAGED_DEFAULTS = Path(__file__).resolve().parent.parent / "defaults.yaml"
 
-KEY_TYPES = ("EC-P256", "EC-P384", "RSA-3072", "RSA-4096")
-ROOT_KEY_MODES = ("keep", "offline")
-NETWORK_MODES = ("dhcp", "static")
-SSH_KEY_TYPES = (
-    "ssh-ed25519",
-    "ssh-rsa",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-    "sk-ssh-ed25519@openssh.com",
-    "sk-ecdsa-sha2-nistp256@openssh.com",
-)
-# Certificate subjects are "<name> Root CA" / "<name> Intermediate CA"; a CN holds 64 chars.
-MAX_CA_NAME = 64 - len(" Intermediate CA")
-# Typed passwords guard the CA keys offline: 16 characters at least; generated ones (the default) are 32.
-MIN_PASSWORD = 16
-MAX_YEARS = 50
+# Limits and choices: written once, in schema.yaml (the builder reads the same file).
+KEY_TYPES = tuple(schema.LIMITS["key_types"])
+ROOT_KEY_MODES = tuple(schema.LIMITS["root_key_modes"])
+NETWORK_MODES = tuple(schema.LIMITS["network_modes"])
+SSH_KEY_TYPES = tuple(schema.LIMITS["ssh_key_types"])
+SSH_RSA_MIN_BITS = schema.LIMITS["ssh_rsa_min_bits"]
+USER_NAME = re.compile(schema.LIMITS["user_name_pattern"])
+MAX_CA_NAME = schema.LIMITS["ca_name_max"]
+MIN_PASSWORD = schema.LIMITS["password_min"]
+MIN_PASSWORD_DISTINCT = schema.LIMITS["password_min_distinct"]
+MAX_PASSWORD_RUN = schema.LIMITS["password_max_run"]
+MAX_HOSTNAME = schema.LIMITS["hostname_max"]
+MAX_YEARS = schema.LIMITS["years_max"]
 # Go's time.Duration is an int64 of nanoseconds: step-ca overflows above 2562047h47m16s.
 MAX_DURATION_HOURS = 2562047
 SSH_PORT = 22
-# Keys whose values are never shown, in any message.
-SECRET_KEYS = ("ca.password", "ca.database.dsn", "join.passphrase", "restore.passphrase")
+# Keys whose values are never shown, in any message, nor baked into an image: schema.yaml's secret: true.
+SECRET_KEYS = schema.secret_keys()
 # PEM bundles are lines of text: a line break (and only that) is allowed in them.
 MULTILINE_KEYS = ("ca.x5c_roots",)
-# Answers keys that the shipped defaults.yaml does not list (they have no default). Every other
-# known key comes from defaults.yaml itself: a key added there is an accepted answer (see known_keys).
-OPTIONAL_KEYS = ("network.address", "network.gateway", "network.dns")
 
 # Always fullmatch(): "$" in match() accepts a trailing newline ("ca\n" would pass as a label).
 _DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
@@ -57,21 +51,31 @@ _FALSE_WORDS = ("false", "no", "n", "off", "0")
 
 
 class AnswersError(ValueError):
-    """A bad answer: names the key, the value and what is allowed, in one line."""
+    """A bad answer: names the key, the value (only when schema.yaml declares the key non-secret)
+    and what is allowed, in one line."""
+
+    # True for errors about a source (key: where the answers came from, value: a path or device)
+    names_a_source = False
 
     def __init__(self, key, value, message):
         self.key = key
         self.value = value
         self.message = message
-        super().__init__(f"answers error: {key}: {shown(value)} {message}")
+        self.shown_value = shown(value) if self.names_a_source else schema.shown_for(key, value)
+        super().__init__(f"answers error: {key}: {self.shown_value} {message}")
+
+
+class SourceProblem(AnswersError):
+    """The answers text itself can't be used (not YAML, empty, too large): key is where it came from."""
+
+    names_a_source = True
 
 
 def shown(value, limit=80):
     """A value as error messages show it: repr (control characters escaped), one line, shortened."""
     if isinstance(value, str) and re.fullmatch(r"<[a-z]+>", value):  # <hidden>, <input>, <empty>...
         return value
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return schema.shown(value, limit)
 
 
 def _key_text(key):
@@ -85,7 +89,7 @@ def load_answers(data, where, error=None):
     The one place every answers source is parsed: size, aliases, duplicate keys and syntax errors
     are refused by safeyaml (without quoting the input), and an empty source is an error rather than
     a CA silently built from the defaults."""
-    error = error or AnswersError
+    error = error or SourceProblem
     try:
         raw = safeyaml.loads(data, where)
     except safeyaml.YAMLInputError as problem:
@@ -93,7 +97,7 @@ def load_answers(data, where, error=None):
     if raw is None or raw == {}:
         raise error(where, "<empty>", "holds no answers: give at least one (e.g. hostname: ca.lab.example)")
     if not isinstance(raw, dict):
-        raise error(where, f"<{type(raw).__name__}>",
+        raise error(where, Placeholder(f"<{type(raw).__name__}>"),
                     "must be a YAML mapping of answers (hostname, network, ca, admin)")
     return raw
 
@@ -106,11 +110,11 @@ def load_defaults(prefix=None):
     try:
         loaded = safeyaml.load_file(path)
     except safeyaml.YAMLInputError as error:
-        raise AnswersError(str(path), "<file>", error.message) from None
+        raise SourceProblem(str(path), "<file>", error.message) from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise AnswersError(str(path), type(loaded).__name__, "must be a YAML mapping")
+        raise SourceProblem(str(path), Placeholder(f"<{type(loaded).__name__}>"), "must be a YAML mapping")
     return loaded
 
 
@@ -129,24 +133,36 @@ def deep_merge(base, override):
 
 
 def _dns_name_problem(name):
-    """None when name is a valid DNS name (lower case, no trailing dot), else why not."""
+    """None when name is a valid DNS name (lower case, no trailing dot), else why not.
+
+    RFC 1123 host labels as RFC 5280 dNSName wants them (ASCII; an internationalised name as its
+    xn-- A-labels, which must decode), not ending in a numeric label (it would read as an IP)."""
     if not name or len(name) > 253:
         return "must be 1-253 characters"
     for label in name.split("."):
         if not _DNS_LABEL.fullmatch(label):
             return "labels must be 1-63 of a-z, 0-9 and '-', not starting or ending with '-'"
+        if label[2:4] == "--":
+            try:
+                if not label.startswith("xn--"):
+                    raise UnicodeError
+                label[4:].encode("ascii").decode("punycode")
+            except UnicodeError:
+                return "labels with '--' in their 3rd and 4th characters must be valid xn-- A-labels"
     if name.rsplit(".", 1)[-1].isdigit():
         return "must not end in a numeric label"
     return None
 
 
 def check_fqdn(value, key="hostname"):
-    """A fully qualified host name, lower-cased, without a trailing dot."""
-    allowed = "is not a fully qualified domain name (e.g. ca.lab.example: letters, digits, '-', at least two labels)"
+    """A fully qualified host name, lower-cased, without a trailing dot, that the kernel accepts as
+    this machine's hostname (HOST_NAME_MAX: 64 characters)."""
+    allowed = (f"is not a fully qualified domain name of at most {MAX_HOSTNAME} characters "
+               "(e.g. ca.lab.example: letters, digits, '-', at least two labels)")
     if not isinstance(value, str):
         raise AnswersError(key, value, allowed)
     name = value.strip().lower().rstrip(".")
-    if "." not in name or _dns_name_problem(name):
+    if "." not in name or len(name) > MAX_HOSTNAME or _dns_name_problem(name):
         raise AnswersError(key, value, allowed)
     return name
 
@@ -195,6 +211,14 @@ def _as_list(value):
     return value
 
 
+def _ip_text(text):
+    """An IP address as certificates carry it: normalised, an IPv4-mapped IPv6 address as IPv4."""
+    address = ipaddress.ip_address(text)
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(address)
+
+
 def check_dns_names(value, key="ca.dns_names"):
     """The names and IP addresses the CA is reached at: DNS names or IPs, de-duplicated."""
     allowed = "must be a list of DNS names and IP addresses (e.g. [ca.lab.example, 192.168.70.10])"
@@ -209,10 +233,11 @@ def check_dns_names(value, key="ca.dns_names"):
         if "%" in text:
             raise AnswersError(key, item, "must not carry an IPv6 zone id (%...): certificates name no zones")
         try:
-            text = str(ipaddress.ip_address(text))
+            text = _ip_text(text)
         except ValueError:
-            if _dns_name_problem(text):
-                raise AnswersError(key, item, "is neither a DNS name nor an IP address") from None
+            problem = _dns_name_problem(text)
+            if problem:
+                raise AnswersError(key, item, f"is neither a DNS name nor an IP address ({problem})") from None
         if text not in names:
             names.append(text)
     return names
@@ -243,8 +268,64 @@ def check_ipv4(value, key):
         raise AnswersError(key, value, "is not an IPv4 address (e.g. 192.168.70.1)") from None
 
 
+def _ssh_fields(blob):
+    """The SSH wire-format strings of a public key blob (RFC 4251 string: 4-byte length + bytes)."""
+    fields, position = [], 0
+    while position < len(blob):
+        if position + 4 > len(blob):
+            raise ValueError("truncated")
+        length = int.from_bytes(blob[position:position + 4], "big")
+        position += 4
+        if length > len(blob) - position:
+            raise ValueError("truncated")
+        fields.append(blob[position:position + length])
+        position += length
+    return fields
+
+
+_SSH_CURVES = {"nistp256": 65, "nistp384": 97, "nistp521": 133}
+
+
+def _ssh_key_problem(key_type, blob):
+    """None when the blob is a whole public key of its type (and RSA of SSH_RSA_MIN_BITS at least)."""
+    try:
+        fields = _ssh_fields(blob)
+    except ValueError:
+        return "the key data is truncated"
+    if not fields or fields[0] != key_type.encode():
+        return "the key data does not match its type"
+    rest = fields[1:]
+    if key_type == "ssh-rsa":
+        if len(rest) != 2:
+            return "the key data is not an RSA public key (exponent and modulus)"
+        exponent, modulus = (int.from_bytes(field, "big") for field in rest)
+        if exponent < 3 or exponent % 2 == 0:
+            return "the RSA public exponent is not usable"
+        if modulus.bit_length() < SSH_RSA_MIN_BITS:
+            return f"RSA keys need at least {SSH_RSA_MIN_BITS} bits (this one has {modulus.bit_length()})"
+        return None
+    if key_type in ("ssh-ed25519", "sk-ssh-ed25519@openssh.com"):
+        expected = 2 if key_type.startswith("sk-") else 1
+        if len(rest) != expected or len(rest[0]) != 32:
+            return "the key data is not an Ed25519 public key (32 bytes)"
+        return None
+    # ecdsa-sha2-nistpNNN and sk-ecdsa-sha2-nistp256@openssh.com: curve name, point[, application]
+    curve = key_type.split("@")[0].rsplit("-", 1)[-1]
+    expected = 3 if key_type.startswith("sk-") else 2
+    if len(rest) != expected or rest[0] != curve.encode() or len(rest[1]) != _SSH_CURVES.get(curve):
+        return "the key data is not an ECDSA public key on its curve"
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        ec.EllipticCurvePublicKey.from_encoded_point(
+            {"nistp256": ec.SECP256R1(), "nistp384": ec.SECP384R1(), "nistp521": ec.SECP521R1()}[curve], rest[1])
+    except ValueError:
+        return "the ECDSA point is not on its curve"
+    return None
+
+
 def check_ssh_key(value, key="admin.ssh_authorized_keys"):
-    """One OpenSSH public key line: '<type> <base64> [comment]'."""
+    """One OpenSSH public key line: '<type> <base64> [comment]', the key data a whole key of its type."""
     allowed = f"is not an OpenSSH public key: use '<type> <base64> [comment]' with a type of {', '.join(SSH_KEY_TYPES)}"
     if not isinstance(value, str) or not value.strip().isprintable():
         raise AnswersError(key, value, allowed)
@@ -255,10 +336,9 @@ def check_ssh_key(value, key="admin.ssh_authorized_keys"):
         blob = base64.b64decode(parts[1], validate=True)
     except ValueError:
         raise AnswersError(key, value, allowed) from None
-    # The key blob starts with its own type as an SSH string: length (4 bytes) + name.
-    key_type = parts[0].encode()
-    if blob[:4] != len(key_type).to_bytes(4, "big") or blob[4 : 4 + len(key_type)] != key_type:
-        raise AnswersError(key, value, f"{allowed} (the key data does not match its type)")
+    problem = _ssh_key_problem(parts[0], blob)
+    if problem:
+        raise AnswersError(key, value, f"{allowed} ({problem})")
     return " ".join(parts)
 
 
@@ -273,8 +353,26 @@ def check_ssh_keys(value, key="admin.ssh_authorized_keys"):
     return [check_ssh_key(item, key) for item in value]
 
 
+def _longest_run(value):
+    """The longest run of equal or consecutive characters (aaaa, abcd, 4321): 1 for none."""
+    longest = run = 1
+    step = None
+    for previous, char in zip(value, value[1:], strict=False):
+        difference = ord(char) - ord(previous)
+        if difference in (-1, 0, 1) and (run == 1 or difference == step):
+            run += 1
+        else:
+            run = 2 if difference in (-1, 0, 1) else 1
+        step = difference
+        longest = max(longest, run)
+    return longest
+
+
 def password_problem(value):
-    """None when value is a usable typed password, else why not (never quoting it)."""
+    """None when value is a usable typed password, else why not (never quoting it).
+
+    The JWK provisioner's encrypted key is public (GET /1.0/provisioners) and can be attacked
+    offline, so length alone is not enough: it also needs variety and no trivial pattern."""
     if not isinstance(value, str):
         return "must be text (quote it in YAML)"
     if len(value) < MIN_PASSWORD:
@@ -284,6 +382,14 @@ def password_problem(value):
         return "must not begin or end with a space or tab"
     if not value.isprintable():
         return "must be one line of printable characters"
+    if len(set(value)) < MIN_PASSWORD_DISTINCT:
+        return (f"needs at least {MIN_PASSWORD_DISTINCT} different characters (the provisioner's encrypted "
+                "key is public, so a weak password can be guessed offline)")
+    if (value + value).find(value, 1) < len(value):
+        return "must not be a shorter text repeated (it can be guessed offline)"
+    if _longest_run(value) > MAX_PASSWORD_RUN:
+        return (f"must not have more than {MAX_PASSWORD_RUN} equal or consecutive characters in a row "
+                "(aaaa, abcd, 4321: it can be guessed offline)")
     return None
 
 
@@ -311,7 +417,7 @@ def check_ca_name(value, key="ca.name"):
 
 def check_user_name(value, key="admin.user"):
     """A Linux account name (the image's admin account; the build sets it from admin.user)."""
-    if not isinstance(value, str) or not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value):
+    if not isinstance(value, str) or not USER_NAME.fullmatch(value):
         raise AnswersError(key, value, "is not a Linux user name (lower case letters, digits, _ -; at most 32)")
     return value
 
@@ -378,57 +484,47 @@ def check_name_constraints(value, key="ca.name_constraints"):
         value = {}
     if not isinstance(value, dict):
         raise AnswersError(key, value, "must be a mapping with dns and ip lists")
+    dns, ips = _as_list(value.get("dns") or []), _as_list(value.get("ip") or [])
+    if not isinstance(dns, list):
+        raise AnswersError(f"{key}.dns", dns, "must be a list of DNS domains (e.g. [lab.example])")
+    if not isinstance(ips, list):
+        raise AnswersError(f"{key}.ip", ips, "must be a list of IP networks (e.g. [192.168.70.0/24])")
     domains = []
-    for item in _as_list(value.get("dns") or []):
+    for item in dns:
         text = item.strip().lower() if isinstance(item, str) else item
         # A leading dot (".lab.example") means subdomains only, as in X.509 name constraints.
         if not isinstance(text, str) or _dns_name_problem(text.removeprefix(".")):
             raise AnswersError(f"{key}.dns", item, "is not a DNS domain (e.g. lab.example or .lab.example)")
         domains.append(text)
     networks = []
-    for item in _as_list(value.get("ip") or []):
-        if "%" in str(item):
+    for item in ips:
+        allowed = "is not an IP network (e.g. 192.168.70.0/24)"
+        if not isinstance(item, str):
+            raise AnswersError(f"{key}.ip", item, allowed)
+        if "%" in item:
             raise AnswersError(f"{key}.ip", item, "must not carry an IPv6 zone id (%...)")
         try:
-            networks.append(str(ipaddress.ip_network(str(item).strip())))
+            networks.append(str(ipaddress.ip_network(item.strip())))
         except ValueError:
-            raise AnswersError(f"{key}.ip", item, "is not an IP network (e.g. 192.168.70.0/24)") from None
+            raise AnswersError(f"{key}.ip", item, allowed) from None
     return {"dns": domains, "ip": networks}
 
 
-_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.*?-----END CERTIFICATE-----", re.DOTALL)
-MAX_X5C_ROOTS_BYTES = 256 * 1024
-
-
-def check_x5c_roots(value, key="ca.x5c_roots"):
+def check_x5c_roots(value, key="ca.x5c_roots", chain=(), bundle=x5c.TRUST_BUNDLES):
     """None (no X5C provisioner) or a PEM bundle of CA certificates from ANOTHER CA (the operator's).
 
     Whoever holds a certificate chaining to these roots may ask the X5C provisioner for any name,
-    so this CA's own root is never one of them (an ACME client would then get every name).
-    """
-    from cryptography import x509  # only needed when X5C is configured
-
+    so x5c.check_roots refuses this CA's own chain, non-CA certificates and public roots."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    shown = f"<PEM, {len(value)} characters>" if isinstance(value, str) else value
-    if not isinstance(value, str) or len(value) > MAX_X5C_ROOTS_BYTES:
-        raise AnswersError(key, shown, "must be a PEM bundle of CA certificates (at most 256 KiB), or null for no X5C")
-    blocks = _PEM_CERTIFICATE.findall(value.encode("utf-8", "replace"))
-    if not blocks:
-        raise AnswersError(key, shown, "holds no PEM certificate (-----BEGIN CERTIFICATE-----); or null for no X5C")
-    roots = []
-    for number, block in enumerate(blocks, 1):
-        try:
-            cert = x509.load_pem_x509_certificate(block)
-            constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        except x509.ExtensionNotFound:
-            constraints = None
-        except ValueError:
-            raise AnswersError(key, shown, f"certificate {number} is not a readable PEM certificate") from None
-        if constraints is None or not constraints.ca:
-            raise AnswersError(key, shown, f"certificate {number} is not a CA certificate (basicConstraints CA:TRUE)")
-        roots.append(block.decode("ascii").replace("\r\n", "\n") + "\n")
-    return "".join(roots)
+    if not isinstance(value, str):
+        raise AnswersError(key, value, "must be a PEM bundle of CA certificates, or null for no X5C")
+    count = len(x5c.pem_blocks(value))
+    placeholder = Placeholder(f"<PEM, {len(value)} characters, {count} certificate{'s' * (count != 1)}>")
+    try:
+        return x5c.check_roots(value, chain, bundle)
+    except x5c.X5CRefused as refused:
+        raise AnswersError(key, placeholder, f"{refused}; or null for no X5C") from None
 
 
 def check_network(value, key="network"):
@@ -455,65 +551,25 @@ def check_network(value, key="network"):
 # ---- whole-tree checks: unknown keys and control characters, in every source alike ----
 
 
-def _key_tree(mapping):
-    """{key: subtree or None}: a mapping's keys, nested where the value is itself a mapping."""
-    return {key: _key_tree(value) if isinstance(value, dict) else None for key, value in mapping.items()}
-
-
-def _merge_trees(base, extra):
-    merged = dict(base)
-    for key, subtree in extra.items():
-        if isinstance(subtree, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge_trees(merged[key], subtree)
-        elif key not in merged or merged[key] is None:
-            merged[key] = subtree
-    return merged
-
-
-_known_packaged = None
-
-
 def known_keys(defaults=None):
-    """The answers keys that exist, as a key tree.
+    """The answers keys that exist, as a key tree: schema.yaml's keys, and only those.
 
-    Contract: the shipped defaults.yaml is the list of answers keys. A key (or a section) added to
-    overlay/usr/lib/ca-appliance/defaults.yaml, even with a null default, is accepted in answers from
-    every source; only keys without a default go into OPTIONAL_KEYS. Anything else is refused with the
-    closest known key, so a typo never silently falls back to a default."""
-    global _known_packaged
-    if _known_packaged is None:
-        try:
-            packaged = safeyaml.load_file(PACKAGED_DEFAULTS)
-        except safeyaml.YAMLInputError:
-            packaged = None
-        _known_packaged = _key_tree(packaged if isinstance(packaged, dict) else {})
-        for dotted in OPTIONAL_KEYS:
-            *parents, leaf = dotted.split(".")
-            node = _known_packaged
-            for part in parents:
-                if not isinstance(node.get(part), dict):
-                    node[part] = {}
-                node = node[part]
-            node.setdefault(leaf, None)
-    tree = _known_packaged
-    if isinstance(defaults, dict):
-        tree = _merge_trees(tree, _key_tree(defaults))
-    return tree
+    Contract: a key is added to overlay/usr/lib/ca-appliance/schema.yaml (with `secret:`) and read in
+    validate(); a test checks that every schema key is validated and every defaults.yaml key is in the
+    schema. Anything else is refused with the closest known key, so a typo never silently falls back
+    to a default. (`defaults` is accepted for callers of the older signature and ignored.)"""
+    return schema.key_tree()
 
 
 def check_known_keys(raw, known, path=""):
-    """Refuse a key that is not in the known key tree, naming the closest known one."""
+    """Refuse a key that is not in the known key tree, naming it and the closest known one, never its value."""
     for key, value in raw.items():
         dotted = f"{path}.{_key_text(key)}" if path else _key_text(key)
         if key not in known:
             close = difflib.get_close_matches(str(key), [str(name) for name in known], n=1, cutoff=0.6)
             hint = f"did you mean {path + '.' if path else ''}{close[0]}?" if close else \
                 f"known keys here: {', '.join(str(name) for name in known)}"
-            secret = "pass" in str(key).lower() or any(
-                f"{path}.{name}".lstrip(".") in SECRET_KEYS for name in close)
-            # a mapping or list is never printed: it may hold a secret under any name
-            shown_value = "<hidden>" if secret else "{...}" if isinstance(value, (dict, list)) else value
-            raise AnswersError(dotted, shown_value, f"is an unknown key ({hint})")
+            raise AnswersError(dotted, Placeholder(schema.NOT_SHOWN), f"is an unknown key ({hint})")
         if isinstance(known[key], dict) and isinstance(value, dict):
             check_known_keys(value, known[key], dotted)
 
@@ -534,9 +590,7 @@ def check_no_control_characters(value, path=""):
         bad = next((char for char in value
                     if unicodedata.category(char) in _CONTROL_CATEGORIES and char not in allowed), None)
         if bad is not None:
-            hidden = path in SECRET_KEYS
-            raise AnswersError(path, "<hidden>" if hidden else value,
-                               f"must not contain control characters (found U+{ord(bad):04X})")
+            raise AnswersError(path, value, f"must not contain control characters (found U+{ord(bad):04X})")
 
 
 def check_join(value, key="join"):
@@ -544,28 +598,69 @@ def check_join(value, key="join"):
     if value is None or value == {} or value == {"backup": None}:
         return None
     allowed = "must be {backup: FILE, passphrase: ...} (a `ca-appliance backup` of a node of the CA to join)"
-    if not isinstance(value, dict) or not set(value) <= {"backup", "passphrase"} or "backup" not in value \
-            or not isinstance(value["backup"], str) or not value["backup"].strip():
-        shown_value = {k: v for k, v in value.items() if k != "passphrase"} if isinstance(value, dict) else value
-        raise AnswersError(key, shown_value, allowed)
+    if not isinstance(value, dict):
+        raise AnswersError(key, value, allowed)
+    if not isinstance(value.get("backup"), str) or not value["backup"].strip():
+        raise AnswersError(f"{key}.backup", value.get("backup"), allowed)
     passphrase = value.get("passphrase")
     if passphrase is not None and not isinstance(passphrase, str):
         raise AnswersError(f"{key}.passphrase", "<hidden>", "must be text (quote it in YAML)")
     return {"backup": value["backup"].strip(), "passphrase": passphrase}
 
 
-def validate(raw, defaults):
-    """A new, complete, normalized answers dict: raw merged over defaults, every value checked."""
+def secrets_present(raw):
+    """The schema's secret keys that raw answers set (to anything but null or empty): sorted."""
+    found = []
+    for dotted in SECRET_KEYS:
+        node = raw
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node not in (None, ""):
+            found.append(dotted)
+    # restore: FILE and join given as text hold no secret; a DSN given as ca.database's text is one.
+    ca = raw.get("ca") if isinstance(raw, dict) else None
+    if isinstance(ca, dict) and isinstance(ca.get("database"), str) and ca["database"] not in database.TYPES:
+        found.append("ca.database")
+    return sorted(found)
+
+
+def _check_database_shape(value, key="ca.database"):
+    """A DSN given as ca.database's text (not under ca.database.dsn) is refused without showing it."""
+    if isinstance(value, str) and value.strip() not in database.TYPES:
+        raise AnswersError(key, "<hidden>", f"must be one of {', '.join(database.TYPES)} or a mapping "
+                           "{type: mysql, dsn: ..., database: ...} (a DSN goes under ca.database.dsn)")
+    return value
+
+
+def check_admin_user(raw, defaults):
+    """admin.user names the image's admin account (made at build time, the only one sshd lets in):
+    an answer naming another user would lock the admin out, so it must match."""
+    image_admin = check_user_name(((defaults or {}).get("admin") or {}).get("user", "admin"), "admin.user")
+    admin = raw.get("admin") if isinstance(raw, dict) else None
+    if isinstance(admin, dict) and admin.get("user") is not None:
+        user = check_user_name(admin["user"], "admin.user")
+        if user != image_admin:
+            raise AnswersError("admin.user", user, f"must be this image's admin account ({image_admin!r}): the "
+                               "account is made when the image is built (build config admin.user)")
+    return image_admin
+
+
+def validate(raw, defaults, chain=()):
+    """A new, complete, normalized answers dict: raw merged over defaults, every value checked.
+    chain: this CA's own certificates when they exist (X5C must not trust them)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise AnswersError("(answers)", raw, "must be a mapping of hostname, network, ca, admin")
-    check_known_keys(raw, known_keys(defaults))
+        raise AnswersError("(answers)", Placeholder(f"<{type(raw).__name__}>"),
+                           "must be a mapping of hostname, network, ca, admin")
+    check_known_keys(raw, known_keys())
     for section in ("ca", "admin"):
         if section in raw and raw[section] is not None and not isinstance(raw[section], dict):
             raise AnswersError(section, raw[section], "must be a mapping")
+    admin_user = check_admin_user(raw, defaults)
     # A top-level null (e.g. "network:" left empty) means "use the default".
     merged = deep_merge(defaults or {}, {key: value for key, value in raw.items() if value is not None})
+    check_known_keys(merged, known_keys())  # the defaults too: a key the schema lacks would be dropped silently
     check_no_control_characters(merged)
     ca = merged.get("ca") or {}
     admin = merged.get("admin") or {}
@@ -589,12 +684,12 @@ def validate(raw, defaults):
             "intermediate_years": check_years(ca.get("intermediate_years"), "ca.intermediate_years", root_years),
             "name_constraints": check_name_constraints(ca.get("name_constraints"), "ca.name_constraints"),
             "claims": check_claims(ca.get("claims"), "ca.claims"),
-            "x5c_roots": check_x5c_roots(ca.get("x5c_roots"), "ca.x5c_roots"),
-            "database": database.validate(ca.get("database")),
+            "x5c_roots": check_x5c_roots(ca.get("x5c_roots"), "ca.x5c_roots", chain),
+            "database": database.validate(_check_database_shape(ca.get("database"))),
         },
         "join": check_join(merged.get("join")),
         "admin": {
-            "user": check_user_name(admin.get("user", "admin"), "admin.user"),
+            "user": admin_user if admin.get("user") is None else check_user_name(admin.get("user"), "admin.user"),
             "ssh_authorized_keys": check_ssh_keys(admin.get("ssh_authorized_keys"), "admin.ssh_authorized_keys"),
         },
     }

@@ -38,12 +38,15 @@ def check(request):
 def _check_baked(baked, defaults):
     """The baked answers file: what first boot would read from /etc/ca-appliance/answers.yaml."""
     raw = answers.load_answers(base64.b64decode(baked["base64"]), baked["name"])
-    password = raw["ca"].get("password") if isinstance(raw.get("ca"), dict) else None
-    if password not in (None, ""):
+    # Every key schema.yaml declares secret (the CA password, a DSN, a backup's passphrase): every
+    # copy of the image would carry it, possibly also in free blocks after first boot.
+    present = answers.secrets_present(raw)
+    if present:
         raise answers.AnswersError(
-            "ca.password", "<hidden>",
-            "must not be in a baked answers file: every copy of the image would carry it "
-            "(leave it out: first boot generates one and shows it once on the console)")
+            present[0], "<hidden>",
+            "must not be in a baked answers file: every copy of the image would carry it (leave it out: "
+            "give it at first boot through a credential or the console"
+            + ("; a generated CA password is shown once on the console)" if present[0] == "ca.password" else ")"))
     answers.validate(raw, defaults)
 
 
@@ -53,7 +56,7 @@ def main():
         check(request)
     except answers.AnswersError as error:
         baked = "firstboot.answers: " if getattr(error, "in_baked", False) else ""
-        reply = {"error": {"key": baked + str(error.key), "shown": answers.shown(error.value),
+        reply = {"error": {"key": baked + str(error.key), "shown": error.shown_value,
                            "message": error.message}}
         print(json.dumps(reply))
         return 2
