@@ -88,21 +88,11 @@ def write_format(fmt: str, cfg: Config, raw: Path, out: Path, runner: Runner, si
         write_vmdk(raw, out, runner)
     elif fmt == "vhdx":
         write_vhdx(raw, out, runner)
-    elif fmt == "vhdx":
-        write_vhdx(raw, out, runner)
     elif fmt == "ova":
         from image.ova import write_ova
         write_ova(cfg, raw, out, runner, **signing, test_reason=test_reason)
     else:
         raise ValueError(fmt)
-
-
-def write_vhdx(raw: Path, out: Path, runner: Runner) -> None:
-    """Hyper-V's disk: a dynamic VHDX (what New-VHD -Dynamic makes) with 1 MiB blocks, the block size
-    Microsoft recommends for Linux guests (ext4 spreads its writes; bigger blocks grow the file)."""
-    runner.run(["qemu-img", "convert", "-f", "raw", "-O", "vhdx", "-o", "subformat=dynamic,block_size=1M",
-                raw, out])
-    runner.run(["qemu-img", "check", "-f", "vhdx", out])
 
 
 def write_vhdx(raw: Path, out: Path, runner: Runner) -> None:
