@@ -74,7 +74,7 @@ def step_from_source(c, config=None, out=None, force=False):
     print(snippet, end="")
 
 
-@task(help={"format": "qcow2, raw, vmdk or ova; repeat or comma-separate for several "
+@task(help={"format": "qcow2, raw, vmdk, vhdx (Hyper-V) or ova; repeat or comma-separate for several "
                       "(default: image.formats from the config)",
             "base": "fedora or debian (default: image.base from the config)",
             "config": "YAML file merged over appliance.yaml",

@@ -51,7 +51,7 @@ def test_running_without_root_is_refused_before_any_work(tmp_path, monkeypatch, 
 
 
 def test_an_unknown_format_or_base_is_a_user_error(debian_cfg):
-    with pytest.raises(UserError, match=r"--format: 'iso' is not one of: qcow2, raw, vmdk, ova"):
+    with pytest.raises(UserError, match=r"--format: 'iso' is not one of: qcow2, raw, vmdk, vhdx, ova"):
         build_mod.build_appliance(debian_cfg, formats=["qcow2", "iso"])
     with pytest.raises(UserError, match=r"base: 'arch' is not one of"):
         get_base("arch")
