@@ -50,7 +50,7 @@ def test_manifest_records_config_base_packages_and_step_ca(manifest, debian_imag
         assert needed in packages, needed
     assert "systemd-timesyncd" not in packages   # chrony keeps the time
     assert manifest["step_ca"]["kind"] == "binary" and re.fullmatch(r"[0-9a-f]{64}", manifest["step_ca"]["sha256"])
-    assert manifest["step_cli"] is None
+    assert manifest["step_cli"]["kind"] == "binary" and re.fullmatch(r"[0-9a-f]{64}", manifest["step_cli"]["sha256"])
     assert manifest["build_seconds"] > 0 and debian_image.name in manifest["outputs"]
 
 
@@ -71,17 +71,24 @@ def test_the_build_provisioned_the_rootfs_with_the_guest_program(debian_image):
     assert "/usr/bin/ca-appliance provision --base debian" in text
     assert "ca-appliance provision --base debian\n" in text and "provision: done" in text
     assert "initramfs (initramfs-tools)" in text
-    assert "warning: TEST IMAGE: step-ca 0.19.0 is older than 0.29.0" in text   # the build said so
+    assert "TEST IMAGE" not in text   # CI builds what users get
 
 
-def test_a_step_ca_older_than_0_29_makes_a_test_image_and_says_so(manifest, image_root):
-    """CI's step-ca 0.19.0 (Debian's sources) has GHSA-h8cp-697h-8c8p: manifest and build.json say test only."""
+def test_ci_builds_the_step_ca_users_get_and_it_is_no_test_image(manifest, image_root):
+    """The pinned step-ca (appliance.yaml) built from its Go module: the manifest, build.json and the
+    binary itself say that version, and the image is not a test image."""
     import json
-    assert manifest["step_ca_version"] == "0.19.0" and manifest["test_only"] is True
-    assert "GHSA-h8cp-697h-8c8p" in manifest["test_only_reason"]
+    import subprocess
+
+    from image.config import load_config
+    pinned = load_config().artifacts
+    assert manifest["step_ca_version"] == pinned.step_ca.version and manifest["test_only"] is False
     build = json.loads((image_root / "usr/lib/ca-appliance/build.json").read_text())
-    assert (build["step_ca_version"], build["test_only"]) == ("0.19.0", True)
-    assert build["test_only_reason"] == manifest["test_only_reason"]
+    assert (build["step_ca_version"], build["test_only"]) == (pinned.step_ca.version, False)
+    said = subprocess.run([image_root / "usr/bin/step-ca", "version"], capture_output=True, text=True).stdout
+    assert said.startswith(f"Smallstep CA/{pinned.step_ca.version} ")
+    said = subprocess.run([image_root / "usr/bin/step", "version"], capture_output=True, text=True).stdout
+    assert said.startswith(f"Smallstep CLI/{pinned.step_cli.version} ")
     assert not (image_root / "etc/ca-appliance/provision.json").exists()   # applied, then removed
 
 
@@ -115,11 +122,10 @@ def test_root_is_locked_and_the_admin_has_sudo(image_root):
     assert stat.S_IMODE(os.stat(ssh_dir / "authorized_keys").st_mode) == 0o600
 
 
-def test_step_ca_and_the_guest_cli_are_installed_root_owned_and_executable(image_root):
-    for path in ("usr/bin/step-ca", "usr/bin/ca-appliance"):
+def test_step_ca_step_and_the_guest_cli_are_installed_root_owned_and_executable(image_root):
+    for path in ("usr/bin/step-ca", "usr/bin/step", "usr/bin/ca-appliance"):
         st = os.stat(image_root / path)
         assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o755), path
-    assert not (image_root / "usr/bin/step").exists()   # step_cli disabled: no step CLI
     assert stat.S_IMODE(os.stat(image_root / "usr/lib/ca-appliance/defaults.yaml").st_mode) == 0o644
 
 

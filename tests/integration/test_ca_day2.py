@@ -231,17 +231,3 @@ def test_acme_revoke_cert_stops_renewal(running_ca, tmp_path, port_80_free):
                       "--reason", "keycompromise")
     assert revoked.returncode == 0, revoked.stdout + revoked.stderr
     assert _renew(ca, live / "fullchain.pem", live / "privkey.pem") == 401
-
-
-def test_crl_block_only_for_a_step_ca_that_serves_crls(make_ca, step_ca_binary):
-    ca = make_ca()  # setup's PATH has no step-ca here: version unknown, no block
-    assert "crl" not in ca.config
-    env = dict(os.environ, PATH=f"{step_ca_binary.parent}:{os.environ['PATH']}")
-    version = run_cli("status", "--json", "--prefix", ca.prefix, env=env, check=False)
-    facts = json.loads(version.stdout)
-    assert facts["step_ca_version"] == "0.19.0"  # Debian's sources; /crl came with 0.24
-    answers = ca.prefix.parent / "crl-answers.yaml"
-    import yaml
-    answers.write_text(yaml.safe_dump(ca.answers))
-    run_cli("setup", "--answers", answers, "--prefix", ca.prefix, "--no-system", "--force", env=env)
-    assert "crl" not in ca.config

@@ -1,8 +1,9 @@
 """Day two, the pieces that need no step-ca: OS update configuration per base and its switch,
-the step-ca version rule for the `crl` block, the stale-file check behind restart-if-stale,
+the CRL every CA gets, the stale-file check behind restart-if-stale,
 the watch's expiry levels and the overlay's watch units."""
 import configparser
 import datetime
+import json
 from pathlib import Path
 
 import pytest
@@ -78,17 +79,17 @@ def test_updates_security_false_leaves_them_out(base):
     assert payload.provision_input(config)["extra_units"] == []
 
 
-@pytest.mark.parametrize("version, crl", [
-    ("0.19.0", False), ("0.23.2", False), ("0.24.0", True), ("0.30.2", True), ("v1.0.0", True),
-    (None, False), ("unknown", False)])
-def test_crl_support_follows_the_step_ca_version(version, crl, tmp_path):
-    assert stepca.supports_crl(version) is crl
+@pytest.mark.parametrize("page, url", [(True, "http://ca.lab.example/crl"), (False, "https://ca.lab.example/crl")])
+def test_every_ca_has_a_crl_and_every_leaf_names_it(page, url, tmp_path):
+    """0.30 serves a CRL for every CA; the page's plain-HTTP port 80 when it is on, else step-ca's port."""
+    (tmp_path / "usr/lib/ca-appliance").mkdir(parents=True)
+    (tmp_path / "usr/lib/ca-appliance/build.json").write_text(json.dumps({"client_page": page}))
     ca = {"name": "Unit CA", "dns_names": ["ca.lab.example"], "address": ":443", "provisioner": "a@b.example",
           "ssh": False, "claims": {"acme": {"default": "1h", "max": "2h"}, "jwk": {"default": "1h", "max": "2h"}}}
-    config = cajson.ca_json(ca, Layout(tmp_path), b"PEM", {}, "", step_ca_version=version)
-    assert ("crl" in config) is crl
-    if crl:
-        assert config["crl"]["enabled"] is True and config["crl"]["generateOnRevoke"] is True
+    config = cajson.ca_json(ca, Layout(tmp_path), b"PEM", {}, "")
+    assert config["crl"]["enabled"] is True and config["crl"]["generateOnRevoke"] is True
+    for provisioner in config["authority"]["provisioners"]:
+        assert f'"crlDistributionPoints": ["{url}"]' in provisioner["options"]["x509"]["template"]
 
 
 def test_local_endpoint_of_listen_addresses():

@@ -1,25 +1,40 @@
 """ca.json and defaults.json, as pure functions of the answers, the layout and the CA material.
 
-Field names follow step-ca's authority/config (0.19 through 0.30). Two choices worth knowing:
+Field names follow step-ca 0.30's authority/config (checked by running step-ca on every ca.json
+the tests write). Choices worth knowing:
 - no `tls` block: step-ca then uses its own defaults, which suit every key type (the block
   `step ca init` writes lists ECDSA-only suites, wrong for an RSA intermediate);
-- ACME `challenges` is written for step-ca >= 0.22 (which honours it); 0.19 ignores it;
-- a `crl` block only when the installed step-ca reads it (0.24 and later, `step-ca version`):
-  older releases do not serve /crl, and a block they do not know would only mislead.
+- a CRL for every CA: signed by the intermediate, regenerated on every revocation and every 12 h
+  (valid 24 h); every leaf carries where to fetch it (crlDistributionPoints, through each X.509
+  provisioner's template), plain HTTP on port 80 when the client page serves it;
+- `ca.name_constraints` is also step-ca's issuance policy (authority.policy), so an out-of-policy
+  name is refused at issuance, not signed into a certificate relying parties then refuse.
 """
 import base64
 import ipaddress
+import json
 
-from . import database, stepca
+from . import buildinfo, database
 
 ACME_NAME = "acme"
 X5C_NAME = "x5c"
 SSHPOP_NAME = "sshpop"
 ACME_CHALLENGES = ["http-01", "dns-01", "tls-alpn-01"]
 ACME_DIRECTORY_PATH = f"/acme/{ACME_NAME}/directory"
-# step-ca >= 0.24: a CRL signed by the intermediate, regenerated on every revocation, served at /crl.
-CRL_BLOCK = {"enabled": True, "generateOnRevoke": True, "cacheDuration": "24h0m0s"}
-DETECT = object()
+CRL_BLOCK = {"enabled": True, "generateOnRevoke": True, "cacheDuration": "24h0m0s", "renewPeriod": "12h0m0s"}
+CRL_PATH = "/crl"
+# step-ca's default leaf template (go.step.sm/crypto x509util.DefaultLeafTemplate) plus the CRL's URL
+LEAF_TEMPLATE = """{
+	"subject": {{ toJson .Subject }},
+	"sans": {{ toJson .SANs }},
+{{- if typeIs "*rsa.PublicKey" .Insecure.CR.PublicKey }}
+	"keyUsage": ["keyEncipherment", "digitalSignature"],
+{{- else }}
+	"keyUsage": ["digitalSignature"],
+{{- end }}
+	"extKeyUsage": ["serverAuth", "clientAuth"],
+	"crlDistributionPoints": %s
+}"""
 
 
 def listen_port(address):
@@ -46,11 +61,61 @@ def acme_directory_url(ca):
     return ca_url(ca) + ACME_DIRECTORY_PATH
 
 
+def crl_url(ca, page=True):
+    """Where relying parties fetch the CRL: plain HTTP on port 80 (the client page's server), as
+    CRLs are served, so a client that does not trust the CA yet can fetch it; without the page,
+    step-ca's own /crl on the CA's port."""
+    if page:
+        return f"http://{_url_host(ca['dns_names'][0])}{CRL_PATH}"
+    return ca_url(ca) + CRL_PATH
+
+
+def x509_options(crl):
+    """Each X.509 provisioner's options: the default leaf, with the CRL distribution point."""
+    return {"x509": {"template": LEAF_TEMPLATE % json.dumps([crl])}}
+
+
+def _complement(networks, version):
+    """The CIDR ranges of IPv`version` space outside `networks` (for a deny list)."""
+    remaining = [ipaddress.ip_network("0.0.0.0/0" if version == 4 else "::/0")]
+    for network in (n for n in networks if n.version == version):
+        outside = []
+        for block in remaining:   # two CIDR blocks either nest or are disjoint
+            if block.subnet_of(network):
+                continue
+            outside.extend(block.address_exclude(network) if network.subnet_of(block) else [block])
+        remaining = outside
+    return [str(n) for n in ipaddress.collapse_addresses(remaining)]
+
+
+def issuance_policy(constraints):
+    """step-ca's authority.policy for the intermediate's name constraints (None when there are none).
+
+    Same names as the constraints where step-ca's engine can say it: a DNS domain permits itself
+    and its names one label down (`*.domain`; step-ca's policy matches no deeper); IP ranges as
+    given. X.509 leaves a kind with no constraint open, while step-ca refuses every name of a kind
+    that an allow list omits: DNS-only constraints allow every IP; IP-only constraints become a
+    deny list of the IP space outside them, which leaves DNS names open.
+    """
+    dns, ips = list(constraints.get("dns") or []), [ipaddress.ip_network(n) for n in constraints.get("ip") or []]
+    if not dns and not ips:
+        return None
+    if dns:
+        # ".domain" (RFC 5280: names below the domain only) permits no name of its own
+        allow = {"dns": [name for domain in dns
+                         for name in (["*" + domain] if domain.startswith(".") else [domain, "*." + domain])],
+                 "ip": [str(n) for n in ips] if ips else ["0.0.0.0/0", "::/0"]}
+        x509 = {"allow": allow, "allowWildcardNames": True}
+    else:
+        x509 = {"deny": {"ip": _complement(ips, 4) + _complement(ips, 6)}, "allowWildcardNames": True}
+    return {"x509": x509}
+
+
 def _tls_claims(durations):
     return {"defaultTLSCertDuration": durations["default"], "maxTLSCertDuration": durations["max"]}
 
 
-def provisioners(ca, root_cert_pem, jwk_public, jwk_encrypted):
+def provisioners(ca, root_cert_pem, jwk_public, jwk_encrypted, crl=None):
     """JWK first (the admin's), then ACME, X5C (only with operator roots) and, with SSH on, SSHPOP.
 
     X5C never trusts this CA's own root: step-ca takes the names from the token, so any holder of
@@ -59,24 +124,29 @@ def provisioners(ca, root_cert_pem, jwk_public, jwk_encrypted):
     jwk_claims = _tls_claims(ca["claims"]["jwk"])
     if ca["ssh"]:
         jwk_claims["enableSSHCA"] = True
+    options = x509_options(crl or crl_url(ca))
     result = [
         {"type": "JWK", "name": ca["provisioner"], "key": jwk_public, "encryptedKey": jwk_encrypted,
-         "claims": jwk_claims},
+         "claims": jwk_claims, "options": options},
         {"type": "ACME", "name": ACME_NAME, "challenges": list(ACME_CHALLENGES),
-         "claims": _tls_claims(ca["claims"]["acme"])},
+         "claims": _tls_claims(ca["claims"]["acme"]), "options": options},
     ]
     if ca.get("x5c_roots"):
         # step-ca unmarshals `roots` as []byte: base64 of the PEM bundle.
-        result.append({"type": "X5C", "name": X5C_NAME,
+        result.append({"type": "X5C", "name": X5C_NAME, "options": options,
                        "roots": base64.b64encode(ca["x5c_roots"].encode("ascii")).decode("ascii")})
     if ca["ssh"]:
         result.append({"type": "SSHPOP", "name": SSHPOP_NAME, "claims": {"enableSSHCA": True}})
     return result
 
 
-def ca_json(ca, layout, root_cert_pem, jwk_public, jwk_encrypted, step_ca_version=DETECT):
-    """step-ca's configuration; every path is the final one under layout's prefix.
-    step_ca_version: the installed step-ca's (read from `step-ca version` unless given; None: unknown)."""
+def ca_json(ca, layout, root_cert_pem, jwk_public, jwk_encrypted):
+    """step-ca's configuration; every path is the final one under layout's prefix."""
+    crl = crl_url(ca, page=bool(buildinfo.load(layout.prefix).get("client_page")))
+    authority = {"provisioners": provisioners(ca, root_cert_pem, jwk_public, jwk_encrypted, crl)}
+    policy = issuance_policy(ca.get("name_constraints") or {})
+    if policy:
+        authority["policy"] = policy
     config = {
         "root": str(layout.root_cert),
         "federatedRoots": None,
@@ -88,15 +158,13 @@ def ca_json(ca, layout, root_cert_pem, jwk_public, jwk_encrypted, step_ca_versio
         "logger": {"format": "text"},
         # badger (embedded) unless the answers name a shared database (the DSN is then in ca.json: 0400, user step)
         "db": database.ca_json_block(ca.get("database") or database.DEFAULT, layout.db_dir),
-        "authority": {"provisioners": provisioners(ca, root_cert_pem, jwk_public, jwk_encrypted)},
+        "authority": authority,
+        # the CRL's issuingDistributionPoint must name the URL the leaves carry (else "different CRL scope")
+        "crl": {**CRL_BLOCK, "idpURL": crl},
     }
     if ca["ssh"]:
         config["ssh"] = {"hostKey": str(layout.secrets_dir / "ssh_host_ca_key"),
                          "userKey": str(layout.secrets_dir / "ssh_user_ca_key")}
-    if step_ca_version is DETECT:
-        step_ca_version = stepca.installed_version()
-    if stepca.supports_crl(step_ca_version):
-        config["crl"] = dict(CRL_BLOCK)
     return config
 
 

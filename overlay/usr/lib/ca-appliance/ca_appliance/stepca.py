@@ -6,10 +6,9 @@ import shutil
 import ssl
 import subprocess
 
-# The unit's ExecStart has no absolute path: systemd finds /usr/local/bin (built from source)
-# before /usr/bin (smallstep's packages). Look in the same order, then on PATH (tests).
+# The unit's ExecStart has no absolute path: systemd finds /usr/local/bin (a binary the operator
+# put there) before /usr/bin (the image's). Look in the same order, then on PATH (tests).
 SEARCH_PATH = "/usr/local/bin:/usr/bin"
-CRL_SINCE = (0, 24, 0)    # step-ca serves /crl and reads ca.json's `crl` block from 0.24.0
 HEALTH_TIMEOUT = 10
 
 
@@ -18,12 +17,11 @@ def binary():
 
 
 def installed_version():
-    """'0.19.0' from `step-ca version` ("Smallstep CA/0.30.2 (linux/amd64)"), or from `step-ca --version`
-    (a step-ca built from Debian's sources: "step-ca version 0.19.0-debian"); None when unknown."""
+    """'0.30.2' from `step-ca version` ("Smallstep CA/0.30.2 (linux/amd64)"); None when unknown."""
     path = binary()
     if path is None:
         return None
-    for argv in ([path, "version"], [path, "--version"]):
+    for argv in ([path, "version"],):
         try:
             output = subprocess.run(argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
                                     cwd="/").stdout
@@ -33,16 +31,6 @@ def installed_version():
         if match:
             return match.group(1)
     return None
-
-
-def version_tuple(version):
-    match = re.match(r"v?(\d+)\.(\d+)\.(\d+)", version or "")
-    return tuple(int(part) for part in match.groups()) if match else None
-
-
-def supports_crl(version):
-    parsed = version_tuple(version)
-    return parsed is not None and parsed >= CRL_SINCE
 
 
 def local_endpoint(address):
