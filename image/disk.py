@@ -274,6 +274,31 @@ def read_partitions(path: Path) -> list[Partition]:
             for p in table.get("partitions", [])]
 
 
+MBR_SIGNATURE = b"\x55\xaa"
+MBR_ENTRIES_AT = 446                 # four 16-byte partition entries, then the signature at 510
+PROTECTIVE_MBR_TYPE = 0xEE           # the one entry of a GPT disk's protective MBR (UEFI spec 5.2.3)
+BOOT_INDICATOR = 0x80
+
+
+def protective_mbr_boot_flag(path: Path) -> bool:
+    """Whether the protective MBR of a GPT disk image marks its 0xEE entry bootable (boot indicator
+    0x80, parted's `pmbr_boot`). The UEFI spec wants 0x00 there; blivet sets it on BIOS installs, and
+    some UEFI firmware (EDK2 before mid-2021, some vendors') then refuses the disk. Read from the
+    image's first sector: no root, no loop device. StepFailed for a disk without a protective MBR."""
+    try:
+        with open(path, "rb") as f:
+            sector = f.read(SECTOR)
+    except OSError as e:
+        raise StepFailed("read the protective MBR", f"{path}: {e.strerror or e}") from None
+    if len(sector) < SECTOR or sector[510:512] != MBR_SIGNATURE:
+        raise StepFailed("read the protective MBR", f"{path} has no MBR (no 55AA signature in its first sector)")
+    for i in range(4):
+        entry = sector[MBR_ENTRIES_AT + 16 * i:MBR_ENTRIES_AT + 16 * (i + 1)]
+        if entry[4] == PROTECTIVE_MBR_TYPE:
+            return entry[0] == BOOT_INDICATOR
+    raise StepFailed("read the protective MBR", f"{path} has no protective MBR entry (type 0xEE): not a GPT disk")
+
+
 def root_partition(path: Path) -> Partition:
     """The root file system's partition of an appliance disk: the last Linux one (the GPT also
     holds the BIOS boot partition and the ESP, which come first)."""

@@ -1,5 +1,7 @@
-"""image.disk on real loop devices, mounts and file systems: every one is released, whatever happens."""
+"""image.disk on real loop devices, mounts and file systems: every one is released, whatever happens;
+and the protective MBR read from real sfdisk- and parted-made disk images (no root needed)."""
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -9,7 +11,7 @@ from image import disk
 from image.errors import StepFailed
 from image.runner import Runner
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and mounts need root")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and mounts need root")
 
 MIB = 1 << 20
 
@@ -29,6 +31,7 @@ def small_disk(tmp_path, runner, size=256 * MIB):
     return raw, layout.root
 
 
+@needs_root
 def test_create_disk_writes_a_gpt_with_bios_boot_esp_and_root_filling_the_rest(tmp_path, runner):
     raw = tmp_path / "disk.raw"
     layout = disk.create_disk(raw, 256 * MIB, runner)
@@ -45,11 +48,13 @@ def test_create_disk_writes_a_gpt_with_bios_boot_esp_and_root_filling_the_rest(t
     assert table.count("type=") == 3 and 'name="root"' in table
 
 
+@needs_root
 def test_create_disk_refuses_a_disk_too_small_for_the_root(tmp_path, runner):
     with pytest.raises(StepFailed, match="too small"):
         disk.create_disk(tmp_path / "disk.raw", 100 * MIB, runner)
 
 
+@needs_root
 def test_ext4_made_from_a_directory_keeps_owners_modes_and_content(tmp_path, runner):
     raw, part = small_disk(tmp_path, runner)
     tree = tmp_path / "tree"
@@ -69,6 +74,7 @@ def test_ext4_made_from_a_directory_keeps_owners_modes_and_content(tmp_path, run
     assert loops_on(raw) == [] and disk.mounts_under(tmp_path) == []
 
 
+@needs_root
 def test_loop_device_and_mount_are_released_when_the_body_raises(tmp_path, runner):
     raw, part = small_disk(tmp_path, runner)
     tree = tmp_path / "tree"
@@ -86,6 +92,7 @@ def test_loop_device_and_mount_are_released_when_the_body_raises(tmp_path, runne
         assert loops_on(raw) == []
 
 
+@needs_root
 @pytest.mark.skipif(not Path("/usr/lib/grub/x86_64-efi/modinfo.sh").exists(),
                     reason="GRUB's UEFI modules are not installed (apt-get install grub-efi-amd64-bin)")
 def test_grub_install_boots_both_firmwares_and_finds_the_root_by_uuid(tmp_path, runner):
@@ -102,6 +109,7 @@ def test_grub_install_boots_both_firmwares_and_finds_the_root_by_uuid(tmp_path, 
         f.seek(layout.bios_boot.offset)
         bios_boot = f.read(layout.bios_boot.size)
     assert mbr[510:512] == b"\x55\xaa" and b"GRUB" in mbr
+    assert disk.protective_mbr_boot_flag(raw) is False   # grub-install's boot code leaves the flag alone
     assert bios_boot.strip(b"\0"), "BIOS: no core image embedded in the BIOS boot partition"
     with disk.loop_device(raw, runner, offset=layout.root.offset, size=layout.root.size, read_only=True) as dev, \
             disk.mounted(dev, tmp_path / "mnt", runner, options="ro,noload") as mnt:
@@ -121,6 +129,7 @@ def test_grub_install_boots_both_firmwares_and_finds_the_root_by_uuid(tmp_path, 
     assert loops_on(raw) == [] and disk.mounts_under(tmp_path) == []
 
 
+@needs_root
 def test_grub_install_releases_everything_when_grub_install_fails(tmp_path, runner, monkeypatch):
     raw = tmp_path / "disk.raw"
     layout = disk.create_disk(raw, 256 * MIB, runner)
@@ -141,6 +150,7 @@ def test_grub_install_releases_everything_when_grub_install_fails(tmp_path, runn
     assert loops_on(raw) == [] and disk.mounts_under(tmp_path) == []
 
 
+@needs_root
 def test_release_stale_frees_what_a_killed_run_left_and_remove_tree_then_deletes(tmp_path, runner):
     work = tmp_path / "work"
     work.mkdir()
@@ -164,6 +174,7 @@ def test_release_stale_frees_what_a_killed_run_left_and_remove_tree_then_deletes
         subprocess.run(["losetup", "-d", dev], capture_output=True)
 
 
+@needs_root
 def test_remove_tree_refuses_a_tree_with_a_mount_it_cannot_release(tmp_path, runner, monkeypatch):
     work = tmp_path / "work"
     (work / "proc").mkdir(parents=True)
@@ -175,3 +186,47 @@ def test_remove_tree_refuses_a_tree_with_a_mount_it_cannot_release(tmp_path, run
         assert (work / "proc").is_dir()
     finally:
         subprocess.run(["umount", work / "proc"], check=True)
+
+
+# --- the protective MBR's boot flag (no root: plain files, sfdisk and parted work on them)
+
+
+def gpt_image(path: Path) -> Path:
+    """A raw file partitioned by sfdisk with the appliance's own GPT layout script."""
+    with open(path, "wb") as f:
+        f.truncate(256 * MIB)
+    subprocess.run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(path)],
+                   input=disk.partition_script(), text=True, check=True, capture_output=True)
+    return path
+
+
+def test_the_debian_layout_made_by_sfdisk_has_a_protective_mbr_without_the_boot_flag(tmp_path):
+    raw = gpt_image(tmp_path / "disk.raw")
+    assert disk.protective_mbr_boot_flag(raw) is False
+    sector = raw.read_bytes()[:512]
+    assert sector[446 + 4] == 0xEE and sector[446] == 0x00   # what the function read, by hand
+
+
+@pytest.mark.skipif(shutil.which("parted") is None, reason="parted is not installed (host-packages.txt)")
+def test_the_boot_flag_parted_sets_is_seen_and_its_clearing_too(tmp_path):
+    raw = gpt_image(tmp_path / "disk.raw")
+    subprocess.run(["parted", "--script", str(raw), "disk_set", "pmbr_boot", "on"], check=True)
+    assert disk.protective_mbr_boot_flag(raw) is True      # what blivet leaves after a BIOS install
+    subprocess.run(["parted", "--script", str(raw), "disk_set", "pmbr_boot", "off"], check=True)
+    assert disk.protective_mbr_boot_flag(raw) is False     # what Fedora's kickstarts (and ours) do
+
+
+def test_a_disk_without_a_protective_mbr_is_a_failed_check_not_a_silent_pass(tmp_path):
+    blank = tmp_path / "blank.raw"
+    blank.write_bytes(bytes(4096))
+    with pytest.raises(StepFailed, match="no MBR"):
+        disk.protective_mbr_boot_flag(blank)
+    dos = tmp_path / "dos.raw"
+    with open(dos, "wb") as f:
+        f.truncate(64 * MIB)
+    subprocess.run(["sfdisk", "--quiet", str(dos)], input="label: dos\nstart=2048, type=83, bootable\n", text=True,
+                   check=True, capture_output=True)
+    with pytest.raises(StepFailed, match="no protective MBR entry"):
+        disk.protective_mbr_boot_flag(dos)
+    with pytest.raises(StepFailed, match="missing.raw"):
+        disk.protective_mbr_boot_flag(tmp_path / "missing.raw")
