@@ -9,11 +9,13 @@ from the operator's backup passphrase with scrypt (N=2^17, r=8, p=1): MAGIC, one
 line (KDF parameters, salt, nonce; authenticated as associated data), then the ciphertext. The
 password.txt inside is therefore only as exposed as the passphrase. Format 1 (a plain .tar.gz,
 as earlier versions wrote and setup --force still writes into /var/backups on the appliance
-itself, beside the live secrets) is still restored.
+itself, beside the live secrets) is still restored; it proves nothing about who wrote it, so a
+passphrase given for one is an error unless the operator adds --allow-unencrypted.
 
-Restore never trusts the archive's metadata: every member's mode is the appliance's own for its
-path (no setuid, no group or world access to secrets), only regular files and directories under
-the CA's own paths are taken, and the root fingerprint is computed from the restored root.
+Restore never trusts the archive's metadata: the archive is read once, streamed, with limits
+(archive.py); every path gets the owner and mode of the one table (layout.OWNERSHIP); only regular
+files and directories under the CA's own paths are taken; and the root fingerprint and the X5C
+filter are computed from the bytes installed.
 """
 import base64
 import datetime
@@ -25,26 +27,18 @@ from pathlib import Path, PurePosixPath
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.x509 import load_pem_x509_certificate
 
-from . import clientpage, database, pki, replace, system
+from . import archive, clientpage, database, pki, replace, system
+from .archive import MAGIC, SCRYPT
 from .errors import UserError
 from .staging import write_file
 
 MANIFEST = "ca-appliance-backup.json"
 FORMAT = 1
-ENCRYPTED_FORMAT = 2
-MAGIC = b"CA-APPLIANCE-BACKUP\n"
-SCRYPT = {"n": 2 ** 17, "r": 8, "p": 1}
-MAX_SCRYPT_N = 2 ** 20  # a hostile header must not ask for gigabytes
+ENCRYPTED_FORMAT = archive.ENCRYPTED_FORMAT
 MIN_PASSPHRASE = 12
-
-
-def _derive(passphrase, salt, n, r, p):
-    if isinstance(passphrase, str):
-        passphrase = passphrase.encode("utf-8")
-    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase)
+MAX_CONFIG_BYTES = 4 * 2 ** 20   # ca.json, defaults.json, the root certificate: read whole, so bounded
 
 
 def seal(data, passphrase):
@@ -53,29 +47,21 @@ def seal(data, passphrase):
     header = {"format": ENCRYPTED_FORMAT, "kdf": "scrypt", **SCRYPT, "cipher": "AES-256-GCM",
               "salt": base64.b64encode(salt).decode("ascii"), "nonce": base64.b64encode(nonce).decode("ascii")}
     head = MAGIC + json.dumps(header, sort_keys=True).encode("ascii") + b"\n"
-    return head + AESGCM(_derive(passphrase, salt, **SCRYPT)).encrypt(nonce, data, head)
+    return head + AESGCM(archive.derive(passphrase, salt, **SCRYPT)).encrypt(nonce, data, head)
 
 
 def unseal(blob, passphrase, archive_path):
-    """The .tar.gz inside a format 2 archive; UserError for a wrong passphrase or a damaged file."""
+    """The .tar.gz inside a format 2 archive held in memory (tests; restore streams with archive.unpack)."""
+    def fail(why):
+        raise UserError(f"restore: {archive_path}: {why}")
     end = blob.find(b"\n", len(MAGIC))
+    if not blob.startswith(MAGIC) or end < 0:
+        fail("damaged backup header")
+    n, r, p, salt, nonce = archive.parse_header(blob[len(MAGIC):end], fail)
     try:
-        header = json.loads(blob[len(MAGIC):end])
-        n, r, p = int(header["n"]), int(header["r"]), int(header["p"])
-        salt, nonce = base64.b64decode(header["salt"]), base64.b64decode(header["nonce"])
-        if header.get("kdf") != "scrypt" or header.get("cipher") != "AES-256-GCM" or not (
-                2 <= n <= MAX_SCRYPT_N and 1 <= r <= 32 and 1 <= p <= 16):
-            raise ValueError("unsupported parameters")
-    except (ValueError, KeyError, TypeError):
-        raise UserError(f"restore: {archive_path}: damaged backup header") from None
-    if not passphrase:
-        raise UserError(f"restore: {archive_path}: is an encrypted backup; give its passphrase "
-                        "(--passphrase-file FILE, or run on a terminal to be asked)")
-    try:
-        return AESGCM(_derive(passphrase, salt, n, r, p)).decrypt(nonce, blob[end + 1:], blob[:end + 1])
+        return AESGCM(archive.derive(passphrase, salt, n, r, p)).decrypt(nonce, blob[end + 1:], blob[:end + 1])
     except InvalidTag:
-        raise UserError(f"restore: {archive_path}: the passphrase does not open this backup "
-                        "(or the file was altered)") from None
+        fail("the passphrase does not open this backup (or the file was altered)")
 
 
 def _tree_roots(layout):
@@ -140,15 +126,6 @@ def backup(layout, out_path, use_system=True, passphrase=None):
     return write_archive(layout, out_path, passphrase)
 
 
-def _allowed(name, layout):
-    """Only paths a backup writes: under etc/step-ca, var/lib/step-ca, or the state file."""
-    path = PurePosixPath(name)
-    if path.is_absolute() or ".." in path.parts:
-        return False
-    roots = [PurePosixPath(str(p.relative_to(layout.prefix))) for p, _ in _tree_roots(layout)]
-    return any(path == root or root in path.parents for root in roots) or name == MANIFEST
-
-
 def _rebase(value, old, new):
     """Rewrite absolute paths in ca.json/defaults.json from the backup's prefix to this one."""
     if isinstance(value, dict):
@@ -158,40 +135,6 @@ def _rebase(value, old, new):
     if isinstance(value, str) and value.startswith(old.rstrip("/") + "/"):
         return str(Path(new) / value[len(old.rstrip("/")) + 1:])
     return value
-
-
-def read_archive(archive_path, layout, passphrase=None):
-    """(manifest, [(relative name, TarInfo, bytes or None)]) after checking every member is one of ours."""
-    try:
-        blob = Path(archive_path).read_bytes()
-    except OSError as error:
-        raise UserError(f"restore: {archive_path}: cannot be read ({error.strerror})") from None
-    if blob.startswith(MAGIC):
-        blob = unseal(blob, passphrase, archive_path)
-    try:
-        archive = tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz")
-    except (OSError, tarfile.TarError, EOFError) as error:
-        raise UserError(f"restore: {archive_path}: not a ca-appliance backup ({error})") from None
-    entries, manifest = [], None
-    with archive:
-        for member in archive.getmembers():
-            if not (member.isfile() or member.isdir()) or not _allowed(member.name, layout):
-                raise UserError(f"restore: {archive_path}: unexpected member {member.name!r}; "
-                                "only files under etc/step-ca, var/lib/step-ca and the state file are restored")
-            data = archive.extractfile(member).read() if member.isfile() else None
-            if member.name == MANIFEST:
-                try:
-                    manifest = json.loads(data)
-                except ValueError:
-                    manifest = None
-                if not isinstance(manifest, dict) or not isinstance(manifest.get("prefix"), str):
-                    raise UserError(f"restore: {archive_path}: damaged manifest ({MANIFEST})")
-            else:
-                entries.append((member.name, member, data))
-    names = {name for name, _, _ in entries}
-    if manifest is None or str(layout.ca_json.relative_to(layout.prefix)) not in names:
-        raise UserError(f"restore: {archive_path}: not a ca-appliance backup (no manifest or no ca.json)")
-    return manifest, entries
 
 
 def without_self_trusting_x5c(config, root_pem):
@@ -214,64 +157,114 @@ def without_self_trusting_x5c(config, root_pem):
     return config
 
 
-def restored_mode(layout, name, is_dir):
-    """The mode a restored path gets, from its path alone: the archive's modes are never trusted."""
-    relative = PurePosixPath(name)
-    steppath = PurePosixPath(str(layout.steppath.relative_to(layout.prefix)))
-    data_dir = PurePosixPath(str(layout.data_dir.relative_to(layout.prefix)))
-    secrets = steppath / "secrets"
-    if relative == steppath / "password.txt":
-        return 0o400
-    if relative == secrets or secrets in relative.parents:
-        return 0o700 if is_dir else 0o600
-    if relative == data_dir:
-        return 0o750
-    if data_dir in relative.parents:
-        return 0o700 if is_dir else 0o600
-    return 0o755 if is_dir else 0o644
+def _relative(layout, path):
+    return PurePosixPath(str(path.relative_to(layout.prefix)))
 
 
-def restore(layout, archive_path, use_system=True, out=None, passphrase=None):
-    """Replace the CA on disk with the archive's, all or nothing; returns the restored root's
-    fingerprint, computed from the restored certificate (not the manifest's word)."""
-    manifest, entries = read_archive(archive_path, layout, passphrase)
-    root_name = str(layout.root_cert.relative_to(layout.prefix))
-    root_data = next((data for name, _member, data in entries if name == root_name), None)
+def _read_staged(path, archive_path, name, command):
+    """A staged config file's bytes (it was unpacked within the archive's limits; read it bounded too)."""
     try:
-        fingerprint = pki.fingerprint(load_pem_x509_certificate(root_data or b""))
-    except ValueError:
-        raise UserError(f"restore: {archive_path}: holds no readable root certificate ({root_name})") from None
-    step_user = system.ensure_step_user() if use_system else None
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError:
+        raise UserError(f"{command}: {archive_path}: holds no {name}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise UserError(f"{command}: {archive_path}: {name} is larger than {MAX_CONFIG_BYTES // 1024} KiB")
+    return data
+
+
+def _checked_database(config, archive_path, command):
+    """The ca.json's shared database, checked as an answer would be (its name goes into SQL)."""
+    from .answers import AnswersError, shown
+    db = database.from_ca_json(config)
+    if not database.is_shared(db):
+        return db
+    try:
+        return database.validate(db, supported=database.TYPES, key="db")
+    except AnswersError as error:
+        value = f" {shown(error.value)}" if error.key in ("db.database", "db.type") else ""
+        raise UserError(f"{command}: {archive_path}: its ca.json {error.key}{value} {error.message}") from None
+
+
+def restore(layout, archive_path, use_system=True, out=None, passphrase=None, allow_unencrypted=False,
+            before_commit=None, command="restore"):
+    """Replace the CA on disk with the archive's, all or nothing; returns the restored root's fingerprint,
+    computed from the root certificate installed (never the manifest's word).
+
+    The archive is read once, streamed into staged trees beside the live ones (archive.unpack: limits,
+    names checked); step-ca keeps serving until it is complete, checked and (format 2) authenticated.
+    before_commit(config, manifest): the caller's last checks of the staged ca.json (join: its database)."""
+    replace.recover(layout)  # a swap a crash left half done is undone first
+    step_user = system.ensure_step_user() if use_system and layout.is_system else None
     run_service = use_system and layout.is_system
-    with replace.CAReplacement(layout, "restore", use_system=use_system, step_user=step_user) as replacing:
-        staged = {path: replacing.stage(path) for path, is_tree in _tree_roots(layout) if is_tree}
-        state_data = None
-        for name, member, data in entries:
-            absolute = layout.prefix / name
-            if absolute == layout.state_file:
-                state_data = data
+    trees = [path for path, is_tree in _tree_roots(layout) if is_tree]
+    state_name = str(_relative(layout, layout.state_file))
+    with replace.CAReplacement(layout, command, use_system=use_system, step_user=step_user,
+                               stop_at_commit=True) as replacing:
+        staged = {_relative(layout, path): replacing.stage(path) for path in trees}
+
+        def accept(name, is_dir):
+            if name in (MANIFEST, state_name):
+                return "it must be a file" if is_dir else None
+            relative = PurePosixPath(name)
+            for root in staged:
+                if relative == root:
+                    return None if is_dir else "it must be a directory"
+                if root in relative.parents:
+                    return None
+            return "only files under etc/step-ca, var/lib/step-ca and the state file are restored"
+
+        def destination(name):
+            relative = PurePosixPath(name)
+            for root, tree in staged.items():
+                if relative == root or root in relative.parents:
+                    return tree / relative.relative_to(root)
+            return None
+
+        kept, seen = archive.unpack(archive_path, passphrase=passphrase, allow_unencrypted=allow_unencrypted,
+                                    accept=accept, destination=destination, in_memory={MANIFEST, state_name},
+                                    command=command, space_on=layout.data_dir.parent)
+        try:
+            manifest = json.loads(kept[MANIFEST]) if MANIFEST in kept else None
+        except ValueError:
+            manifest = None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("prefix"), str):
+            raise UserError(f"{command}: {archive_path}: not a ca-appliance backup (no readable manifest, {MANIFEST})")
+        steppath = staged[_relative(layout, layout.steppath)]
+        ca_json_name = str(_relative(layout, layout.ca_json))
+        if seen.get(ca_json_name) is not False:
+            raise UserError(f"{command}: {archive_path}: not a ca-appliance backup (no {ca_json_name})")
+        root_name = str(_relative(layout, layout.root_cert))
+        root_data = _read_staged(steppath / "certs/root_ca.crt", archive_path, root_name, command)
+        try:
+            fingerprint = pki.fingerprint(load_pem_x509_certificate(root_data))
+        except ValueError:
+            raise UserError(f"{command}: {archive_path}: holds no readable root certificate ({root_name})") from None
+        config = None
+        for relative in ("config/ca.json", "config/defaults.json"):
+            path = steppath / relative
+            if not path.exists():
                 continue
-            root = next(path for path in staged if absolute == path or path in absolute.parents)
-            target = staged[root] / absolute.relative_to(root)
-            mode = restored_mode(layout, name, member.isdir())
-            if member.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-                os.chmod(target, mode)
-                continue
-            if name.endswith(("config/ca.json", "config/defaults.json")):
-                try:
-                    config = _rebase(json.loads(data), manifest["prefix"], str(layout.prefix))
-                except (ValueError, AttributeError):
-                    raise UserError(f"restore: {archive_path}: {name} is not valid JSON; nothing was changed") from None
-                if name.endswith("config/ca.json"):
-                    config = without_self_trusting_x5c(config, root_data)
-                    if database.is_shared(database.from_ca_json(config)):
-                        mode = 0o400   # it holds the shared database's DSN, password included
-                data = (json.dumps(config, indent=2) + "\n").encode("utf-8")
-            write_file(target, data, mode)
-        for root, tree in staged.items():
-            os.chmod(tree, restored_mode(layout, str(root.relative_to(layout.prefix)), True))
-        replacing.commit(state_data)
+            data = _read_staged(path, archive_path, f"etc/step-ca/{relative}", command)
+            try:
+                parsed = _rebase(json.loads(data), manifest["prefix"], str(layout.prefix))
+                if not isinstance(parsed, dict):
+                    raise ValueError(relative)
+            except (ValueError, RecursionError):
+                raise UserError(f"{command}: {archive_path}: etc/step-ca/{relative} is not a JSON object; "
+                                "nothing was changed") from None
+            if relative == "config/ca.json":
+                config = parsed
+                if config.get("root") != str(layout.root_cert):
+                    raise UserError(f"{command}: {archive_path}: its ca.json names another root than the "
+                                    f"backup's own ({root_name}); nothing was changed")
+                _checked_database(config, archive_path, command)
+                config = without_self_trusting_x5c(config, root_data)
+                parsed = config
+            write_file(path, json.dumps(parsed, indent=2) + "\n", 0o600)
+        if before_commit is not None:
+            before_commit(config, manifest)
+        replacing.commit(kept.get(state_name))
     clientpage.publish(layout)
     if run_service:
         system.restore_selinux_labels(layout.steppath, layout.data_dir, layout.state_dir)

@@ -65,6 +65,8 @@ def _parser():
                                                  "(called after unattended security updates).")
     load.add_argument("--passphrase-file", metavar="FILE",
                       help="the passphrase of an encrypted backup (first line of FILE); else asked on the terminal")
+    load.add_argument("--allow-unencrypted", action="store_true",
+                      help="restore a plain (format 1, unauthenticated) archive even though a passphrase was given")
     node = add("join", "Become another node of an existing CA on a shared database, from a backup of one of its nodes.")
     node.add_argument("--from", dest="backup", metavar="FILE", required=True,
                       help="archive written by `ca-appliance backup` on a node of the CA")
@@ -75,6 +77,8 @@ def _parser():
                       help="skip user step/chown, hostname, network, firewall, trust store and systemctl")
     node.add_argument("--passphrase-file", metavar="FILE",
                       help="the passphrase of the encrypted backup (first line of FILE); else asked on the terminal")
+    node.add_argument("--allow-unencrypted", action="store_true",
+                      help="join from a plain (format 1, unauthenticated) archive even though a passphrase was given")
     prov = commands.add_parser(
         "provision", help="Build time, inside the target root: make the installed tree the appliance.",
         description="Build time, inside the target root: users, sudoers, units, firewall zone, initramfs "
@@ -204,7 +208,8 @@ def cmd_setup(args):
         try:
             upgrade.restore_at_first_boot(layout, request["path"], passphrase=request["passphrase"],
                                           answers=validated if "network" in validated else None,
-                                          use_system=not args.no_system, out=out)
+                                          use_system=not args.no_system, out=out,
+                                          allow_unencrypted=request.get("allow_unencrypted", False))
         finally:
             upgrade.cleanup(request["path"])
         return
@@ -278,6 +283,13 @@ def _passphrase(args, command, confirm):
     return first
 
 
+def _archive_passphrase(args, command, archive=None):
+    """A restore's passphrase: --passphrase-file's, else asked on a terminal only for a sealed archive."""
+    if args.passphrase_file or backup.archive.is_sealed(archive or args.archive):
+        return _passphrase(args, command, confirm=False)
+    return None
+
+
 def cmd_backup(args):
     layout = Layout(args.prefix)
     if not layout.is_configured():
@@ -296,7 +308,8 @@ def cmd_backup(args):
 def cmd_restore(args):
     layout = Layout(args.prefix)
     fingerprint = backup.restore(layout, args.archive, use_system=not args.no_system,
-                                 passphrase=_passphrase(args, "restore", confirm=False))
+                                 passphrase=_archive_passphrase(args, "restore"),
+                                 allow_unencrypted=args.allow_unencrypted)
     print(f"Restored the CA with root fingerprint {fingerprint}")
     db = database.from_ca_json(json.loads(layout.ca_json.read_text()))
     if database.is_shared(db):
@@ -313,7 +326,8 @@ def cmd_join(args):
         validated = answers.validate(_load_answers_file(args.answers), answers.load_defaults(args.prefix))
     address = answers.check_listen_address(args.address, "--address") if args.address else None
     join.join(Layout(args.prefix), args.backup, answers=validated, address=address,
-              use_system=not args.no_system, passphrase=_passphrase(args, "join", confirm=False))
+              use_system=not args.no_system, passphrase=_archive_passphrase(args, "join", args.backup),
+              allow_unencrypted=args.allow_unencrypted)
 
 
 COMMANDS = {"setup": cmd_setup, "status": cmd_status, "backup": cmd_backup, "restore": cmd_restore,

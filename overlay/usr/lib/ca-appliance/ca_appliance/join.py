@@ -19,52 +19,54 @@ from .errors import UserError
 from .staging import write_file
 
 
-def _backup_ca_json(archive, layout, sealed):
-    manifest, entries = backup.read_archive(archive, layout, **sealed)
-    name = str(layout.ca_json.relative_to(layout.prefix))
-    data = next(data for entry, _member, data in entries if entry == name)
-    return manifest, json.loads(data)
-
-
-def join(layout, archive, *, answers=None, address=None, use_system=True, out=sys.stdout, passphrase=None):
+def join(layout, archive, *, answers=None, address=None, use_system=True, out=sys.stdout, passphrase=None,
+         allow_unencrypted=False):
     """Become a node of the CA `archive` backs up; returns the root fingerprint.
 
     answers: validated answers (hostname, network, admin, ca.address, and ca.database when it
     names a shared database) or None: keep the backup's address and database, touch no system
     setting but the firewall, trust store and service.
-    passphrase: of an encrypted (format 2) backup, passed on to backup's read_archive/restore."""
-    sealed = {"passphrase": passphrase} if passphrase is not None else {}
+    passphrase: of an encrypted (format 2) backup; allow_unencrypted: accept a plain one even so.
+    The archive is read once (backup.restore); its ca.json is checked (a shared database, its name
+    a plain identifier, the database reachable) before anything is swapped in."""
     if layout.is_configured():
         raise UserError(f"join: a CA is already configured ({layout.ca_json}); a node joins from a fresh "
                         "appliance (or restore the backup with `ca-appliance restore` to replace this CA)")
     if not os.path.isfile(archive):
         raise UserError(f"join: {archive}: no such file; give a `ca-appliance backup` of a node of the CA to join")
-    manifest, config = _backup_ca_json(archive, layout, sealed)
-    db = database.from_ca_json(config)
-    if answers is not None and database.is_shared(answers["ca"]["database"]):
-        db = answers["ca"]["database"]
-    if not database.is_shared(db):
-        raise UserError(f"join: {archive}: is a backup of a CA with the embedded badger database; only a CA on "
-                        "a shared database (ca.database type mysql) can have several nodes")
-    apply.check_database(db)
-    if address is None:
-        address = answers["ca"]["address"] if answers is not None else config["address"]
+    chosen = {}
 
-    fingerprint = backup.restore(layout, archive, use_system=use_system, **sealed)
+    def check(config, manifest):   # the staged ca.json, read from the bytes that will be installed
+        db = database.from_ca_json(config)
+        if answers is not None and database.is_shared(answers["ca"]["database"]):
+            db = answers["ca"]["database"]
+        if not database.is_shared(db):
+            raise UserError(f"join: {archive}: is a backup of a CA with the embedded badger database; only a CA "
+                            "on a shared database (ca.database type mysql) can have several nodes")
+        apply.check_database(db)
+        chosen["db"], chosen["created"] = db, manifest.get("created")
+        chosen["address"] = address if address is not None else (
+            answers["ca"]["address"] if answers is not None else config["address"])
+
+    fingerprint = backup.restore(layout, archive, use_system=use_system, passphrase=passphrase,
+                                 allow_unencrypted=allow_unencrypted, before_commit=check, command="join")
+    db, address = chosen["db"], chosen["address"]
     config = json.loads(layout.ca_json.read_text())
     config["address"] = address
     config["db"] = database.ca_json_block(db, layout.db_dir)
-    _replace_keeping_owner(layout.ca_json, json.dumps(config, indent=2) + "\n", apply.ca_json_mode(db))
+    write_file(layout.ca_json, json.dumps(config, indent=2) + "\n", 0o400)
+    layout.apply_ownership(layout.ca_json)   # the table's owner and mode (0400: it holds the DSN)
     state = json.loads(layout.state_file.read_text()) if layout.state_file.exists() else {}
     state.update({
         "answers_source": f"join ({os.path.abspath(archive)})",
         "joined_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "joined_from_backup_of": manifest.get("created"),
+        "joined_from_backup_of": chosen["created"],
         "database": {key: value for key, value in db.items() if key != "dsn"},
     })
     if answers is not None:
         state["hostname"] = answers["hostname"]
     write_file(layout.state_file, json.dumps(state, indent=2) + "\n", 0o644)
+    layout.apply_ownership(layout.state_file)
 
     root = pki.load_certificate(layout.root_cert)
     names = root.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
@@ -82,13 +84,3 @@ def join(layout, archive, *, answers=None, address=None, use_system=True, out=sy
           f"  CA URL:    {cajson.ca_url(ca)}\n"
           f"  Database:  {database.describe(db)}", file=out)
     return fingerprint
-
-
-def _replace_keeping_owner(path, text, mode):
-    """Atomically rewrite a file restore wrote (owner step on the appliance) with `mode`."""
-    info = os.stat(path)
-    partial = path.with_name(f".{path.name}.new")
-    write_file(partial, text, mode)
-    if os.geteuid() == 0:
-        os.chown(partial, info.st_uid, info.st_gid)
-    os.replace(partial, path)

@@ -9,13 +9,14 @@ then reloads (SIGHUP through `systemctl reload`) and serves the new intermediate
 import datetime
 import json
 import os
-import shutil
+import stat
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from . import pki, system
+from . import pki, replace, system
 from .errors import StepFailed, UserError
 from .layout import SERVICE
 from .staging import Staging, write_file
@@ -111,27 +112,28 @@ def renew_intermediate(layout, *, root_key_file=None, root_key_passphrase=None, 
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     key_pem = pki.encrypted_pem(key, password)
 
-    step_user = system.ensure_step_user() if use_system else None
-    staging = Staging()
+    step_user = system.ensure_step_user() if use_system and layout.is_system else None
+    replace.recover(layout)   # a swap a crash left half done is undone first
+    staging = Staging(journal=layout.replace_journal)
     current = "stage files"
     try:
         tree = staging.stage_dir(layout.steppath)
-        os.rmdir(tree)
-        shutil.copytree(layout.steppath, tree, symlinks=True)  # modes kept; owners set below
+        _copy_tree(layout.steppath, tree)
         certs, secrets = tree / layout.certs_dir.relative_to(layout.steppath), tree / "secrets"
         write_file(certs / "intermediate_ca.crt.previous", layout.intermediate_cert.read_bytes(), 0o644)
         write_file(secrets / f"{INTERMEDIATE_KEY}.previous", (layout.secrets_dir / INTERMEDIATE_KEY).read_bytes(),
                    0o600)
         write_file(certs / "intermediate_ca.crt", cert_pem, 0o644)
         write_file(secrets / INTERMEDIATE_KEY, key_pem, 0o600)
-        if step_user is not None:
-            current = "give the files to user step"
-            system.chown_tree(tree, step_user)
+        current = "set owners and modes"
+        # the one table (layout.OWNERSHIP): step's files to step, the root key root's (0600)
+        layout.apply_ownership(tree, layout.steppath, layout.accounts(step_user))
         current = "move files into place"
         staging.swap()
         state = json.loads(layout.state_file.read_text()) if layout.state_file.exists() else {}
         state["intermediate_renewed_at"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         staging.replace_file(layout.state_file, json.dumps(state, indent=2) + "\n", 0o644)
+        layout.apply_ownership(layout.state_file, accounts=layout.accounts(step_user))
         staging.commit()
     except (OSError, StepFailed) as error:
         staging.rollback()
@@ -144,6 +146,25 @@ def renew_intermediate(layout, *, root_key_file=None, root_key_passphrase=None, 
         system.restore_selinux_labels(layout.steppath, layout.state_dir)
         reload_service()
     return cert
+
+
+def _copy_tree(source, target):
+    """STEPPATH's files and directories into the staged tree (its owners and modes come from the table);
+    anything else (a link, a device) is refused rather than copied or followed."""
+    for directory, dirnames, filenames in os.walk(source):
+        relative = Path(directory).relative_to(source)
+        for name in dirnames:
+            path = Path(directory) / name
+            if path.is_symlink():
+                raise StepFailed("renew-intermediate (stage files)", f"{path} is a symbolic link; "
+                                 "the CA's tree holds only files and directories")
+            (target / relative / name).mkdir(mode=0o700)
+        for name in filenames:
+            path = Path(directory) / name
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                raise StepFailed("renew-intermediate (stage files)", f"{path} is not a regular file; "
+                                 "the CA's tree holds only files and directories")
+            write_file(target / relative / name, path.read_bytes(), 0o600, durable=False)
 
 
 def reload_service():

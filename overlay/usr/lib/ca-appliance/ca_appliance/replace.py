@@ -8,12 +8,8 @@ Entering recovers a swap a crash interrupted (staging.recover) and stops step-ca
 error rolls back, starts the previous step-ca again when it was running, and reports the FIRST
 error (a failed restart is added to its message, never raised in its place).
 """
-import os
-
 from . import staging, system
 from .errors import StepFailed
-
-ROOT_ONLY = ("secrets/root_ca_key",)  # relative to STEPPATH: step-ca never reads the root key
 
 
 def recover(layout):
@@ -25,18 +21,18 @@ def recover(layout):
 
 
 def give_to_step(layout, tree, user, steppath_tree=False):
-    """chown a tree to user step, except the root key, which stays root's (0600)."""
-    system.chown_tree(tree, user)
-    if steppath_tree:
-        for relative in ROOT_ONLY:
-            path = tree / relative
-            if path.exists():
-                os.lchown(path, 0, 0)
+    """Owners and modes of a staged tree from the one table (layout.OWNERSHIP): user step for what
+    step-ca reads, root for the root key. `user`: step's pwd entry (None: the tree's own accounts)."""
+    final = layout.steppath if steppath_tree else tree
+    layout.apply_ownership(tree, final, layout.accounts(user))
 
 
 class CAReplacement:
-    def __init__(self, layout, command, use_system=True, step_user=None):
+    def __init__(self, layout, command, use_system=True, step_user=None, stop_at_commit=False):
+        """stop_at_commit: stop step-ca only when the staged trees are complete (restore and join:
+        the archive is read and checked while step-ca still serves; a bad one never stops it)."""
         self.layout = layout
+        self.stop_at_commit = stop_at_commit
         self.command = command
         self.use_system = use_system and layout.is_system
         self.step_user = step_user
@@ -48,27 +44,35 @@ class CAReplacement:
     def __enter__(self):
         try:
             recover(self.layout)
-            self.step = "stop step-ca"
-            if self.use_system and self.layout.is_configured():
-                self.was_running = system.stop_service()
+            if not self.stop_at_commit:
+                self._stop()
         except OSError as error:
             raise StepFailed(f"{self.command} ({self.step})", str(error)) from None
         self.step = "stage files"
         return self
 
+    def _stop(self):
+        self.step = "stop step-ca"
+        if self.use_system and self.layout.is_configured():
+            self.was_running = system.stop_service()
+
     def stage(self, final):
         return self.staging.stage_dir(final)
 
     def commit(self, state_data, reset_complete=False):
-        """Give the staged trees to user step, then swap them in and write state.json; the commit point."""
-        if self.step_user is not None:
-            self.step = "give the files to user step"
-            for staged, final in self.staging._staged:
-                give_to_step(self.layout, staged, self.step_user, steppath_tree=final == self.layout.steppath)
+        """Give every staged path its owner and mode (layout.OWNERSHIP), then swap the trees in and write
+        state.json; the commit point."""
+        self.step = "set owners and modes"
+        accounts = self.layout.accounts(self.step_user)
+        for staged, final in self.staging._staged:
+            self.layout.apply_ownership(staged, final, accounts)
+        if self.stop_at_commit:
+            self._stop()
         self.step = "move files into place"
         self.staging.swap()
         if state_data is not None:
             self.staging.replace_file(self.layout.state_file, state_data, 0o644)
+            self.layout.apply_ownership(self.layout.state_file, accounts=accounts)
         if reset_complete:  # setup: the system steps must run (again) before the new CA counts as set up
             self.layout.setup_complete.unlink(missing_ok=True)
         self.staging.commit()

@@ -183,18 +183,29 @@ def remove_leftovers(final):
 
 
 def write_file(path, data, mode, durable=True):
-    """Create path with `mode` from the start (never world-readable, not even for a moment), fsynced."""
+    """Write path whole or not at all, with `mode` from the start (never world-readable, not even for a
+    moment), fsynced: the bytes go to a new file beside it (O_CREAT|O_EXCL|O_NOFOLLOW: never into a file
+    or through a symlink someone laid there), which then replaces `path` itself (a symlink at `path` is
+    replaced, never followed)."""
     if isinstance(data, str):
         data = data.encode("utf-8")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        if durable:
-            os.fsync(handle.fileno())
-    os.chmod(path, mode)  # umask may have taken bits away
+    temporary = path.with_name(f".{path.name[:200]}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o777)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)  # umask may have taken bits away
+            handle.write(data)
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_dir(path.parent)
 
 
 def make_dir(path, mode):

@@ -23,24 +23,33 @@ from .staging import write_file
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".backup", ".bak", ".cabackup")
 
 
+RESTORE_KEYS = ("archive", "passphrase", "allow_unencrypted")
+
+
 def restore_request(raw):
-    """{'archive': str, 'passphrase': str or None} from raw answers' `restore`, or None."""
+    """{'archive': str, 'passphrase': str or None, 'allow_unencrypted': bool} from raw answers'
+    `restore`, or None. Only the archive's name is ever shown in a message (never the mapping: it
+    may hold the passphrase), and an unknown key is named, never its value."""
     value = raw.get("restore") if isinstance(raw, dict) else None
     if value is None or value == "":
         return None
     if isinstance(value, str):
         value = {"archive": value}
-    if not isinstance(value, dict) or not isinstance(value.get("archive"), str) or not value["archive"].strip():
-        raise AnswersError("restore", value, "must name a backup archive: restore: FILE or "
-                                             "restore: {archive: FILE, passphrase: ...}")
+    allowed = "must name a backup archive: restore: FILE or restore: {archive: FILE, passphrase: ...}"
+    if not isinstance(value, dict):
+        raise AnswersError("restore", "<hidden>", allowed)
+    unknown = sorted(str(key) for key in value if key not in RESTORE_KEYS)
+    if unknown:
+        raise AnswersError(f"restore.{unknown[0]}", "<hidden>", f"is not a restore key ({', '.join(RESTORE_KEYS)})")
+    if not isinstance(value.get("archive"), str) or not value["archive"].strip():
+        raise AnswersError("restore.archive", "<hidden>" if value.get("archive") is not None else "<empty>", allowed)
     passphrase = value.get("passphrase")
     if passphrase is not None and not isinstance(passphrase, str):
-        raise AnswersError("restore.passphrase", "(hidden)", "must be a string")
-    unknown = set(value) - {"archive", "passphrase"}
-    if unknown:
-        raise AnswersError(f"restore.{sorted(unknown)[0]}", value[sorted(unknown)[0]], "is not a restore key "
-                                                                                       "(archive, passphrase)")
-    return {"archive": value["archive"].strip(), "passphrase": passphrase}
+        raise AnswersError("restore.passphrase", "<hidden>", "must be a string")
+    allow_unencrypted = value.get("allow_unencrypted", False)
+    if not isinstance(allow_unencrypted, bool):
+        raise AnswersError("restore.allow_unencrypted", allow_unencrypted, "must be true or false")
+    return {"archive": value["archive"].strip(), "passphrase": passphrase, "allow_unencrypted": allow_unencrypted}
 
 
 def _seed_archives(prefix, names=None):
@@ -117,7 +126,8 @@ def _is_encrypted(path):
         return handle.read(2) != b"\x1f\x8b"  # format 1 is gzip; anything else is a sealed format
 
 
-def restore_at_first_boot(layout, archive, *, passphrase=None, answers=None, use_system=True, out=None):
+def restore_at_first_boot(layout, archive, *, passphrase=None, answers=None, use_system=True, out=None,
+                          allow_unencrypted=False):
     """Restore the CA from `archive`, then what setup does around a CA: firewall, hostname, network,
     admin keys, trust store, service, banner. Returns the restored root fingerprint."""
     import json
@@ -127,12 +137,13 @@ def restore_at_first_boot(layout, archive, *, passphrase=None, answers=None, use
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
         saved = backup.backup(layout, layout.backup_dir / f"ca-appliance-{stamp}.tar.gz", use_system=use_system)
         print(f"Previous CA saved to {saved}", file=out)
-    kwargs = {"passphrase": passphrase} if passphrase else {}
-    fingerprint = backup.restore(layout, archive, use_system=use_system, **kwargs)
+    fingerprint = backup.restore(layout, archive, use_system=use_system, passphrase=passphrase or None,
+                                 allow_unencrypted=allow_unencrypted)
     config = json.loads(layout.ca_json.read_text())
     state = json.loads(layout.state_file.read_text()) if layout.state_file.exists() else {}
     write_file(layout.firewalld_service, apply.firewalld_service_xml(cajson.listen_port(config["address"])), 0o644)
     banner.write(layout)
+    layout.apply_ownership(layout.backup_dir)   # the previous CA's archive: root's, 0600 in a 0700 directory
     if use_system and layout.is_system:
         system.restore_selinux_labels(layout.firewalld_service, layout.issue_file)
         if state.get("hostname"):
