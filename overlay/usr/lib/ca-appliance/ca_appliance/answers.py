@@ -527,6 +527,28 @@ def check_x5c_roots(value, key="ca.x5c_roots", chain=(), bundle=x5c.TRUST_BUNDLE
         raise AnswersError(key, placeholder, f"{refused}; or null for no X5C") from None
 
 
+def own_chain(layout):
+    """The PEM texts of the CA already under layout (root, intermediate): setup --force replaces it,
+    and certificates it issued must not become X5C signers of the new CA either."""
+    chain = []
+    for path in (layout.root_cert, layout.intermediate_cert):
+        try:
+            chain.append(Path(path).read_bytes())
+        except OSError:
+            continue
+    return chain
+
+
+def refuse_own_chain(x5c_roots, chain, key="ca.x5c_roots"):
+    """AnswersError when the X5C roots hold a certificate (or key) of this CA's chain (x5c.own_chain_problem)."""
+    if not x5c_roots or not chain:
+        return
+    problem = x5c.own_chain_problem(x5c_roots, chain)
+    if problem:
+        raise AnswersError(key, Placeholder(f"<PEM, {len(x5c.pem_blocks(x5c_roots))} certificates>"),
+                           f"{problem}; or null for no X5C")
+
+
 def check_network(value, key="network"):
     """DHCP, or a static IPv4 address/prefix with a gateway and DNS servers."""
     if value is None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from . import answers as answers_rules
 from . import backup, banner, cajson, clientpage, database, jose, pki, replace, system, timing
 from .errors import StepFailed, UserError
 from .staging import checkpoint, fsync_dir, make_dir, write_file
@@ -174,6 +175,7 @@ def setup(answers, source, layout, *, use_system=True, force=False, root_key_out
         raise UserError(f"setup: a CA is already configured ({layout.ca_json}); "
                         "run `ca-appliance setup --force` to replace it (a timestamped backup is written first)")
     check_constraints_cover_dns_names(ca)
+    answers_rules.refuse_own_chain(ca.get("x5c_roots"), answers_rules.own_chain(layout))  # the CA --force replaces
     db = ca.get("database") or database.DEFAULT
     if check_database(db) and not force:  # another CA's state: this appliance should join it instead
         raise UserError(f"answers error: ca.database: {database.describe(db)} already holds a CA's state; "
@@ -201,6 +203,7 @@ def setup(answers, source, layout, *, use_system=True, force=False, root_key_out
                 intermediate_years=ca["intermediate_years"], permitted_dns=ca["name_constraints"]["dns"],
                 permitted_ip=ca["name_constraints"]["ip"], ssh=ca["ssh"], root_password=root_passphrase),
             lambda: jose.encrypted_private_jwk(provisioner_key, password))
+        answers_rules.refuse_own_chain(ca.get("x5c_roots"), [material.root_cert_pem, material.intermediate_cert_pem])
         config = cajson.ca_json(ca, layout, material.root_cert_pem, jose.public_jwk(provisioner_key),
                                 encrypted_provisioner_key)
     defaults = cajson.defaults_json(ca, layout, material.root_fingerprint)

@@ -10,7 +10,7 @@ import ipaddress
 import socket
 import sys
 
-from . import database
+from . import database, x5c
 from .answers import (
     AnswersError,
     check_bool,
@@ -257,6 +257,8 @@ def _review(console, result, ask_admin_key):
     else:
         network_text = "DHCP"
     keys = result["admin"]["ssh_authorized_keys"]
+    constraints = ca["name_constraints"]
+    claims = ca["claims"]
     rows = [
         ("Host name", result["hostname"]),
         ("Network", network_text),
@@ -266,9 +268,23 @@ def _review(console, result, ask_admin_key):
         ("First provisioner", ca["provisioner"]),
         ("Password", "generated, shown once when setup is done" if ca["password"] is None else "as typed (hidden)"),
         ("SSH certificates", "yes" if ca["ssh"] else "no"),
+        ("Key type", ca["key_type"]),
+        ("Root key", "kept on the appliance" if ca["root_key"] == "keep" else "offline (removed after setup)"),
+        ("Lifetimes", f"root {ca['root_years']} years, intermediate {ca['intermediate_years']} years"),
+        ("Certificates", f"ACME {claims['acme']['default']} (max {claims['acme']['max']}), "
+                         f"JWK {claims['jwk']['default']} (max {claims['jwk']['max']})"),
+        ("Name constraints", ", ".join(constraints["dns"] + constraints["ip"]) or "none (any name)"),
         ("Database", database.describe(ca.get("database") or database.DEFAULT)),  # never the DSN's password
+        ("Admin account", result["admin"]["user"]),
         ("Admin SSH key", ", ".join(_short_key(key) for key in keys) if keys else "none (console login only)"),
     ]
+    # X5C lets any holder of a certificate under these roots obtain any name: show each one.
+    roots = x5c.summary(ca["x5c_roots"]) if ca.get("x5c_roots") else []
+    rows.append(("X5C roots", f"{len(roots)}: whoever holds a certificate under them may get ANY name"
+                 if roots else "none (no X5C provisioner)"))
+    rows.extend((f"  root {number}", _printable(root)) for number, root in enumerate(roots, 1))
+    if result.get("join"):
+        rows.append(("Join", f"another node of the CA backed up in {_printable(result['join']['backup'])}"))
     console.say("\nPlease review:")
     for label, value in rows:
         console.say(f"  {label + ':':<19}{value}")
