@@ -1,9 +1,13 @@
-"""Helpers for the several-appliances tests: a throwaway MariaDB on loopback (its own datadir,
-no systemd) and a round-robin TCP proxy standing in for the load balancer in front of the nodes.
+"""Helpers for the several-appliances tests: a throwaway MariaDB or PostgreSQL on loopback (its own
+data directory, no systemd) and a round-robin TCP proxy standing in for the load balancer in front
+of the nodes.
 """
+import os
+import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -13,6 +17,8 @@ from ca_helpers import free_port
 from image.runner import stop_process
 
 MARIADB_START_TIMEOUT = 60
+POSTGRESQL_BIN = Path("/usr/lib/postgresql/15/bin")   # Debian 12's PostgreSQL 15 (host-packages.txt)
+POSTGRESQL_START_TIMEOUT = 60
 
 
 def mariadb_missing():
@@ -85,6 +91,94 @@ class MariaDB:
 
     def log_text(self):
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else "(no log)"
+
+
+def postgresql_missing():
+    """None when Debian's PostgreSQL 15 server is installed (and, as root, its postgres user), else why not."""
+    for tool in ("initdb", "pg_ctl", "psql"):
+        if not (POSTGRESQL_BIN / tool).exists():
+            return f"{POSTGRESQL_BIN / tool} is missing: apt-get install postgresql-15 (host-packages.txt)"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "the postgres user is missing (PostgreSQL refuses to run as root)"
+        if shutil.which("runuser") is None:
+            return "runuser is missing (util-linux)"
+    return None
+
+
+class PostgreSQL:
+    """PostgreSQL 15 on 127.0.0.1:PORT with a fresh cluster in a temporary directory, started and
+    stopped with pg_ctl (no systemd, no pg_ctlcluster). PostgreSQL refuses to run as root, so as root
+    the cluster belongs to the postgres user (runuser). TCP logins need a password (scram-sha-256);
+    the superuser `postgres` logs in over the cluster's own socket directory (trust, 0700)."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.workdir = None
+        self.datadir = None
+        self.log_path = None
+
+    def _as_owner(self, *command, timeout=120, check=True):
+        if os.geteuid() == 0:
+            command = ("runuser", "-u", "postgres", "--", *command)
+        result = subprocess.run([str(part) for part in command], capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{command} failed: {result.stdout}{result.stderr}\n{self.log_text()}")
+        return result
+
+    def start(self):
+        # Under /tmp, not pytest's tmp_path: that is 0700 root's, and the server runs as postgres.
+        self.workdir = Path(tempfile.mkdtemp(prefix="ca-appliance-pg-"))
+        self.datadir, self.log_path = self.workdir / "data", self.workdir / "postgresql.log"
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam("postgres")
+            os.chown(self.workdir, owner.pw_uid, owner.pw_gid)
+        try:
+            self._as_owner(POSTGRESQL_BIN / "initdb", "-D", self.datadir, "-U", "postgres", "--auth-local=trust",
+                           "--auth-host=scram-sha-256", "--no-sync", "-E", "UTF8", "--locale=C")
+            options = (f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync=off "
+                       "-c shared_buffers=16MB -c max_connections=60")
+            self._as_owner(POSTGRESQL_BIN / "pg_ctl", "-D", self.datadir, "-l", self.log_path, "-o", options,
+                           "-w", "-t", str(POSTGRESQL_START_TIMEOUT), "start", timeout=POSTGRESQL_START_TIMEOUT + 30)
+            self.sql("SELECT 1")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def sql(self, statement, database="postgres", check=True):
+        """Run SQL as the superuser over the socket; returns the CompletedProcess (unaligned rows, no headers)."""
+        return self._as_owner(POSTGRESQL_BIN / "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                              "-h", self.workdir, "-p", self.port, "-U", "postgres", "-d", database,
+                              "-c", statement, timeout=30, check=check)
+
+    def add_user(self, user, password, createdb=True):
+        """A login that may create its databases (step-ca creates the database when it is missing);
+        as their owner it may create tables in them, which PostgreSQL 15 grants no one else."""
+        self.sql(f"CREATE ROLE {user} LOGIN PASSWORD '{password}'" + (" CREATEDB" if createdb else ""))
+
+    def dsn(self, user, password):
+        return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/"
+
+    def stop(self):
+        """Stop the server (fast, then immediate) and remove the cluster; safe to call twice."""
+        if self.workdir is None:
+            return
+        if (self.datadir / "postmaster.pid").exists():
+            stopped = self._as_owner(POSTGRESQL_BIN / "pg_ctl", "-D", self.datadir, "-m", "fast", "-w", "-t", "30",
+                                     "stop", check=False, timeout=60)
+            if stopped.returncode != 0:
+                self._as_owner(POSTGRESQL_BIN / "pg_ctl", "-D", self.datadir, "-m", "immediate", "-w", "stop",
+                               check=False, timeout=60)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.workdir = None
+
+    def log_text(self):
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        return self.log_path.read_text(errors="replace")
 
 
 class RoundRobinProxy:

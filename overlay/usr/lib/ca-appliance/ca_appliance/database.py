@@ -1,37 +1,156 @@
-"""Where step-ca keeps its state: the embedded badger database (the default) or a shared
-MySQL/MariaDB server, so that several appliances can serve one CA.
+"""Where step-ca keeps its state: the embedded badger database (the default) or a shared MySQL/
+MariaDB or PostgreSQL server, so that several appliances can serve one CA.
 
-The DSN holds the database password: it is a secret like the CA password. Nothing here puts it
-in a message: errors show "<hidden>" or the DSN with its password replaced (redact()).
-The reachability check speaks just enough of the MySQL client protocol (handshake,
-mysql_native_password or caching_sha2_password, one query) with the standard library.
+The DSN holds the database password: it is a secret like the CA password. No message made here
+shows any part of a DSN but the host, port, user and database (describe()); a DSN that does not
+parse is named by its key, never shown.
+
+The DSN rules are those of the step-ca the appliance ships (0.30, nosql v0.8.0), per type:
+- mysql: go-sql-driver/mysql's `USER[:PASSWORD]@tcp(HOST[:PORT])/[DBNAME][?PARAMS]` (or
+  `unix(/PATH)`), parsed as its ParseDSN does (the last '/' ends the address, the last '@' before
+  it ends the credentials, the first ':' in them ends the user). step-ca passes the parsed DSN on,
+  so its TLS parameter works: tls=true|false|skip-verify|preferred.
+- postgresql: pgx's URL `postgresql://USER[:PASSWORD]@HOST[:PORT][,HOST:PORT...]/[DBNAME][?PARAMS]`,
+  given to pgx as is: sslmode, sslrootcert, sslcert, sslkey, sslsni pass through.
+Only the parameters listed in MYSQL_PARAMS / POSTGRESQL_PARAMS are accepted (others would reach the
+server as session settings, or stop step-ca). ca.database.database (ca.json's db.database) names
+the database; step-ca prefers it to a name in the DSN, so the two may not disagree.
+
+The check before anything is written logs in with PyMySQL or psycopg2 (imported only when that
+type is used), creates the database if missing (as step-ca does at start) and proves a table can
+be created in it.
 """
 import functools
-import hashlib
+import importlib
+import ipaddress
 import re
-import socket
-import struct
+import secrets
+import ssl
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import StepFailed, UserError
+
 TYPES = ("badger", "mysql", "postgresql")
+SHARED_TYPES = ("mysql", "postgresql")
 DEFAULT = {"type": "badger"}
-DEFAULT_MYSQL_PORT = 3306
+DEFAULT_PORTS = {"mysql": 3306, "postgresql": 5432}
+DEFAULT_MYSQL_PORT = DEFAULT_PORTS["mysql"]
 DEFAULT_DATABASE = "stepca"
-# step-ca runs `CREATE DATABASE IF NOT EXISTS <name>` unquoted: a plain identifier only.
-_DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-_USER = re.compile(r"^[^:@/()\s]{1,80}$")
+# A plain identifier: step-ca quotes it, but a plain name is the same in both servers and in the
+# check's SQL. 63 characters: PostgreSQL's limit (MySQL's is 64).
+_DATABASE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+DATABASE_NAME_RULE = "a letter or '_', then up to 62 letters, digits and '_' (e.g. stepca)"
+_USER = re.compile(r"[^:@/()\s%]{1,80}")
+_HOST = re.compile(r"[A-Za-z0-9._-]{1,253}")
 # Where the installed step-ca is looked for (the unit finds it in the same order).
 STEP_CA_PATHS = ("/usr/local/bin/step-ca", "/usr/bin/step-ca")
 # The nosql drivers a step-ca binary carries show as Go package paths in its symbol table.
 _DRIVER_PACKAGES = {"mysql": b"github.com/smallstep/nosql/mysql",
                     "postgresql": b"github.com/smallstep/nosql/postgresql"}
-# What every step-ca since 0.15 carries (0.19 from Debian's sources included), when no binary is found.
-FALLBACK_TYPES = ("badger", "mysql")
+# What the step-ca the appliance ships (0.30) carries, when no binary is found to read.
+FALLBACK_TYPES = TYPES
 CONNECT_TIMEOUT = 5.0
+# The Python client each shared type's check needs: (module, package on Debian, package on Fedora).
+DRIVERS = {"mysql": ("pymysql", "python3-pymysql", "python3-PyMySQL"),
+           "postgresql": ("psycopg2", "python3-psycopg2", "python3-psycopg2")}
+CHECK_TABLE_PREFIX = "ca_appliance_check_"
+# The system trust bundle, for a PostgreSQL DSN that verifies the server with the system roots (as
+# pgx does with sslrootcert=system or no sslrootcert); libpq 15 has no such default.
+SYSTEM_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+
+_BOOL = {"1": True, "true": True, "TRUE": True, "True": True,
+         "0": False, "false": False, "FALSE": False, "False": False}  # go-sql-driver's readBool
+_DURATION = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+|0")  # Go's time.ParseDuration
+_PATH = re.compile(r"/[A-Za-z0-9._/+-]{1,4095}")
+
+
+def _one_of(*values):
+    return lambda value: value if value in values else None
+
+
+def _tls_mode(value):
+    if value in _BOOL:
+        return "true" if _BOOL[value] else "false"
+    return value.lower() if value.lower() in ("skip-verify", "preferred") else None
+
+
+def _boolean(value):
+    return value if value in _BOOL else None
+
+
+def _matching(pattern):
+    return lambda value: value if re.fullmatch(pattern, value) else None
+
+
+# parameter -> (check returning the normalised value or None, what is allowed)
+MYSQL_PARAMS = {
+    "tls": (_tls_mode, "true, false, skip-verify or preferred (a named TLS config does not exist in step-ca)"),
+    "timeout": (_matching(_DURATION), "a Go duration such as 5s"),
+    "readTimeout": (_matching(_DURATION), "a Go duration such as 30s"),
+    "writeTimeout": (_matching(_DURATION), "a Go duration such as 30s"),
+    "charset": (_matching(r"[A-Za-z0-9_]+(,[A-Za-z0-9_]+)*"), "a character set name such as utf8mb4"),
+    "collation": (_matching(r"[A-Za-z0-9_]+"), "a collation name such as utf8mb4_general_ci"),
+    "allowNativePasswords": (_boolean, "true or false"),
+    "allowCleartextPasswords": (_boolean, "true or false"),
+    "allowFallbackToPlaintext": (_boolean, "true or false"),
+    "checkConnLiveness": (_boolean, "true or false"),
+    "rejectReadOnly": (_boolean, "true or false"),
+    "maxAllowedPacket": (_matching(r"\d{1,10}"), "a number of bytes"),
+}
+POSTGRESQL_PARAMS = {
+    "sslmode": (_one_of("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+                "disable, allow, prefer, require, verify-ca or verify-full"),
+    "sslrootcert": (lambda value: value if value == "system" or _PATH.fullmatch(value) else None,
+                    "an absolute path or system"),
+    "sslcert": (_matching(_PATH.pattern), "an absolute path"),
+    "sslkey": (_matching(_PATH.pattern), "an absolute path"),
+    "sslsni": (_one_of("0", "1"), "0 or 1"),
+    "connect_timeout": (_matching(r"\d{1,6}"), "a number of seconds"),
+    "target_session_attrs": (_one_of("any", "read-write", "read-only", "primary", "standby", "prefer-standby"),
+                             "any, read-write, read-only, primary, standby or prefer-standby"),
+    "application_name": (_matching(r"[A-Za-z0-9._-]{1,63}"), "letters, digits, '.', '_' and '-'"),
+}
+MYSQL_FORM = "USER:PASSWORD@tcp(HOST:PORT)/ (optionally ?tls=true)"
+POSTGRESQL_FORM = "postgresql://USER:PASSWORD@HOST:5432/ (optionally ?sslmode=verify-full)"
 
 
 class Unreachable(Exception):
     """The database server cannot be reached or refuses us; the text never holds the password."""
+
+
+class BadDSN(ValueError):
+    """A DSN step-ca would refuse (or that this appliance does not pass on). `reason` never holds any
+    part of the DSN, only names of parameters this module knows."""
+
+    def __init__(self, kind, reason):
+        self.kind, self.reason = kind, reason
+        form = MYSQL_FORM if kind == "mysql" else POSTGRESQL_FORM
+        label = "a MySQL DSN" if kind == "mysql" else "a PostgreSQL DSN"
+        super().__init__(f"is not {label}: {reason}; use {form}")
+
+
+@dataclass(frozen=True)
+class DSN:
+    kind: str
+    user: str
+    password: str = field(repr=False)
+    net: str                      # tcp (tcp4, tcp6) or unix
+    hosts: tuple = ()             # ((host, port), ...) for tcp
+    socket: str = ""              # for unix
+    dbname: str = ""              # the database the DSN names ("" none)
+    params: dict = field(default_factory=dict)
+    text: str = field(default="", repr=False)   # the DSN as step-ca gets it
+
+    @property
+    def where(self):
+        if self.net == "unix":
+            return f"unix({self.socket})"
+        return f"{self.net}({','.join(_host_port(host, port) for host, port in self.hosts)})"
+
+
+def _host_port(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # ---- which drivers the installed step-ca has ----
@@ -86,98 +205,245 @@ def _cached_types(path, _mtime, _size):
 # ---- the DSN ----
 
 
-def parse_dsn(dsn):
-    """{'user', 'password', 'net', 'address'} from a go-sql-driver DSN 'user:password@tcp(host:port)/',
-    or None when it is not one. The part after the last '/' must be empty: step-ca appends the
-    database name to the DSN itself."""
-    if not isinstance(dsn, str) or "\n" in dsn or "\r" in dsn:
-        return None
-    text = dsn.strip()
-    if text.endswith(")"):
-        text += "/"
+def parse(kind, text):
+    """The DSN of a shared type as step-ca 0.30 reads it; raises BadDSN (never showing the DSN)."""
+    if kind not in SHARED_TYPES:
+        raise ValueError(f"not a shared database type: {kind!r}")
+    if not isinstance(text, str):
+        raise BadDSN(kind, "it must be text")
+    text = text.strip()
+    if not text:
+        raise BadDSN(kind, "it is empty")
+    if len(text) > 4096:
+        raise BadDSN(kind, "it is longer than 4096 characters")
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+        raise BadDSN(kind, "it holds a line break or another control character")
+    return _parse_mysql(text) if kind == "mysql" else _parse_postgresql(text)
+
+
+def _parse_mysql(text):
+    def bad(reason):
+        return BadDSN("mysql", reason)
+
+    if "/" not in text and text.endswith(")"):
+        text += "/"   # the '/' go-sql-driver needs after the address, when only it is missing
     slash = text.rfind("/")
-    if slash < 0 or text[slash + 1:]:
-        return None
-    head = text[:slash]
+    if slash < 0:
+        raise bad("it has no '/' after the address")
+    head, tail = text[:slash], text[slash + 1:]
     at = head.rfind("@")
     if at < 0:
-        return None
-    credentials, location = head[:at], head[at + 1:]
-    match = re.fullmatch(r"(tcp|unix)\((.+)\)", location)
-    if not match:
-        return None
-    user, _, password = credentials.partition(":")
-    if not _USER.match(user):
-        return None
-    net, address = match.groups()
-    if net == "tcp":
-        host, port = _split_host_port(address)
-        if host is None:
-            return None
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    elif not address.startswith("/"):
-        return None
-    return {"user": user, "password": password, "net": net, "address": address,
-            "dsn": f"{credentials}@{net}({address})/"}
-
-
-def _split_host_port(address):
-    if address.startswith("["):
-        host, _, rest = address[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else (str(DEFAULT_MYSQL_PORT) if not rest else None)
-    elif address.count(":") == 1:
-        host, port = address.split(":")
-    elif ":" not in address:
-        host, port = address, str(DEFAULT_MYSQL_PORT)
+        raise bad("it names no user (USER:PASSWORD@ before the address)")
+    user, _, password = head[:at].partition(":")
+    location = head[at + 1:]
+    if not _USER.fullmatch(user):
+        raise bad("the user must be 1 to 80 characters without ':', '@', '/', '(', ')', '%' or spaces")
+    paren = location.find("(")
+    if paren >= 0:
+        if not location.endswith(")"):
+            raise bad("the address must be in parentheses right before the '/': tcp(HOST:PORT)/")
+        net, address = location[:paren], location[paren + 1:-1]
     else:
-        return None, None
-    if not host or port is None or not port.isdigit() or not 1 <= int(port) <= 65535:
-        return None, None
-    if not re.fullmatch(r"[A-Za-z0-9.:_-]+", host):
-        return None, None
+        net, address = location, ""
+    net = net or "tcp"
+    if net not in ("tcp", "tcp4", "tcp6", "unix"):
+        raise bad("the network must be tcp or unix")
+    if net == "unix":
+        if not _PATH.fullmatch(address):
+            raise bad("a unix socket must be an absolute path: unix(/run/mysqld/mysqld.sock)/")
+        hosts, socket_path = (), address
+    else:
+        if not address:
+            raise bad("it names no server: tcp(HOST:PORT)")
+        hosts, socket_path = (_split_host_port(address, DEFAULT_PORTS["mysql"], "mysql"),), ""
+    dbname, _, query = tail.partition("?")
+    if dbname and not _DATABASE_NAME.fullmatch(dbname):
+        raise bad(f"the database name after the '/' must be {DATABASE_NAME_RULE}")
+    params = _parse_params("mysql", query, MYSQL_PARAMS, plus_is_space=False)
+    return DSN("mysql", user, password, net, hosts, socket_path, dbname, params, text)
+
+
+def _split_host_port(address, default_port, kind):
+    """(host, port) from HOST, HOST:PORT, [IPv6]:PORT or a bare IPv6 address."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?", address)
+    if match:
+        host, port = match.group(1), match.group(2)
+        if port is None and kind == "mysql":   # go-sql-driver would make it [[v6]]:3306
+            raise BadDSN(kind, "an IPv6 address in brackets needs a port: [fd00::5]:3306")
+        if not _is_ipv6(host):
+            raise BadDSN(kind, "the address in brackets is not an IPv6 address")
+    elif address.count(":") > 1 and kind == "mysql":
+        host, port = address, None
+        if not _is_ipv6(host):
+            raise BadDSN(kind, "the server must be HOST:PORT, [IPv6]:PORT or an IPv6 address")
+    else:
+        host, _, port = address.partition(":") if ":" in address else (address, "", None)
+        if not _HOST.fullmatch(host):
+            raise BadDSN(kind, "the server must be a host name or an IP address (letters, digits, '.', '-', "
+                               "'_'), then optionally ':PORT'")
+    if port is None:
+        return host, default_port
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise BadDSN(kind, "the port must be a number from 1 to 65535")
     return host, int(port)
 
 
-def redact(dsn):
-    """The DSN with its password replaced: what may be shown and logged."""
-    parsed = parse_dsn(dsn)
+def _is_ipv6(text):
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_params(kind, query, allowed, plus_is_space):
+    params = {}
+    if not query:
+        return params
+    names = ", ".join(allowed)
+    for item in query.split("&"):
+        name, equals, value = item.partition("=")
+        if plus_is_space:
+            value = value.replace("+", " ")
+        if not equals or name not in allowed:
+            raise BadDSN(kind, f"it has a parameter this appliance does not pass on (allowed: {names})")
+        if name in params:
+            raise BadDSN(kind, f"the parameter {name} is given twice")
+        check, rule = allowed[name]
+        normalised = check(value)
+        if normalised is None:
+            raise BadDSN(kind, f"the parameter {name} must be {rule}")
+        params[name] = normalised
+    return params
+
+
+# go's url.Parse accepts these in the user information; anything else must be percent-encoded
+_USERINFO = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%]*")
+
+
+def _percent_decode(text, what):
+    if re.search(r"%(?![0-9A-Fa-f]{2})", text):
+        raise BadDSN("postgresql", f"the {what} has a '%' that is not followed by two hex digits")
+    raw = re.sub(rb"%([0-9A-Fa-f]{2})", lambda match: bytes([int(match.group(1), 16)]), text.encode("utf-8"))
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadDSN("postgresql", f"the {what} is not UTF-8 once percent-decoded") from None
+
+
+def _parse_postgresql(text):
+    def bad(reason):
+        return BadDSN("postgresql", reason)
+
+    match = re.match(r"postgres(?:ql)?://", text)
+    if not match:
+        raise bad("it must be a URL starting with postgresql:// (the keyword=value form is not accepted here)")
+    rest = text[match.end():]
+    if "#" in rest:
+        raise bad("it holds a '#' (percent-encode it as %23 in the password)")
+    rest, _, query = rest.partition("?")
+    authority, _, path = rest.partition("/")
+    at = authority.rfind("@")
+    if at < 0:
+        raise bad("it names no user (USER:PASSWORD@ before the host)")
+    userinfo, hostlist = authority[:at], authority[at + 1:]
+    if not _USERINFO.fullmatch(userinfo):
+        raise bad("in the user and password, characters other than letters, digits and -._~!$&'()*+,;=:@ "
+                  "must be percent-encoded")
+    user_text, _, password_text = userinfo.partition(":")
+    user = _percent_decode(user_text, "user")
+    password = _percent_decode(password_text, "password")
+    if not re.fullmatch(r"[^\s\x00-\x1f\x7f]{1,63}", user):
+        raise bad("the user must be 1 to 63 characters without spaces")
+    if not hostlist:
+        raise bad("it names no host (the appliance connects over TCP: HOST:PORT after the '@')")
+    parts = hostlist.split(",")
+    hosts = tuple(_split_host_port(part, DEFAULT_PORTS["postgresql"], "postgresql") for part in parts)
+    if len(parts) > 1 and not all(re.search(r":\d+$", part) for part in parts):
+        raise bad("with several hosts each needs its port: HOST1:5432,HOST2:5432")
+    if path and not _DATABASE_NAME.fullmatch(path):
+        raise bad(f"the database name after the '/' must be {DATABASE_NAME_RULE}")
+    params = _parse_params("postgresql", query, POSTGRESQL_PARAMS, plus_is_space=True)
+    if ("sslcert" in params) != ("sslkey" in params):
+        raise bad("sslcert and sslkey go together (step-ca needs both)")
+    return DSN("postgresql", user, password, "tcp", hosts, "", path, params, text)
+
+
+def parse_dsn(dsn, kind="mysql"):
+    """The parsed DSN, or None when it does not parse (kept for callers that only ask 'is it one')."""
+    try:
+        return parse(kind, dsn)
+    except BadDSN:
+        return None
+
+
+def redact(dsn, kind="mysql"):
+    """The DSN without its password: what may be shown and logged ('<hidden>' when it does not parse)."""
+    parsed = parse_dsn(dsn, kind)
     if parsed is None:
         return "<hidden>"
-    secret = ":***" if parsed["password"] else ""
-    return f"{parsed['user']}{secret}@{parsed['net']}({parsed['address']})/"
+    secret = ":***" if parsed.password else ""
+    if kind == "mysql":
+        return f"{parsed.user}{secret}@{parsed.where}/{parsed.dbname}"
+    return f"postgresql://{parsed.user}{secret}@{','.join(_host_port(*hp) for hp in parsed.hosts)}/{parsed.dbname}"
 
 
 def describe(db):
     """One line for status, reports and logs; never the password."""
-    if db.get("type", "badger") == "badger":
+    if not is_shared(db):
         return "badger (embedded, on this appliance)"
-    parsed = parse_dsn(db["dsn"]) or _url_parts(db["dsn"])
-    return (f"{db['type']}: database {db['database']} on {parsed['net']}({parsed['address']}) "
-            f"as user {parsed['user']} (shared)")
-
-
-def _url_parts(dsn):
-    """user, net and address of a URL DSN (PostgreSQL) for describe(); never its password."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(dsn)
-        return {"user": parts.username or "?", "net": "tcp", "address": f"{parts.hostname}:{parts.port or 5432}"}
-    except ValueError:
-        return {"user": "?", "net": "?", "address": "?"}
+    parsed = parse_dsn(db.get("dsn"), db["type"])
+    if parsed is None:
+        return f"{db['type']}: database {db.get('database')} (the DSN does not parse)"
+    return f"{db['type']}: database {db['database']} on {parsed.where} as user {parsed.user} (shared)"
 
 
 def is_shared(db):
     return db.get("type", "badger") != "badger"
 
 
-# ---- answers ----
+# ---- answers and ca.json ----
+
+
+class _Bad(Exception):
+    def __init__(self, key, value, message):
+        super().__init__(message)
+        self.key, self.value, self.message = key, value, message
+
+
+def _normalise(raw, supported, keys):
+    """{'type': 'badger'} or {'type', 'dsn', 'database'}; raises _Bad(key, shown value, message).
+    keys: how the three keys are named where the value came from."""
+    kind = raw.get("type", "badger")
+    if kind not in TYPES:
+        raise _Bad(keys["type"], kind if isinstance(kind, str) else "<hidden>",
+                   f"must be one of {', '.join(supported)}")
+    if kind not in supported:
+        raise _Bad(keys["type"], kind, f"is not supported by this appliance's step-ca "
+                                       f"(it was built with: {', '.join(supported)})")
+    if kind == "badger":
+        if raw.get("dsn") or raw.get("database"):
+            raise _Bad(keys["dsn"], "<hidden>", "is only for a shared database (type: mysql or postgresql)")
+        return dict(DEFAULT)
+    try:
+        parsed = parse(kind, raw.get("dsn"))
+    except BadDSN as error:
+        raise _Bad(keys["dsn"], "<hidden>", str(error)) from None
+    name = raw.get("database")
+    if name is None or name == "":
+        name = parsed.dbname or DEFAULT_DATABASE
+    if not isinstance(name, str) or not _DATABASE_NAME.fullmatch(name):
+        raise _Bad(keys["database"], name, f"is not a database name: {DATABASE_NAME_RULE}")
+    if parsed.dbname and parsed.dbname != name:
+        raise _Bad(keys["dsn"], "<hidden>", f"names another database than {keys['database']} ({name}); "
+                                            "name it in one place (step-ca uses the latter)")
+    return {"type": kind, "dsn": parsed.text, "database": name}
 
 
 def validate(raw, supported=None, key="ca.database"):
     """The normalized ca.database answer: {'type': 'badger'} or {'type', 'dsn', 'database'}.
     `supported`: the types allowed (default: what the installed step-ca was built with)."""
-    from .answers import AnswersError as DatabaseError  # answers imports this module
+    from .answers import AnswersError  # answers imports this module
 
     supported = tuple(supported or installed_types())
     if raw is None:
@@ -185,38 +451,15 @@ def validate(raw, supported=None, key="ca.database"):
     if isinstance(raw, str):
         raw = {"type": raw}
     if not isinstance(raw, dict):
-        raise DatabaseError(key, "<hidden>",
-                            "must be a mapping: {type: badger} or {type: mysql, dsn: ..., database: ...}")
-    unknown = sorted(set(raw) - {"type", "dsn", "database"})
+        raise AnswersError(key, "<hidden>", "must be a mapping: {type: badger} or "
+                                            "{type: mysql|postgresql, dsn: ..., database: ...}")
+    unknown = sorted(set(raw) - {"type", "dsn", "database"}, key=str)
     if unknown:
-        raise DatabaseError(f"{key}.{unknown[0]}", "<hidden>", "is not a key here (allowed: type, dsn, database)")
-    kind = raw.get("type", "badger")
-    if kind not in TYPES:
-        raise DatabaseError(f"{key}.type", kind, f"must be one of {', '.join(supported)}")
-    if kind not in supported:
-        raise DatabaseError(f"{key}.type", kind, f"is not supported by this appliance's step-ca "
-                                                 f"(it was built with: {', '.join(supported)})")
-    if kind == "badger":
-        if raw.get("dsn") or raw.get("database"):
-            raise DatabaseError(f"{key}.dsn", "<hidden>", "is only for a shared database (type: mysql)")
-        return dict(DEFAULT)
-    dsn = raw.get("dsn")
-    parsed = parse_dsn(dsn) if kind == "mysql" else None
-    if kind == "postgresql":  # a step-ca with the driver: its DSN is a URL, passed on as is
-        if not isinstance(dsn, str) or not re.fullmatch(r"postgres(ql)?://\S+", dsn.strip()):
-            raise DatabaseError(f"{key}.dsn", "<hidden>", "is not a PostgreSQL DSN "
-                                                          "(e.g. postgresql://USER:PASSWORD@HOST:5432/)")
-    elif parsed is None:
-        raise DatabaseError(f"{key}.dsn", "<hidden>", "is not a MySQL DSN: use 'USER:PASSWORD@tcp(HOST:PORT)/' "
-                                                      "(nothing after the '/': step-ca appends the database name)")
-    name = raw.get("database") or DEFAULT_DATABASE
-    if not isinstance(name, str) or not _DATABASE_NAME.match(name):
-        raise DatabaseError(f"{key}.database", name, "is not a database name: a letter or '_', then up to 63 "
-                                                     "letters, digits and '_' (e.g. stepca)")
-    return {"type": kind, "dsn": parsed["dsn"] if parsed else dsn.strip(), "database": name}
-
-
-# ---- ca.json ----
+        raise AnswersError(f"{key}.{unknown[0]}", "<hidden>", "is not a key here (allowed: type, dsn, database)")
+    try:
+        return _normalise(raw, supported, {name: f"{key}.{name}" for name in ("type", "dsn", "database")})
+    except _Bad as error:
+        raise AnswersError(error.key, error.value, error.message) from None
 
 
 def ca_json_block(db, data_dir):
@@ -226,245 +469,270 @@ def ca_json_block(db, data_dir):
     return {"type": db["type"], "dataSource": db["dsn"], "database": db["database"]}
 
 
-def from_ca_json(config):
-    """The ca.database answer a ca.json describes (the inverse of ca_json_block)."""
-    block = config.get("db") or {}
-    if block.get("type") in ("mysql", "postgresql"):
-        return {"type": block["type"], "dsn": block.get("dataSource", ""), "database": block.get("database", "")}
-    return dict(DEFAULT)
+def from_ca_json(config, source="ca.json"):
+    """The ca.database answer a ca.json describes (the inverse of ca_json_block), checked as an
+    answer is: a restored or joined ca.json may hold anything. Raises UserError naming `source`'s key."""
+    block = config.get("db") if isinstance(config, dict) else None
+    if block is None:
+        return dict(DEFAULT)
+    if not isinstance(block, dict):
+        raise UserError(f"{source}: db: must be a mapping (type, dataSource, database); nothing was changed")
+    if block.get("type") not in SHARED_TYPES:
+        return dict(DEFAULT)
+    raw = {"type": block["type"], "dsn": block.get("dataSource"), "database": block.get("database")}
+    try:
+        return _normalise(raw, TYPES, {"type": "db.type", "dsn": "db.dataSource", "database": "db.database"})
+    except _Bad as error:
+        value = error.value if error.value == "<hidden>" else repr(error.value)[:80]
+        raise UserError(f"{source}: {error.key}: {value} {error.message}; nothing was changed") from None
 
 
-# ---- is it reachable? ----
+# ---- can step-ca use it? ----
 
 
 def check_reachable(db, timeout=CONNECT_TIMEOUT):
-    """Log in, create the database if missing (as step-ca does at start) and use it; raises
-    Unreachable(reason) when any of that fails. Returns how many tables the MySQL database
-    holds (0: no CA has used it yet), None for the other types."""
+    """Log in, create the database if missing (as step-ca does at start), count its tables and prove
+    a table can be created there; raises Unreachable(reason) when any of that fails. Returns how many
+    tables the database holds (0: no CA has used it yet), None for badger."""
     if not is_shared(db):
-        return
-    if db["type"] == "postgresql":  # no PostgreSQL client here: the server's port must at least answer
-        _check_tcp_only(db["dsn"], timeout)
-        return
-    parsed = parse_dsn(db["dsn"])
-    where = f"{parsed['net']}({parsed['address']})"
+        return None
     try:
-        if parsed["net"] == "unix":
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            sock.connect(parsed["address"])
-        else:
-            host, port = _split_host_port(parsed["address"])
-            sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError as error:
-        raise Unreachable(f"cannot connect to the MySQL server at {where}: {_os_reason(error)}") from None
-    try:
-        with sock:
-            sock.settimeout(timeout)
-            return _MySQLSession(sock, where).login(parsed["user"], parsed["password"], db["database"])
-    except OSError as error:
-        raise Unreachable(f"the MySQL server at {where} broke off: {_os_reason(error)}") from None
+        parsed = parse(db["type"], db["dsn"])
+    except BadDSN as error:
+        raise Unreachable(f"the DSN {error}") from None
+    if db["type"] == "mysql":
+        return _MySQLCheck(parsed, db["database"], timeout).run()
+    return _PostgreSQLCheck(parsed, db["database"], timeout).run()
 
 
-def _check_tcp_only(dsn, timeout):
-    from urllib.parse import urlsplit
+def _driver(kind):
+    """The client module for `kind`, imported now (only a shared database needs it)."""
+    module, debian, fedora = DRIVERS[kind]
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        packages = debian if debian == fedora else f"{debian} on Debian, {fedora} on Fedora"
+        raise StepFailed(f"check the {kind} database", f"the Python module {module} is missing: "
+                                                      f"install {packages}") from None
 
-    try:
-        parts = urlsplit(dsn)
-        host, port = parts.hostname, parts.port or 5432
-    except ValueError:
-        host = port = None
-    if not host:
-        raise Unreachable("the PostgreSQL DSN names no host")
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as error:
-        raise Unreachable(f"cannot connect to the PostgreSQL server at {host}:{port}: {_os_reason(error)}") from None
+
+def _clean(text, *secrets_):
+    """A server's or client library's message as one line without the secrets."""
+    line = " ".join(str(text).split())
+    for secret in secrets_:
+        if secret and len(secret) >= 3:
+            line = line.replace(secret, "<hidden>")
+    return line[:300]
 
 
 def _os_reason(error):
-    if isinstance(error, socket.timeout):
+    if isinstance(error, TimeoutError):
         return "timed out"
-    return (error.strerror or type(error).__name__).lower()
+    if isinstance(error, ssl.SSLError):
+        return f"TLS: {getattr(error, 'verify_message', None) or error.reason or error}"
+    return (error.strerror or str(error) or type(error).__name__).lower()
 
 
-# MySQL client capability flags
-_LONG_PASSWORD, _CONNECT_WITH_DB, _PROTOCOL_41 = 0x1, 0x8, 0x200
-_TRANSACTIONS, _SECURE_CONNECTION, _PLUGIN_AUTH = 0x2000, 0x8000, 0x80000
-_UTF8MB4 = 45
+class _MySQLCheck:
+    def __init__(self, dsn, database, timeout):
+        self.dsn, self.database, self.timeout = dsn, database, timeout
+        self.where = dsn.where
 
+    def _connect(self, pymysql):
+        dsn = self.dsn
+        tls = dsn.params.get("tls", "false")
+        allow_cleartext = _BOOL.get(dsn.params.get("allowCleartextPasswords", "false"))
+        where = self.where
 
-class _MySQLSession:
-    def __init__(self, sock, where):
-        self.sock, self.where, self.seq = sock, where, 0
+        class Refuse:
+            """An authentication the DSN does not allow (step-ca would refuse it too)."""
 
-    def _read_exact(self, count):
-        data = b""
-        while len(data) < count:
-            chunk = self.sock.recv(count - len(data))
-            if not chunk:
-                raise Unreachable(f"the server at {self.where} closed the connection (is it a MySQL server?)")
-            data += chunk
-        return data
+            def __init__(self, connection):
+                pass
 
-    def read(self):
-        header = self._read_exact(4)
-        length = int.from_bytes(header[:3], "little")
-        self.seq = (header[3] + 1) & 0xFF
-        return self._read_exact(length)
+            def authenticate(self, packet):
+                raise Unreachable(f"the MySQL server at {where} asks for an authentication that sends the "
+                                  "password as it is, which the DSN does not allow (allowCleartextPasswords=true)")
 
-    def write(self, payload):
-        self.sock.sendall(len(payload).to_bytes(3, "little") + bytes([self.seq]) + payload)
-        self.seq = (self.seq + 1) & 0xFF
+        plugins = {} if allow_cleartext else {b"mysql_clear_password": Refuse, b"dialog": Refuse}
+        plugins[b"mysql_old_password"] = Refuse
+        require_tls = tls in ("true", "skip-verify") and not _BOOL.get(
+            dsn.params.get("allowFallbackToPlaintext", "false"))
 
-    def _error(self, packet, doing):
-        code = int.from_bytes(packet[1:3], "little") if len(packet) >= 3 else 0
-        message = packet[3:]
-        if message.startswith(b"#"):
-            message = message[6:]
-        text = " ".join(message.decode("utf-8", "replace").split())
-        return Unreachable(f"the MySQL server at {self.where} refused {doing}: {text} (error {code})")
+        ssl_flag = pymysql.constants.CLIENT.SSL
 
-    def login(self, user, password, database):
-        greeting = self.read()
-        if greeting[:1] == b"\xff":
-            raise self._error(greeting, "the connection")
-        if greeting[:1] != b"\x0a":
-            raise Unreachable(f"the server at {self.where} does not speak the MySQL protocol (version 10)")
-        end = greeting.index(b"\0", 1)
-        pos = end + 1 + 4
-        salt = greeting[pos:pos + 8]
-        pos += 8 + 1
-        capabilities = int.from_bytes(greeting[pos:pos + 2], "little")
-        pos += 2 + 1 + 2
-        capabilities |= int.from_bytes(greeting[pos:pos + 2], "little") << 16
-        pos += 2
-        salt_length = greeting[pos]
-        pos += 1 + 10
-        if capabilities & _SECURE_CONNECTION:
-            part = greeting[pos:pos + max(13, salt_length - 8)]
-            salt += part.rstrip(b"\0")
-            pos += len(part)
-        plugin = "mysql_native_password"
-        if capabilities & _PLUGIN_AUTH and pos < len(greeting):
-            plugin = greeting[pos:].split(b"\0", 1)[0].decode("ascii", "replace") or plugin
-        if not capabilities & _PROTOCOL_41:
-            raise Unreachable(f"the MySQL server at {self.where} is too old (no protocol 4.1)")
-        flags = (_LONG_PASSWORD | _PROTOCOL_41 | _TRANSACTIONS | _SECURE_CONNECTION | _PLUGIN_AUTH) & capabilities
-        secret = password.encode("utf-8")
-        response = _scramble(plugin, secret, salt)
-        packet = (struct.pack("<IIB", flags, 1 << 24, _UTF8MB4) + b"\0" * 23 + user.encode("utf-8") + b"\0"
-                  + bytes([len(response)]) + response)
-        if flags & _PLUGIN_AUTH:
-            packet += plugin.encode("ascii") + b"\0"
-        self.write(packet)
-        self._finish_auth(plugin, secret, salt)
-        self.query(f"CREATE DATABASE IF NOT EXISTS {database}", f"to create or use database {database}")
-        self.query(f"USE {database}", f"access to database {database}")
-        rows = self.query("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE()",
-                          f"to list the tables of database {database}")
-        self.seq = 0
-        self.write(b"\x01")  # COM_QUIT
+        class Connection(pymysql.connections.Connection):
+            def _request_authentication(self):   # before any credential leaves: TLS as the DSN asks
+                if self.ssl and not self.server_capabilities & ssl_flag:
+                    if require_tls:
+                        raise Unreachable(f"the MySQL server at {where} does not offer TLS, which the DSN's "
+                                          f"tls={tls} requires")
+                    self.ssl, self.client_flag = False, self.client_flag & ~ssl_flag   # preferred: plain
+                return super()._request_authentication()
+
+        kwargs = {"user": dsn.user, "password": dsn.password.encode("utf-8"), "charset": "utf8mb4",
+                  "connect_timeout": self.timeout, "read_timeout": self.timeout, "write_timeout": self.timeout,
+                  "autocommit": True, "auth_plugin_map": plugins}
+        if dsn.net == "unix":
+            kwargs["unix_socket"] = dsn.socket
+        else:
+            kwargs["host"], kwargs["port"] = dsn.hosts[0]
+        if tls != "false":
+            kwargs["ssl"] = _tls_context(verify=tls == "true")
+        return Connection(**kwargs)
+
+    def run(self):
+        pymysql = self.pymysql = _driver("mysql")
         try:
-            return int(rows[0][0])
-        except (TypeError, IndexError, ValueError):
-            raise Unreachable(f"the MySQL server at {self.where} gave no table count for {database}") from None
+            connection = self._connect(pymysql)
+        except pymysql.err.MySQLError as error:
+            raise self._login_error(error) from None
+        try:
+            with connection.cursor() as cursor:
+                name = self.database
+                self._do(cursor, f"CREATE DATABASE IF NOT EXISTS `{name}`",
+                         f"refused to create or use database {name}")
+                self._do(cursor, f"USE `{name}`", f"refused access to database {name}")
+                self._do(cursor, "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() "
+                                 "AND table_name NOT LIKE %s", f"did not list the tables of database {name}",
+                         (CHECK_TABLE_PREFIX + "%",))
+                tables = int(cursor.fetchone()[0])
+                probe = CHECK_TABLE_PREFIX + secrets.token_hex(4)
+                self._do(cursor, f"CREATE TABLE `{probe}` (nkey VARBINARY(255), nvalue BLOB, PRIMARY KEY (nkey))",
+                         f"refused user {self.dsn.user} to create a table in database {name} (step-ca creates "
+                         "its tables at start: GRANT ALL ON that database)")
+                self._do(cursor, f"DROP TABLE `{probe}`", f"refused to drop the check's table {probe} in {name}")
+            return tables
+        finally:
+            try:
+                connection.close()
+            except Exception:  # noqa: BLE001 (closing after a failure: the failure is what counts)
+                pass
 
-    def _finish_auth(self, plugin, secret, salt):
-        while True:
-            packet = self.read()
-            kind = packet[:1]
-            if kind == b"\x00":
-                return
-            if kind == b"\xff":
-                raise self._error(packet, "the login")
-            if kind == b"\xfe":  # auth switch: another plugin, a new salt
-                plugin, _, rest = packet[1:].partition(b"\0")
-                plugin = plugin.decode("ascii", "replace")
-                salt = rest.rstrip(b"\0")
-                self.write(_scramble(plugin, secret, salt))
-                continue
-            if kind == b"\x01" and plugin == "caching_sha2_password":
-                if packet[1:2] == b"\x03":  # fast auth succeeded; an OK follows
-                    continue
-                if packet[1:2] == b"\x04":  # full auth: the password RSA-encrypted with the server's key
-                    self.write(b"\x02")
-                    key_packet = self.read()
-                    self.write(_rsa_encrypt_password(key_packet[1:], secret, salt))
-                    continue
-            raise Unreachable(f"the MySQL server at {self.where} asked for an authentication this check "
-                              f"does not speak ({plugin})")
+    def _do(self, cursor, sql, failure, args=None):
+        try:
+            cursor.execute(sql, args)
+        except self.pymysql.err.MySQLError as error:
+            raise Unreachable(f"the MySQL server at {self.where} {failure}: {self._text(error)}") from None
+        except OSError as error:
+            raise Unreachable(f"the MySQL server at {self.where} broke off: {_os_reason(error)}") from None
 
-    def query(self, sql, doing):
-        """COM_QUERY: None for an OK, else the rows of the result set (lists of str or None)."""
-        self.seq = 0
-        self.write(b"\x03" + sql.encode("utf-8"))
-        reply = self.read()
-        if reply[:1] == b"\xff":
-            raise self._error(reply, doing)
-        if reply[:1] == b"\x00":
-            return None
-        columns, _ = _lenenc_int(reply, 0)
-        for _ in range(columns):  # column definitions, then an EOF packet
-            self.read()
-        self._read_eof()
-        rows = []
-        while True:
-            packet = self.read()
-            if packet[:1] == b"\xfe" and len(packet) < 9:
-                return rows
-            if packet[:1] == b"\xff":
-                raise self._error(packet, doing)
-            row, pos = [], 0
-            for _ in range(columns):
-                if packet[pos:pos + 1] == b"\xfb":
-                    row.append(None)
-                    pos += 1
-                    continue
-                length, pos = _lenenc_int(packet, pos)
-                row.append(packet[pos:pos + length].decode("utf-8", "replace"))
-                pos += length
-            rows.append(row)
+    def _text(self, error):
+        args = getattr(error, "args", ())
+        if len(args) >= 2 and isinstance(args[0], int):
+            return f"{_clean(args[1], self.dsn.password)} (error {args[0]})"
+        return _clean(error, self.dsn.password)
 
-    def _read_eof(self):
-        packet = self.read()
-        if not (packet[:1] == b"\xfe" and len(packet) < 9):
-            raise Unreachable(f"the MySQL server at {self.where} sent an unexpected reply")
+    def _login_error(self, error):
+        original = getattr(error, "original_exception", None)
+        code = error.args[0] if error.args and isinstance(error.args[0], int) else None
+        if isinstance(original, OSError) or code in (2003, 2002):
+            reason = _os_reason(original) if isinstance(original, OSError) else self._text(error)
+            return Unreachable(f"cannot connect to the MySQL server at {self.where}: {reason}")
+        return Unreachable(f"the MySQL server at {self.where} refused the login: {self._text(error)}")
 
 
-def _lenenc_int(data, pos):
-    """A length-encoded integer at data[pos]: (value, position after it)."""
-    first = data[pos]
-    if first < 0xFB:
-        return first, pos + 1
-    size = {0xFC: 2, 0xFD: 3, 0xFE: 8}.get(first)
-    if size is None:
-        raise Unreachable("the MySQL server sent a malformed length")
-    return int.from_bytes(data[pos + 1:pos + 1 + size], "little"), pos + 1 + size
+def _tls_context(verify):
+    """What go-sql-driver does for tls=true (system roots, host name checked) or skip-verify/preferred."""
+    context = ssl.create_default_context()
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
-def _xor(left, right):
-    return bytes(a ^ b for a, b in zip(left, right, strict=False))
+def system_ca_bundle():
+    for path in SYSTEM_CA_BUNDLES:
+        if Path(path).is_file():
+            return path
+    return ssl.get_default_verify_paths().cafile
 
 
-def _scramble(plugin, secret, salt):
-    if not secret:
-        return b""
-    if plugin == "mysql_native_password":
-        stage1 = hashlib.sha1(secret).digest()
-        return _xor(stage1, hashlib.sha1(salt[:20] + hashlib.sha1(stage1).digest()).digest())
-    if plugin == "caching_sha2_password":
-        stage1 = hashlib.sha256(secret).digest()
-        return _xor(stage1, hashlib.sha256(hashlib.sha256(stage1).digest() + salt[:20]).digest())
-    raise Unreachable(f"the MySQL server asks for the {plugin} authentication, which this check does not speak")
+class _PostgreSQLCheck:
+    def __init__(self, dsn, database, timeout):
+        self.dsn, self.database, self.timeout = dsn, database, timeout
+        self.where = dsn.where
 
+    def _kwargs(self, dbname):
+        dsn = self.dsn
+        kwargs = {"host": ",".join(host for host, _ in dsn.hosts),
+                  "port": ",".join(str(port) for _, port in dsn.hosts),
+                  "user": dsn.user, "dbname": dbname, "connect_timeout": max(2, int(self.timeout))}
+        if dsn.password:
+            kwargs["password"] = dsn.password
+        params = dict(dsn.params)
+        params.pop("connect_timeout", None)
+        if params.get("sslrootcert") == "system":   # pgx: the system roots, and verify-full
+            params["sslrootcert"], params["sslmode"] = system_ca_bundle(), "verify-full"
+        elif params.get("sslmode") in ("verify-ca", "verify-full") and "sslrootcert" not in params:
+            params["sslrootcert"] = system_ca_bundle()   # pgx verifies with the system roots here
+        kwargs.update(params)
+        return kwargs
 
-def _rsa_encrypt_password(pem, secret, salt):
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import padding
+    def _connect(self, psycopg2, dbname):
+        return psycopg2.connect(**self._kwargs(dbname))
 
-    key = serialization.load_pem_public_key(pem)
-    plain = secret + b"\0"
-    mask = (salt[:20] * (len(plain) // 20 + 1))[:len(plain)]
-    return key.encrypt(_xor(plain, mask), padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(),
-                                                       label=None))
+    def _text(self, error):
+        diag = getattr(error, "diag", None)
+        primary = diag.message_primary if diag is not None else None   # without the SQL's LINE 1: echo
+        return _clean(primary or error, self.dsn.password)
+
+    def run(self):
+        psycopg2 = _driver("postgresql")
+        name = self.database
+        try:
+            connection = self._connect(psycopg2, name)
+        except psycopg2.Error as error:
+            if f'"{name}"' not in str(error):   # not "database ... does not exist": log-in or network
+                raise self._connect_error(error) from None
+            self._create_database(psycopg2, error)
+            try:
+                connection = self._connect(psycopg2, name)
+            except psycopg2.Error as again:
+                raise self._connect_error(again) from None
+        try:
+            with connection.cursor() as cursor:
+                self._do(psycopg2, cursor, "SELECT count(*) FROM information_schema.tables WHERE table_schema NOT IN "
+                                           "('pg_catalog', 'information_schema') AND table_type = 'BASE TABLE' "
+                                           "AND table_name NOT LIKE %s", f"did not list the tables of database {name}",
+                         (CHECK_TABLE_PREFIX + "%",))
+                tables = int(cursor.fetchone()[0])
+                self._do(psycopg2, cursor, f'CREATE TABLE "{CHECK_TABLE_PREFIX}{secrets.token_hex(4)}" '
+                                           "(nkey BYTEA, nvalue BYTEA, PRIMARY KEY (nkey))",
+                         f"refused user {self.dsn.user} to create a table in database {name} (step-ca creates "
+                         "its tables at start; from PostgreSQL 15 only the database's owner may create tables in "
+                         "schema public by default: make the user its owner or GRANT CREATE ON SCHEMA public)")
+            connection.rollback()   # the check's table never existed for anyone else
+            return tables
+        finally:
+            connection.close()
+
+    def _create_database(self, psycopg2, first):
+        """As step-ca does: through template1, CREATE DATABASE when it does not exist."""
+        name = self.database
+        try:
+            connection = self._connect(psycopg2, "template1")
+        except psycopg2.Error:
+            raise self._connect_error(first) from None
+        try:
+            connection.autocommit = True
+            with connection.cursor() as cursor:
+                self._do(psycopg2, cursor, "SELECT 1 FROM pg_database WHERE datname = %s", "did not answer",
+                         (name,))
+                if cursor.fetchone() is not None:   # it exists: the first error was about something else
+                    raise self._connect_error(first)
+                self._do(psycopg2, cursor, f'CREATE DATABASE "{name}"',
+                         f"refused user {self.dsn.user} to create database {name} (create it for that user, "
+                         "or give the user CREATEDB)")
+        finally:
+            connection.close()
+
+    def _do(self, psycopg2, cursor, sql, failure, args=None):
+        try:
+            cursor.execute(sql, args)
+        except psycopg2.Error as error:
+            raise Unreachable(f"the PostgreSQL server at {self.where} {failure}: {self._text(error)}") from None
+
+    def _connect_error(self, error):
+        return Unreachable(f"cannot connect to the PostgreSQL server at {self.where} as user {self.dsn.user}: "
+                           f"{self._text(error)}")
