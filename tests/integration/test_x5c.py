@@ -6,6 +6,7 @@ the appliance must refuse. X5C trusts only the roots an operator supplies (`ca.x
 """
 import base64
 import datetime
+from pathlib import Path
 
 import jwcrypto.jwk
 import pytest
@@ -124,3 +125,57 @@ def test_x5c_roots_must_be_ca_certificates(tmp_path, foreign_ca):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "ca.x5c_roots" in lines[0] and words in lines[0], result.stderr
         assert not ca.ca_json.exists()
+
+
+def _refused_setup(ca, *extra):
+    result = ca.setup(*extra, check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("answers error: ca.x5c_roots: <PEM, "), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+PUBLIC_BUNDLE = next((path for path in ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+                      if Path(path).is_file()), None)
+
+
+@pytest.mark.skipif(PUBLIC_BUNDLE is None, reason="no system trust bundle (Debian: the ca-certificates package)")
+def test_a_root_of_the_systems_public_trust_bundle_is_refused(tmp_path):
+    # Before: any CA:TRUE certificate was accepted, the 140-odd public roots of the bundle included.
+    from ca_appliance import x5c
+    public = x5c.pem_blocks(Path(PUBLIC_BUNDLE).read_bytes())
+    assert len(public) > 50
+    for block in (public[0], public[len(public) // 2]):
+        port = free_port()
+        ca = CA(tmp_path / f"ca{port}", port, answers_for(port, x5c_roots=block.decode() + "\n"))
+        line = _refused_setup(ca)
+        assert "is in the system's public trust bundle" in line and "SHA-256 " in line
+        assert not ca.prefix.exists() or not ca.ca_json.exists()
+
+
+def test_this_cas_own_root_or_intermediate_is_refused_when_setup_replaces_it(tmp_path, foreign_ca):
+    # Before: an X5C provisioner trusting the CA's own chain let any ACME or JWK leaf mint any name.
+    port = free_port()
+    ca = CA(tmp_path / "ca", port, answers_for(port))
+    ca.setup()
+    before = ca.ca_json.read_bytes()
+    for own in (ca.root, ca.intermediate):
+        ca.answers = answers_for(port, x5c_roots=foreign_ca.pem.decode() + own.read_text())
+        line = _refused_setup(ca, "--force")
+        assert "certificate 2 (" in line and "this CA's own root or intermediate" in line
+        assert ca.ca_json.read_bytes() == before
+
+
+def test_the_own_chain_check_matches_by_key_too(foreign_ca):
+    """A certificate re-issued for the same key (what restore and renew may meet) is the same trust."""
+    from ca_appliance import x5c
+    now = datetime.datetime.now(datetime.UTC)
+    reissued = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Other")]))
+                .issuer_name(foreign_ca.name).public_key(foreign_ca.key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now)
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .sign(foreign_ca.key, hashes.SHA256())).public_bytes(serialization.Encoding.PEM)
+    assert "own root or intermediate" in x5c.own_chain_problem(reissued, [foreign_ca.pem])
+    assert x5c.own_chain_problem(reissued, []) is None

@@ -5,11 +5,10 @@ import base64
 import copy
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-
 from ca_appliance import answers, schema, upgrade
 from ca_appliance.answers import AnswersError, load_defaults, validate
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 SECRET = "MARKER-s3cr3t-Zq7xW"
 

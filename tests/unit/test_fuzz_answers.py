@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ca_appliance import answers, safeyaml, schema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ca_appliance import answers, safeyaml, schema
 from image import config as host_config
 from image.errors import UserError
 
