@@ -2,6 +2,7 @@
 data directory, no systemd) and a round-robin TCP proxy standing in for the load balancer in front
 of the nodes.
 """
+import contextlib
 import os
 import pwd
 import shutil
@@ -12,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from ca_helpers import free_port
 
 from image.runner import stop_process
@@ -84,6 +86,18 @@ class MariaDB:
 
     def dsn(self, user, password):
         return f"{user}:{password}@tcp(127.0.0.1:{self.port})/"
+
+    kind = "mysql"
+
+    def add_step_user(self, user, password):
+        """A user that may create and use the databases stepca* (what step-ca needs), nothing else."""
+        self.add_user(user, password, "stepca%")
+
+    def count_rows(self, database, table):
+        return int(self.sql(f"SELECT COUNT(*) FROM `{database}`.`{table}`").stdout.strip())
+
+    def tables(self, database):
+        return sorted(self.sql(f"SHOW TABLES FROM `{database}`").stdout.split())
 
     def stop(self):
         stop_process(self.process, grace=30)
@@ -162,6 +176,19 @@ class PostgreSQL:
     def dsn(self, user, password):
         return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/"
 
+    kind = "postgresql"
+
+    def add_step_user(self, user, password):
+        """A login that may create databases; it owns what it creates, so step-ca may make its tables."""
+        self.add_user(user, password, createdb=True)
+
+    def count_rows(self, database, table):
+        return int(self.sql(f'SELECT COUNT(*) FROM "{table}"', database=database).stdout.strip())
+
+    def tables(self, database):
+        return sorted(self.sql("SELECT tablename FROM pg_tables WHERE schemaname = 'public'",
+                               database=database).stdout.split())
+
     def stop(self):
         """Stop the server (fast, then immediate) and remove the cluster; safe to call twice."""
         if self.workdir is None:
@@ -179,6 +206,25 @@ class PostgreSQL:
         if self.log_path is None or not self.log_path.exists():
             return "(no log)"
         return self.log_path.read_text(errors="replace")
+
+
+def server_missing(kind):
+    return mariadb_missing() if kind == "mysql" else postgresql_missing()
+
+
+@contextlib.contextmanager
+def database_server(kind, workdir):
+    """A started MariaDB or PostgreSQL test server, stopped (and its files removed) when the block
+    ends, also on failure. Skips the test, saying why, when the server is not installed."""
+    problem = server_missing(kind)
+    if problem:
+        pytest.skip(f"the shared-database tests need Debian's {kind} server: {problem}")
+    server = MariaDB(workdir) if kind == "mysql" else PostgreSQL()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 class RoundRobinProxy:

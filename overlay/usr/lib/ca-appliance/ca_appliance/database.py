@@ -692,10 +692,10 @@ class _PostgreSQLCheck:
                 raise self._connect_error(again) from None
         try:
             with connection.cursor() as cursor:
-                self._do(psycopg2, cursor, "SELECT count(*) FROM information_schema.tables WHERE table_schema NOT IN "
-                                           "('pg_catalog', 'information_schema') AND table_type = 'BASE TABLE' "
-                                           "AND table_name NOT LIKE %s", f"did not list the tables of database {name}",
-                         (CHECK_TABLE_PREFIX + "%",))
+                # pg_tables lists every table (information_schema only those the user may use)
+                self._do(psycopg2, cursor, "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname NOT IN "
+                                           "('pg_catalog', 'information_schema') AND tablename NOT LIKE %s",
+                         f"did not list the tables of database {name}", (CHECK_TABLE_PREFIX + "%",))
                 tables = int(cursor.fetchone()[0])
                 self._do(psycopg2, cursor, f'CREATE TABLE "{CHECK_TABLE_PREFIX}{secrets.token_hex(4)}" '
                                            "(nkey BYTEA, nvalue BYTEA, PRIMARY KEY (nkey))",
