@@ -68,6 +68,30 @@ def test_render_refuses_a_baked_answers_file_first_boot_would_refuse(tmp_path, a
     assert_config_error(result, out, expected)
 
 
+@pytest.mark.parametrize("answers_text, key", [
+    (f"join: {{backup: node.tar, passphrase: {SECRET}}}\n", "join.passphrase"),
+    (f"restore: {{archive: old.tar, passphrase: {SECRET}}}\n", "restore.passphrase"),
+    (f"ca: {{database: {{type: mysql, dsn: 'stepca:{SECRET}@tcp(db:3306)/'}}}}\n", "ca.database.dsn"),
+    (f"ca: {{database: 'stepca:{SECRET}@tcp(db:3306)/'}}\n", "ca.database"),
+], ids=["join-passphrase", "restore-passphrase", "database-dsn", "dsn-as-text"])
+def test_render_refuses_every_secret_key_in_a_baked_answers_file(tmp_path, answers_text, key):
+    # Before: only ca.password was refused; every copy of the image carried the others.
+    result, out = render(tmp_path, {}, "hostname: ca.lab.example\n" + answers_text)
+    assert_config_error(result, out, f"config error: firstboot.answers: {key}: <hidden> must not be in a baked "
+                                     "answers file")
+
+
+@pytest.mark.parametrize("config, key", [
+    ({"ca": {"password": SECRET}}, "ca.password"),
+    ({"admin": {"password": SECRET}}, "admin.password"),
+    ({"admin": {"password_hash": SECRET}}, "admin.password_hash"),
+], ids=["ca-password", "admin-password", "plaintext-as-hash"])
+def test_render_names_a_secret_build_key_without_echoing_it(tmp_path, config, key):
+    # Before: "config error: ca.password: 'Hunter2-...' is an unknown key".
+    result, out = render(tmp_path, config)
+    assert_config_error(result, out, f"config error: {key}: ")
+
+
 def test_render_accepts_good_baked_answers_and_bakes_them(tmp_path):
     result, out = render(tmp_path, {"ca": {"name": "x" * 48}}, "hostname: ca.lab.example\nca: {ssh: false}\n")
     assert result.returncode == 0, result.stderr
