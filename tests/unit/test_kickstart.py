@@ -26,11 +26,17 @@ from image.bases.fedora.kickstart import (
     validate_kickstart,
 )
 from image.config import PROJECT_ROOT, load_config
+from image.disk import protective_mbr_boot_flag
 from image.errors import StepFailed
 
 VENV_BIN = Path(sys.executable).parent
-KEY_1 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx1Y2t5bnVtYmVyc2V2ZW5lbGV2ZW50aGlydGVlbg== admin@laptop"
-KEY_2 = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 bob's \"work\" key $HOME"
+KEY_1 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBh8NDgcIkBjCGWFxOB7duXJj8Z73tQx0xFqg0fEgmM4 admin@laptop"
+# a real RSA key with a comment a shell would expand
+KEY_2 = ("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQCsZ/DIECIJGjR5oL49Jb+yl9p7z5tGAx6LH3s4Xujp/LCkqU6KUYKP577T+3Ym"
+         "TzTCiwa+sveiWpYEMdmhLSauaYmrWn2mfeWvFNNiNUXpMiTyjkmfptQeyKqX9lRu/jw5lkTQyX7TMGvuDziDyi80fwWfX8gXkkOD"
+         "m/v477BLfTFAAaBbRsOlTDKxGKhbcKqHhzvgnHTD4X0pXzwv3i65AJmB3nQ+WWq2xosqOM5r3PKrq57kDYxz1S777LT2RTgIN9zd"
+         "YVzaMv9zNE+wBsHWF4+4dQ990mLsNp/XNy2WoeRt4TlWoFQThCscQmFfxEFuhpNz80TxOTy8jgaBkosP"
+         " bob's \"work\" key $HOME")
 HASH = "$6$rounds=4096$saltsalt$Vd0mE0rA6Fq3qk8jA9Gm1yF7y5yK0m0C9kqk1.FZ9w5S0pZ1e2/3u4v5w6x7y8z9"
 
 RPMS = [VolumeFile("step-ca.rpm", "step-ca", "rpm", "0.30.2", None, None, "to be fetched by the build"),
@@ -120,11 +126,21 @@ def test_post_installs_rpms_or_the_local_binary():
     assert "step-cli" not in bin_text
 
 
+# every %post's first lines after `set -euo pipefail`: its output goes to the serial console too
+CONSOLE_LINES = [
+    "console=/dev/ttyS0",
+    'if { true >"$console"; } 2>/dev/null; then',
+    "exec > >(tee -p >(sed -u -e '/^ca-appliance: /!s/^/ca-appliance: /' >\"$console\")) 2>&1",
+    "fi",
+]
+
+
 def chrooted_post(text):
-    """The chrooted %post that installs the payload (the other chrooted one adds the UEFI GRUB config)."""
+    """The chrooted %post that installs the payload, the last chrooted one (the first adds the UEFI GRUB
+    config): provision removes Anaconda's copies of the chrooted scripts, so it must come last."""
     chrooted = [s for s in parsed(text).scripts if s.type == constants.KS_SCRIPT_POST and s.inChroot]
-    assert len(chrooted) == 2 and "hybrid boot" in chrooted[1].script
-    return chrooted[0]
+    assert len(chrooted) == 2 and "hybrid boot" in chrooted[0].script
+    return chrooted[1]
 
 
 def commands_of(script):
@@ -138,10 +154,14 @@ def test_chrooted_post_installs_the_rpms_and_payload_then_runs_provision_and_lit
     lines = commands_of(install.script)
     assert lines == [
         "set -euo pipefail",
+        *CONSOLE_LINES,
         "staging=/var/tmp/ca-appliance-install",
+        'echo "ca-appliance: installing step-ca.rpm"',
         'rpm --upgrade --replacepkgs --nosignature "$staging"/step-ca.rpm',
+        'echo "ca-appliance: installing step-cli.rpm"',
         'rpm --upgrade --replacepkgs --nosignature "$staging"/step-cli.rpm',
         "test -x /usr/bin/step-ca",
+        'echo "ca-appliance: unpacking the payload, then provisioning"',
         f'tar --extract --gzip --file="$staging"/{PAYLOAD_NAME} --directory=/ --numeric-owner --no-overwrite-dir '
         "--keep-directory-symlink",
         "/usr/bin/ca-appliance provision --base fedora",
@@ -197,12 +217,16 @@ def test_defect_6_the_kickstart_opens_ssh_only_and_closes_cockpit():
 def test_post_scripts_do_what_the_image_needs():
     handler = parsed(render_kickstart(load_config(), RPMS))
     scripts = [s for s in handler.scripts if s.type == constants.KS_SCRIPT_POST]
-    copy, install, hybrid_boot, report = scripts
+    copy, hybrid_boot, install, pmbr, report = scripts
     assert copy.inChroot is False and copy.errorOnFail is True
     assert f"/dev/disk/by-label/{OEMDRV_LABEL}" in copy.script
     assert f"cp \"$source_dir\"/{PAYLOAD_NAME} \"$staging/\"" in copy.script
     assert install.inChroot is True and install.errorOnFail is True
     assert report.inChroot is False and "org.ca-appliance.install-result.0" in report.script
+    assert pmbr.inChroot is False and pmbr.errorOnFail is True and "disk_set pmbr_boot off" in pmbr.script
+    assert hybrid_boot.inChroot is True
+    for script in scripts:   # each one copies its output to the serial console
+        assert commands_of(script.script)[1:1 + len(CONSOLE_LINES)] == CONSOLE_LINES
 
 
 def test_rendered_shell_passes_shellcheck(tmp_path):
@@ -210,7 +234,8 @@ def test_rendered_shell_passes_shellcheck(tmp_path):
         pytest.fail("shellcheck is not installed (host-packages.txt lists it)")
     for artifacts in (RPMS, BINARY):
         scripts = render_scripts(custom_config(tmp_path), artifacts)
-        assert set(scripts) == {"post-copy-payload.sh", "post-install.sh", "post-report.sh", "post-hybrid-boot.sh"}
+        assert set(scripts) == {"post-copy-payload.sh", "post-install.sh", "post-report.sh", "post-hybrid-boot.sh",
+                                "post-pmbr.sh"}
         for name, text in scripts.items():
             path = tmp_path / name
             path.write_text(text)
@@ -339,19 +364,104 @@ def test_the_disk_boots_bios_and_uefi_biosboot_esp_and_root_on_gpt():
     assert "/boot/efi/EFI/BOOT/BOOTX64.EFI" in hybrid.script   # the removable path any UEFI firmware boots
 
 
+def run_as_anaconda(script: str, console: Path) -> tuple[int, str]:
+    """Run a rendered %post as Anaconda 45.21 does (pyanaconda/core/util.py _run_program: stdout a pipe,
+    stderr into it, read to the end with communicate()), its serial console replaced by a file: a test
+    must never write to the host's /dev/ttyS0."""
+    assert "console=/dev/ttyS0\n" in script
+    script = script.replace("console=/dev/ttyS0\n", f"console={console}\n")
+    proc = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = proc.communicate(timeout=60)
+    return proc.returncode, out.decode()
+
+
+def test_post_output_reaches_anacondas_log_whole_and_the_serial_console_prefixed(tmp_path):
+    console = tmp_path / "ttyS0"
+    console.touch()
+    report = render_scripts(load_config(), RPMS)["post-report.sh"]
+    console_block = report.split("set -euo pipefail\n")[1].split("sysroot=")[0]
+    script = ("set -euo pipefail\n" + console_block
+              + 'echo "ca-appliance: step one"\necho "    an indented detail"\nls /nonexistent-path\necho never\n')
+    rc, out = run_as_anaconda(script, console)
+    assert rc == 2                                       # the failing command's status: --erroronfail sees it
+    assert out.splitlines() == ["ca-appliance: step one", "    an indented detail",
+                                "ls: cannot access '/nonexistent-path': No such file or directory"]
+    assert console.read_text().splitlines() == [
+        "ca-appliance: step one", "ca-appliance:     an indented detail",
+        "ca-appliance: ls: cannot access '/nonexistent-path': No such file or directory"]
+    # a console that cannot be opened (installing by hand without a serial port): nothing is copied
+    rc, out = run_as_anaconda(script, tmp_path / "no-such-dir" / "ttyS0")
+    assert rc == 2 and out.splitlines()[0] == "ca-appliance: step one"
+
+
+def test_the_progress_lines_of_the_chrooted_install_step_reach_the_console(tmp_path):
+    """The install %post up to its first command, run for real: the build shows its step lines live."""
+    script = render_scripts(load_config(), RPMS)["post-install.sh"]
+    head = script.split("rpm --upgrade")[0]
+    console = tmp_path / "ttyS0"
+    console.touch()
+    rc, out = run_as_anaconda(head, console)
+    assert rc == 0 and console.read_text() == out == "ca-appliance: installing step-ca.rpm\n"
+
+
 def test_hybrid_boot_script_writes_the_esp_grub_cfg_by_root_uuid(tmp_path):
     """The %post run for real on a fake root (paths rewritten under tmp_path)."""
     script = render_scripts(load_config(), RPMS)["post-hybrid-boot.sh"].replace("/boot/efi", f"{tmp_path}/boot/efi")
     script = script.replace("/etc/fstab", f"{tmp_path}/fstab")
+    (tmp_path / "ttyS0").write_text("")
     (tmp_path / "fstab").write_text("UUID=1234-ABCD /boot/efi vfat umask=0077 0 2\n"
                                     "UUID=0b1c2d3e-aaaa-bbbb-cccc-ddddeeeeffff / xfs defaults 0 0\n")
     for efi in ("EFI/BOOT/BOOTX64.EFI", "EFI/fedora/grubx64.efi"):
         (tmp_path / "boot/efi" / efi).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "boot/efi" / efi).write_bytes(b"MZ")
-    subprocess.run(["bash", "-c", script], check=True)
+    rc, out = run_as_anaconda(script, tmp_path / "ttyS0")
+    assert rc == 0, out
     cfg = (tmp_path / "boot/efi/EFI/fedora/grub.cfg").read_text()
     assert cfg.splitlines() == ["search --no-floppy --fs-uuid --set=dev 0b1c2d3e-aaaa-bbbb-cccc-ddddeeeeffff",
                                 "set prefix=($dev)/boot/grub2", "export $prefix", "configfile $prefix/grub.cfg"]
     (tmp_path / "boot/efi/EFI/BOOT/BOOTX64.EFI").unlink()
-    failed = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
-    assert failed.returncode == 1 and "BOOTX64.EFI is missing" in failed.stderr
+    (tmp_path / "ttyS0").write_text("")
+    rc, out = run_as_anaconda(script, tmp_path / "ttyS0")
+    assert rc == 1 and "BOOTX64.EFI is missing" in out      # in Anaconda's log, for its error dialog
+    assert "ca-appliance: hybrid boot: " in (tmp_path / "ttyS0").read_text()   # and live on the console
+
+
+def gpt_disk(path: Path) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    subprocess.run(["sfdisk", "--quiet", str(path)], input="label: gpt\nstart=2048, type=linux\n", text=True,
+                   check=True, capture_output=True)
+    return path
+
+
+def test_the_rendered_kickstart_clears_the_protective_mbr_boot_flag(tmp_path):
+    """The pmbr %post, taken from the rendered kickstart and run for real on a disk image whose
+    protective MBR is marked bootable, as blivet leaves it (the device path rewritten to the file)."""
+    if shutil.which("parted") is None:
+        pytest.fail("parted is not installed (host-packages.txt lists it)")
+    (pmbr,) = [s for s in parsed(render_kickstart(load_config(), RPMS)).scripts if "pmbr_boot" in s.script]
+    assert pmbr.type == constants.KS_SCRIPT_POST and not pmbr.inChroot and pmbr.errorOnFail
+    raw = gpt_disk(tmp_path / "vda.raw")
+    subprocess.run(["parted", "--script", str(raw), "disk_set", "pmbr_boot", "on"], check=True)
+    assert protective_mbr_boot_flag(raw) is True
+    console = tmp_path / "ttyS0"
+    console.touch()
+    rc, out = run_as_anaconda(pmbr.script.replace("disk=/dev/vda\n", f"disk={raw}\n"), console)
+    assert rc == 0, out
+    assert protective_mbr_boot_flag(raw) is False
+    assert console.read_text() == f"ca-appliance: protective MBR of {raw}: boot flag clear\n"
+
+
+def test_the_pmbr_post_fails_the_install_when_the_flag_is_still_set(tmp_path):
+    """Its own check of the first sector: a parted that changed nothing fails the (--erroronfail) %post."""
+    script = render_scripts(load_config(), RPMS)["post-pmbr.sh"]
+    raw = gpt_disk(tmp_path / "vda.raw")
+    subprocess.run(["parted", "--script", str(raw), "disk_set", "pmbr_boot", "on"], check=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "parted").write_text("#!/bin/sh\nexit 0\n")   # a parted that does nothing
+    (bin_dir / "parted").chmod(0o755)
+    script = f'PATH={bin_dir}:"$PATH"\n' + script.replace("disk=/dev/vda\n", f"disk={raw}\n")
+    rc, out = run_as_anaconda(script, tmp_path / "ttyS0")
+    assert rc == 1
+    assert out == f"ca-appliance: the protective MBR of {raw} is still marked bootable (boot indicator 80)\n"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import configparser
 import contextlib
 import functools
+import http.client
 import http.server
 import re
 import shlex
@@ -22,6 +23,8 @@ import subprocess
 import tarfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -29,6 +32,7 @@ from urllib.parse import urlsplit
 from image import settings
 from image.bases.fedora.iso import write_volume_iso
 from image.bases.fedora.kickstart import (
+    INSTALLER_CONSOLE,
     KICKSTART_NAME,
     OEMDRV_LABEL,
     PAYLOAD_NAME,
@@ -36,12 +40,15 @@ from image.bases.fedora.kickstart import (
     RESULT_PORT,
     SUCCESS_MARKER,
     artifact_volume_file,
+    kickstart_repositories,
+    mirror_layout,
     render_kickstart,
     tree_url,
 )
 from image.cache import cache_dir
 from image.config import Config
-from image.download import download_verified
+from image.disk import protective_mbr_boot_flag
+from image.download import USER_AGENT, download_verified
 from image.errors import StepFailed, UserError
 from image.files import sha256_file
 from image.qemu import machine_args, qemu_opt
@@ -62,7 +69,7 @@ ANACONDA_LOG_PORT = "org.fedoraproject.anaconda.log.0"  # Anaconda forwards its 
 QEMU_HOST_ADDRESS = "10.0.2.2"      # the host as QEMU's user-mode network shows it to the guest
 # A whole Server install: minutes with KVM, hours under TCG emulation.
 INSTALL_TIMEOUT_S = {"kvm": 90 * 60, "tcg": 8 * 3600}
-FATAL_GRACE_S = 30                   # after a fatal console line, let the logs flush, then stop
+FATAL_GRACE_S = 5                    # after a fatal console line, let the log port flush, then stop
 
 
 # --- the installer's kernel and initrd, verified against the tree's .treeinfo
@@ -86,19 +93,48 @@ def parse_treeinfo(text: str, source: str = ".treeinfo") -> dict[str, tuple[str,
     return sums
 
 
-def _fetch(url: str, target: Path, *, expected_sha256: str | None = None) -> str:
+UNREACHABLE_HINT = ("the fedora base installs from fedora.mirror over the network: point it at a reachable mirror "
+                    "or a local copy (file:///path), or build with base debian")
+
+
+def _fetch(url: str, target: Path, *, release: int, expected_sha256: str | None = None) -> str:
     """An installer file to target (image.download: whole and verified, or nothing); returns its sha256."""
     def missing(http_404: bool) -> UserError:
-        if http_404:
-            return UserError(f"config error: fedora.release/fedora.mirror: {url} does not exist (HTTP 404); "
-                             f"the mirror needs releases/<release>/Server/x86_64/os/")
-        return UserError(f"config error: fedora.mirror: {url} does not exist")
+        return UserError(f"config error: fedora.release/fedora.mirror: {url} does not exist"
+                         f"{' (HTTP 404)' if http_404 else ''}; the mirror must carry {mirror_layout(release)}")
 
     return download_verified(url, target, step="fetch installer", expected_sha256=expected_sha256,
                              digest_source="the tree's .treeinfo", missing=missing,
-                             unreachable_hint="the fedora base installs from fedora.mirror over the network: point "
-                                              "it at a reachable mirror or a local copy (file:///path), or build "
-                                              "with base debian")
+                             unreachable_hint=UNREACHABLE_HINT)
+
+
+REPOSITORY_INDEX = "repodata/repomd.xml"
+REPOSITORY_CHECK_TIMEOUT_S = 30
+
+
+def check_repositories(mirror: str, release: int) -> None:
+    """Every repository the kickstart uses has its index (repodata/repomd.xml), checked before the
+    installer starts: Anaconda would otherwise stop at "Error setting up repositories" after minutes
+    of booting. A missing one is a UserError naming it and what the mirror must carry."""
+    for what, url in kickstart_repositories(mirror, release).items():
+        index = url + REPOSITORY_INDEX
+        request = urllib.request.Request(index, headers={"User-Agent": USER_AGENT, "Range": "bytes=0-0"})
+        try:
+            with urllib.request.urlopen(request, timeout=REPOSITORY_CHECK_TIMEOUT_S) as response:
+                response.read(1)
+            continue
+        except urllib.error.HTTPError as e:
+            if e.code not in (404, 410):
+                raise StepFailed("check the mirror", f"{index}: HTTP {e.code} {e.reason}") from None
+        except urllib.error.URLError as e:
+            if not isinstance(e.reason, FileNotFoundError):   # file:// mirrors: missing
+                host = urlsplit(index).netloc or index
+                raise StepFailed("check the mirror", f"cannot reach {host} ({e.reason}); {UNREACHABLE_HINT}") from None
+        except (OSError, http.client.HTTPException) as e:
+            raise StepFailed("check the mirror", f"{index}: {e}") from None
+        raise UserError(f"config error: fedora.mirror: the {what} of Fedora {release} is missing ({index} does not "
+                        f"exist); the kickstart installs from three repositories, so the mirror must carry "
+                        f"{mirror_layout(release)}")
 
 
 
@@ -107,7 +143,7 @@ def fetch_boot_files(tree: str, release: int, *, say=print) -> tuple[Path, Path]
     tree = tree.rstrip("/") + "/"
     where = cache_dir() / "fedora" / str(release)
     treeinfo = where / "treeinfo"
-    _fetch(tree + ".treeinfo", treeinfo)   # small, and the one thing that says what is current
+    _fetch(tree + ".treeinfo", treeinfo, release=release)   # small, and the one thing that says what is current
     sums = parse_treeinfo(treeinfo.read_text(errors="replace"), tree + ".treeinfo")
     paths = []
     for rel in BOOT_FILES:
@@ -122,7 +158,7 @@ def fetch_boot_files(tree: str, release: int, *, say=print) -> tuple[Path, Path]
             say(f"    {rel}: cached, verified ({target})")
         else:
             say(f"    {rel}: downloading from {tree}")
-            _fetch(tree + rel, target, expected_sha256=expected)
+            _fetch(tree + rel, target, release=release, expected_sha256=expected)
         paths.append(target)
     return paths[0], paths[1]
 
@@ -161,8 +197,11 @@ def anaconda_kernel_args(tree: str) -> str:
         f"inst.stage2={tree}",                              # the runtime image; packages: the kickstart's url
         f"inst.ks=hd:LABEL={OEMDRV_LABEL}:/{KICKSTART_NAME}",  # explicit: a missing volume fails, not prompts
         "inst.text",
-        "console=ttyS0,115200n8",
+        f"console={INSTALLER_CONSOLE.removeprefix('/dev/')},115200n8",   # where the %post scripts write too
         "rd.emergency=reboot",                              # dracut failure ends QEMU (-no-reboot) at once
+        # no installer logs or kickstarts in the image (/var/log/anaconda, /root/*ks.cfg): Anaconda copies
+        # them after the last %post, where provision cannot reach; the builder has them from the log port
+        "inst.nosave=all",
     ])
 
 
@@ -206,13 +245,48 @@ STAGES = (
     "Storing configuration files and kickstarts", "Running post-installation scripts",
     "Installation complete", "ca-appliance:",
 )
-# Lines after which the installer never finishes on its own.
-FATAL = (
-    "Kernel panic", "An unknown error has occurred", "The installation was stopped due to an error",
-    "There was an error running the kickstart script", "Entering emergency mode",
-    "Not enough space in file systems", "Error checking software selection",
-    "Error populating transaction", "Traceback (most recent call last)",
-)
+# The console lines after which Anaconda never finishes on its own: it waits for a person (a dialog,
+# the summary hub with an incomplete spoke) or has ended. Verbatim from Anaconda 45.21 (Fedora 45's,
+# tag anaconda-45.21) and simpleline, its text UI library; each with what it means for the build. Each
+# is the start of its message, short enough that the text UI's 80-column wrapping never splits it.
+ANACONDA_STOPS = {
+    # the summary hub, shown only when a kickstart left a mandatory spoke incomplete
+    # (pyanaconda/core/constants.py PAYLOAD_STATUS_INVALID_SOURCE; ui/tui/spokes/*.py status)
+    "Error setting up repositories": "a repository the kickstart uses could not be set up",
+    "Installation source not set up": "the installation source could not be set up",
+    "Error checking software selection": "a package or group the kickstart asks for is missing",
+    "Error checking storage configuration": "the kickstart's storage layout cannot be made",
+    "Kickstart insufficient": "the kickstart's storage layout has no root file system",
+    "The following mandatory spokes are not completed": "the kickstart leaves a mandatory spoke incomplete",
+    "Not enough space in file systems for the current software": "the disk is too small",
+    # simpleline's prompts: the hub and every dialog wait for input here
+    "Please make a selection from the above": "Anaconda waits at its summary hub",
+    "Press ENTER to exit": "Anaconda shows an error dialog",
+    "Please respond 'yes' or 'no'": "Anaconda asks a question",
+    # pyanaconda/errors.py: the error handler's dialogs
+    "There was an error running the kickstart script": "a %pre or %post with --erroronfail failed",
+    "The following error occurred while setting up the payload": "the installation source failed",
+    "The following error occurred while installing the payload": "a package failed to install",
+    "An error occurred while activating your storage configuration": "the disk could not be set up",
+    "There is a problem with your existing storage configuration": "the disk could not be set up",
+    "The following error occurred while installing the boot loader": "the boot loader failed to install",
+    "The following error occurred during the installation": "an installation step failed",
+    # pyanaconda/exception.py: the unexpected-error handler ("occured" is Anaconda's spelling)
+    "An unknown error has occured": "Anaconda hit an unexpected error",
+    "An unknown error has occurred": "Anaconda hit an unexpected error",
+    "The installation was stopped due to an error": "Anaconda stopped on an error",
+    "The installation was stopped due to what seems to be a problem": "a disk I/O error",
+    "Running in cmdline mode, no interactive debugging allowed": "Anaconda hit an unexpected error",
+    "Traceback (most recent call last)": "Anaconda hit an unexpected error",
+    # pykickstart, printed before Anaconda exits on a kickstart it cannot read
+    "The following problem occurred on line": "Anaconda refused the kickstart",
+    # the kernel and dracut (rd.emergency=reboot ends QEMU, but say why)
+    "Kernel panic": "the installer's kernel panicked",
+    "Entering emergency mode": "the installer's initramfs failed",
+}
+# Our %post scripts copy their output to the console with this prefix (kickstart/post-console.sh.j2);
+# their lines are shown, never taken for Anaconda's own.
+POST_PREFIX = "ca-appliance:"
 
 
 class InstallProgress:
@@ -223,15 +297,34 @@ class InstallProgress:
         self.seen_stages: set[str] = set()
         self.package_tenth = -1
         self.download_tenth = -1
-        self.fatal: str | None = None
+        self.fatal: str | None = None          # the first console line that stopped Anaconda
+        self.fatal_meaning: str | None = None
+        self.last_post_line: str | None = None  # the last line our %post scripts printed
+
+    @property
+    def stop_reason(self) -> str | None:
+        """One line: Anaconda's own words, what they mean, and what our %post said last."""
+        if self.fatal is None:
+            return None
+        reason = f'Anaconda stopped: "{self.fatal}" ({self.fatal_meaning})'
+        if self.last_post_line:
+            reason += f'; the last %post line: "{self.last_post_line}"'
+        return reason
 
     def feed(self, raw_line: str) -> str | None:
         line = _ANSI.sub("", raw_line).strip()
         if not line:
             return None
-        for marker in FATAL:
+        if line.startswith(POST_PREFIX):
+            self.last_post_line = line
+            if line not in self.seen_stages:
+                self.seen_stages.add(line)
+                return line
+            return None
+        for marker, meaning in ANACONDA_STOPS.items():
             if marker in line:
-                self.fatal = self.fatal or line
+                if self.fatal is None:   # quoted in one line: the hub's columns of spaces collapsed
+                    self.fatal, self.fatal_meaning = " ".join(line.split()), meaning
                 return f"installer: {line}"
         if m := _PACKAGE.search(line):
             done, total = int(m.group(2)), int(m.group(3))
@@ -286,18 +379,23 @@ def run_installer(cmd: list[str], *, serial_log: Path, installer_log: Path, time
                 if progress.fatal and fatal_at is None:
                     fatal_at = time.monotonic()
                 if fatal_at is not None and time.monotonic() - fatal_at > FATAL_GRACE_S:
-                    raise _installer_failed(runner, f"the installer stopped: {progress.fatal}",
-                                            serial_log, installer_log)
+                    raise _anaconda_stopped(runner, progress, serial_log, installer_log)
                 if time.monotonic() > deadline:
                     raise _installer_failed(runner, f"the installer did not finish within {timeout:.0f}s",
                                             serial_log, installer_log)
                 time.sleep(poll_s)
         finally:
             stop_process(proc, grace=10)
+    if progress.fatal:
+        raise _anaconda_stopped(runner, progress, serial_log, installer_log)
     if proc.returncode != 0:
         raise _installer_failed(runner, f"qemu exited with status {proc.returncode}", serial_log, installer_log)
-    if progress.fatal:
-        raise _installer_failed(runner, f"the installer stopped: {progress.fatal}", serial_log, installer_log)
+
+
+def _anaconda_stopped(runner: Runner, progress: InstallProgress, serial_log: Path, installer_log: Path) -> StepFailed:
+    """One line in Anaconda's own words; its log (or the console's, when it sent none) is the log path."""
+    log = installer_log if installer_log.exists() and installer_log.stat().st_size else serial_log
+    return StepFailed(runner.step_name, f"{progress.stop_reason}; serial console: {serial_log}", log)
 
 
 def _installer_failed(runner: Runner, reason: str, serial_log: Path, installer_log: Path) -> StepFailed:
@@ -359,6 +457,7 @@ def build_raw(cfg: Config, *, workdir: Path, runner: Runner, artifacts: list, pa
     runner.say(f"    accelerator: {choice.accel} ({choice.reason})")
 
     with runner.step(f"fetch the Fedora {release} installer"):
+        check_repositories(cfg.fedora.mirror, release)
         kernel, initrd = fetch_boot_files(tree_url(cfg.fedora.mirror, release), release,
                                           say=runner.say)
 
@@ -392,5 +491,10 @@ def build_raw(cfg: Config, *, workdir: Path, runner: Runner, artifacts: list, pa
                 raise _installer_failed(runner, "the installer powered off without reporting success "
                                                 f"({result_log} has no {SUCCESS_MARKER!r})",
                                         serial_log, installer_log)
+    # the kickstart's %post clears it; a disk with the flag set would still pass every test under QEMU
+    if protective_mbr_boot_flag(disk):
+        raise StepFailed("check the protective MBR", f"{disk}: the protective MBR is marked bootable (pmbr_boot); "
+                                                     f"some UEFI firmware refuses such a disk, and the kickstart's "
+                                                     f"%post should have cleared it", installer_log)
     release_name, packages = result
     return BaseResult(raw=disk, release=release_name or f"Fedora Server {release}", packages=packages)

@@ -34,10 +34,12 @@ from pykickstart.version import makeVersion, versionMap
 from image.config import PROJECT_ROOT, Config
 from image.errors import StepFailed
 from image.files import sha256_file
+from image.payload import PAYLOAD_TAR_OPTIONS
 
 KICKSTART_DIR = PROJECT_ROOT / "kickstart"
 KICKSTART_TEMPLATE = "ks.cfg.j2"
-SCRIPT_TEMPLATES = ("post-copy-payload.sh.j2", "post-install.sh.j2", "post-report.sh.j2", "post-hybrid-boot.sh.j2")
+SCRIPT_TEMPLATES = ("post-copy-payload.sh.j2", "post-install.sh.j2", "post-report.sh.j2", "post-hybrid-boot.sh.j2",
+                    "post-pmbr.sh.j2")
 
 OEMDRV_LABEL = "OEMDRV"            # Anaconda's dracut looks for ks.cfg on a volume with this label
 KICKSTART_NAME = "ks.cfg"
@@ -50,6 +52,9 @@ ROOT_FSTYPE = "xfs"                # Fedora Server's default; xfs_growfs grows i
 RESULT_PORT = "org.ca-appliance.install-result.0"
 SUCCESS_MARKER = "ca-appliance-install: ok"
 KERNEL_CONSOLES = "console=tty0 console=ttyS0,115200n8"  # the last one is /dev/console: serial
+# The installer's serial console (the builder's QEMU writes it to the serial log it follows); the %post
+# scripts copy their output there (kickstart/post-console.sh.j2).
+INSTALLER_CONSOLE = "/dev/ttyS0"
 
 # Units the payload must bring (the overlay's; `ca-appliance provision` enables every one it ships).
 PAYLOAD_UNITS = ("step-ca.service", "ca-appliance-firstboot.service")
@@ -67,8 +72,6 @@ EXTRA_PACKAGES = (
 )
 # updates.security: dnf5-automatic installs security updates daily (config: image/payload.py)
 UPDATE_PACKAGES = ("dnf5-plugin-automatic",)
-# How the chrooted %post extracts the payload: a directory symlink (/usr/sbin -> bin) stays one.
-PAYLOAD_TAR_OPTIONS = ("--numeric-owner", "--no-overwrite-dir", "--keep-directory-symlink")
 # Where a local binary artifact goes in the image (the RPMs put themselves in place).
 BINARY_INSTALL_PATHS = {"step-ca": "/usr/bin/step-ca", "step-cli": "/usr/bin/step"}
 
@@ -101,6 +104,19 @@ def updates_url(mirror: str, release: int) -> str:
 def everything_url(mirror: str, release: int) -> str:
     """The release's Everything tree: packages in no Server group (growpart, the guest agents)."""
     return f"{mirror.rstrip('/')}/releases/{release}/Everything/x86_64/os/"
+
+
+def kickstart_repositories(mirror: str, release: int) -> dict[str, str]:
+    """Every repository the kickstart installs from ({what it is: its URL}): Anaconda needs all of
+    them, so an air-gapped mirror must carry each one, repodata/ and packages."""
+    return {"Server tree": tree_url(mirror, release), "Everything tree": everything_url(mirror, release),
+            "updates": updates_url(mirror, release)}
+
+
+def mirror_layout(release: int) -> str:
+    """What a mirror of fedora.release must carry below fedora.mirror, as the messages and docs say it."""
+    paths = [url.removeprefix("/") for url in kickstart_repositories("", release).values()]
+    return f"{', '.join(paths[:-1])} and {paths[-1]} (each with its repodata/)"
 
 
 def listen_port(address: str) -> int:
@@ -187,7 +203,7 @@ def kickstart_context(cfg: Config, artifacts: Sequence[VolumeFile], mirror: str 
         "artifacts": [{"volume_name": a.name, "kind": a.kind, "role": a.role, "install_path": a.install_path}
                       for a in artifacts],
         "payload_tar_options": list(PAYLOAD_TAR_OPTIONS), "provision_command": PROVISION_COMMAND,
-        "result_port": RESULT_PORT, "success_marker": SUCCESS_MARKER,
+        "result_port": RESULT_PORT, "success_marker": SUCCESS_MARKER, "installer_console": INSTALLER_CONSOLE,
     }
 
 
