@@ -186,3 +186,34 @@ def test_an_acme_order_outside_the_constraints_is_refused_by_step_ca(make_ca, se
     inside = certbot(ca, tmp_path, "certonly", "--standalone", "-d", "localhost", "--agree-tos",
                      "--register-unsafely-without-email", "--http-01-address", "127.0.0.1", "--http-01-port", "80")
     assert inside.returncode == 0, inside.stdout + inside.stderr
+
+
+def test_status_json_reports_the_crls_age_and_next_update(running_ca, step, tmp_path):
+    from ca_helpers import run_cli
+
+    step.bootstrap(running_ca)
+    step.jwk_certificate(running_ca, "localhost", tmp_path / "r.crt", tmp_path / "r.key")
+    step("ca", "revoke", "--cert", tmp_path / "r.crt", "--key", tmp_path / "r.key")
+    facts = json.loads(run_cli("status", "--json", "--health", "--prefix", running_ca.prefix).stdout)
+    assert facts["crl_url"] == "http://localhost/crl"
+    crl = facts["crl"]
+    assert crl["revoked"] == 1 and 0 <= crl["age_seconds"] < 300
+    assert crl["next_update"] > crl["last_update"]
+
+
+def test_the_watch_levels_for_a_fresh_a_stale_and_an_expired_crl(running_ca, tmp_path):
+    """The watch's verdict on the real CRL step-ca serves, seen at three moments of its life."""
+    import datetime
+
+    from ca_appliance import pki, stepca, watch
+
+    crl, problem = stepca.crl(running_ca.config, running_ca.root)
+    assert problem is None
+    last, following = pki.crl_updates(crl)
+    assert watch.crl_findings(crl, None, now=last + datetime.timedelta(minutes=1)) == []
+    stale = watch.crl_findings(crl, None, now=last + (following - last) * 0.9)
+    assert [f.level for f in stale] == [watch.WARNING] and "stale" in stale[0].message
+    expired = watch.crl_findings(crl, None, now=following + datetime.timedelta(seconds=1))
+    assert [f.level for f in expired] == [watch.CRITICAL]
+    unreadable = watch.crl_findings(None, "GET /crl answered 500")
+    assert [f.level for f in unreadable] == [watch.WARNING]

@@ -240,3 +240,12 @@ def not_after(cert):
     """not_valid_after as an aware datetime on both cryptography 38 and the newest."""
     value = getattr(cert, "not_valid_after_utc", None)
     return value if value is not None else cert.not_valid_after.replace(tzinfo=datetime.UTC)
+
+
+def crl_updates(crl):
+    """(last_update, next_update or None) as aware datetimes on cryptography 38 and the newest."""
+    if hasattr(crl, "last_update_utc"):
+        return crl.last_update_utc, crl.next_update_utc
+    following = crl.next_update
+    return (crl.last_update.replace(tzinfo=datetime.UTC),
+            following.replace(tzinfo=datetime.UTC) if following else None)

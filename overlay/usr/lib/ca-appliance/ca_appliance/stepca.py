@@ -10,6 +10,7 @@ import subprocess
 # put there) before /usr/bin (the image's). Look in the same order, then on PATH (tests).
 SEARCH_PATH = "/usr/local/bin:/usr/bin"
 HEALTH_TIMEOUT = 10
+MAX_CRL_BYTES = 16 << 20   # a CRL of ~400k revocations; more is not a CRL this CA wrote
 
 
 def binary():
@@ -42,6 +43,35 @@ def local_endpoint(address):
     elif host == "::":
         host = "::1"
     return host, int(port)
+
+
+def _get(config, root_cert_path, path, timeout):
+    """(status, body) of GET path on step-ca over TLS chained to the root; OSError-like failures raise."""
+    host, port = local_endpoint(config["address"])
+    context = ssl.create_default_context(cafile=str(root_cert_path))
+    context.check_hostname = False  # reached by address, not by name; the chain is still checked
+    connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read(MAX_CRL_BYTES)
+    finally:
+        connection.close()
+
+
+def crl(config, root_cert_path, timeout=HEALTH_TIMEOUT):
+    """(CertificateRevocationList, None) as step-ca serves it on /crl, or (None, why not)."""
+    from cryptography import x509
+    try:
+        status, body = _get(config, root_cert_path, "/crl", timeout)
+    except (OSError, ssl.SSLError, http.client.HTTPException) as error:
+        return None, f"GET /crl failed: {error}"
+    if status != 200:
+        return None, f"GET /crl answered {status}"
+    try:
+        return x509.load_der_x509_crl(body), None
+    except ValueError:
+        return None, "GET /crl answered something that is not a DER CRL"
 
 
 def health(config, root_cert_path, timeout=HEALTH_TIMEOUT):

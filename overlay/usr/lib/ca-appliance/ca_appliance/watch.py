@@ -55,7 +55,27 @@ def findings(layout, check_health, now=None):
         problem = stepca.health(config, config["root"])
         if problem:
             result.append(Finding(CRITICAL, f"step-ca is not healthy: {problem}"))
+        elif (config.get("crl") or {}).get("enabled"):
+            result.extend(crl_findings(*stepca.crl(config, config["root"]), now=now))
     return result
+
+
+def crl_findings(crl, problem, now=None):
+    """The CRL step-ca serves: expired is critical (relying parties that check it refuse every
+    certificate), past two thirds of its life warns (step-ca renews it at half of it)."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    if crl is None:
+        return [Finding(WARNING, f"the CRL cannot be read from step-ca: {problem}")]
+    last, following = pki.crl_updates(crl)
+    if following is None:
+        return []
+    if following <= now:
+        return [Finding(CRITICAL, f"the CRL expired at {following:%Y-%m-%d %H:%M} UTC; step-ca renews it "
+                                  "while it runs: check `systemctl status step-ca`")]
+    if now - last > (following - last) * 2 / 3:
+        return [Finding(WARNING, f"the CRL is stale: issued {last:%Y-%m-%d %H:%M} UTC, valid until "
+                                 f"{following:%Y-%m-%d %H:%M} UTC (step-ca renews it every 12 h)")]
+    return []
 
 
 def level(found):
