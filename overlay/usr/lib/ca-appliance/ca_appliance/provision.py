@@ -62,7 +62,9 @@ class Distro:
     units: tuple           # the distribution's units the appliance needs enabled
     disable_units: tuple   # enabled by the distribution, not wanted (when present)
     mask_units: tuple      # never to run (when present)
-    leftovers: tuple       # build-time files that must not ship
+    leftovers: tuple       # globs under the root: build-time files and directories that must not ship
+    boot_entries: str = ""  # Boot Loader Specification entries named <machine-id>-<kernel>.conf ("": none)
+    grubenv: str = ""       # GRUB's environment block, whose saved_entry names one of them
 
 
 # e2scrub checks ext4 on LVM only (the root is a plain partition), yet its boot-time reaper took
@@ -98,9 +100,20 @@ DISTROS = {
         # Fedora Server's web console: the appliance opens SSH and the CA's port, nothing else
         disable_units=("cockpit.socket",),
         mask_units=E2SCRUB_UNITS,
-        leftovers=(),
+        # Anaconda's: the installer NIC's connection profile (same ID in every copy; the wizard makes
+        # its own), the kickstarts and logs that name the build (inst.nosave=all keeps most out; these
+        # catch what is written before %post), and its chrooted %post scripts (never deleted by it)
+        leftovers=("etc/NetworkManager/system-connections/*.nmconnection", "root/anaconda-ks.cfg",
+                   "root/original-ks.cfg", "root/anaconda-tb-*", "var/log/anaconda", "tmp/ks-script-*"),
+        boot_entries="boot/loader/entries",
+        grubenv="boot/grub2/grubenv",
     ),
 }
+# What the boot entries are named by instead of the installer's machine ID: the ID Fedora's own
+# osbuild-made images carry (its rpm stage installs the kernel under it). /etc/machine-info tells
+# kernel-install to keep using it, so a later kernel update finds and removes these entries.
+NEUTRAL_ENTRY_ID = "f" * 32
+MACHINE_INFO = "etc/machine-info"
 # Generalisation, both bases: each appliance makes its own at first boot.
 MACHINE_SECRETS = ("var/lib/systemd/random-seed", "var/lib/systemd/credential.secret")
 # What the relabel covers: everything provisioning and the payload wrote.
@@ -426,26 +439,75 @@ def build_initramfs(tools, distro, say):
 # --- generalisation and checks
 
 
+def read_machine_id(tools):
+    try:
+        value = tools.path("etc/machine-id").read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+    return value if re.fullmatch(r"[0-9a-f]{32}", value) else ""
+
+
+def rename_boot_entries(tools, distro, installer_id):
+    """<installer machine ID>-<kernel>.conf becomes <NEUTRAL_ENTRY_ID>-<kernel>.conf, GRUB's saved_entry
+    with it; returns the new names."""
+    if not distro.boot_entries or not installer_id or installer_id == NEUTRAL_ENTRY_ID:
+        return []
+    renamed = []
+    for entry in sorted(tools.path(distro.boot_entries).glob(f"{installer_id}-*.conf")):
+        target = entry.with_name(NEUTRAL_ENTRY_ID + entry.name[len(installer_id):])
+        os.rename(entry, target)   # same directory: mode and SELinux label stay
+        renamed.append(target.name)
+    grubenv = tools.path(distro.grubenv) if distro.grubenv else None
+    if renamed and grubenv is not None and grubenv.is_file() and not grubenv.is_symlink():
+        block = grubenv.read_bytes()
+        # the same length: GRUB's environment block stays exactly its 1024 bytes
+        fixed = re.sub(rb"^saved_entry=" + installer_id.encode() + rb"-", b"saved_entry=" + NEUTRAL_ENTRY_ID.encode()
+                       + b"-", block, flags=re.M)
+        if fixed != block:
+            grubenv.write_bytes(fixed)
+    if renamed:
+        info = tools.path(MACHINE_INFO)
+        text = info.read_text(encoding="utf-8") if info.exists() else ""
+        text = re.sub(r"^KERNEL_INSTALL_MACHINE_ID=.*\n?", "", text, flags=re.M)
+        if text and not text.endswith("\n"):
+            text += "\n"
+        info.write_text(text + f"KERNEL_INSTALL_MACHINE_ID={NEUTRAL_ENTRY_ID}\n", encoding="utf-8")
+        os.chmod(info, 0o644)
+    return renamed
+
+
+def remove_leftovers(tools, distro):
+    for pattern in distro.leftovers:
+        for item in tools.root.glob(pattern):
+            if item.is_symlink() or item.is_file():
+                item.unlink()
+            elif item.is_dir():
+                shutil.rmtree(item)
+
+
 def generalise(tools, distro):
     """Nothing unique to one appliance (or to the build) ships: each makes its own at first boot."""
     for key in tools.path("etc/ssh").glob("ssh_host_*"):
         key.unlink()
+    renamed = rename_boot_entries(tools, distro, read_machine_id(tools))
     machine_id = tools.path("etc/machine-id")
     machine_id.write_text("")
     os.chmod(machine_id, 0o444)
     dbus_id = tools.path("var/lib/dbus/machine-id")
     if dbus_id.exists() and not dbus_id.is_symlink():
         dbus_id.unlink()
-    for relative in MACHINE_SECRETS + distro.leftovers:
+    for relative in MACHINE_SECRETS:
         path = tools.path(relative)
         if path.is_symlink() or path.is_file():
             path.unlink()
+    remove_leftovers(tools, distro)
     for pattern in distro.package_caches:
         for item in tools.root.glob(pattern):
             if item.is_symlink() or item.is_file():
                 item.unlink()
             elif item.is_dir():
                 shutil.rmtree(item)
+    return renamed
 
 
 def check_step_cli(tools, wanted):
@@ -506,9 +568,10 @@ def _provision(base, root, *, stand_ins, record, out):
     say(f"    firewall: default zone {FIREWALL_ZONE} (ssh, step-ca)")
     drivers = build_initramfs(tools, distro, say)
     say(f"    initramfs ({distro.initramfs_tool}): {len(drivers)} drivers")
-    generalise(tools, distro)
+    renamed = generalise(tools, distro)
     tools.path(PROVISION_INPUT).unlink()   # its password hash is in /etc/shadow now, nowhere else
     say("    generalised: no SSH host keys, empty machine-id, no random seed or credential secret, "
-        f"{distro.package_tool} caches emptied")
+        f"{distro.package_tool} caches emptied, no installer leftovers"
+        + (f"; boot entries: {' '.join(renamed)}" if renamed else ""))
     relabel(tools, distro, say)   # last: labels what every step above wrote
     say("provision: done")
