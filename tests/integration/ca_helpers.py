@@ -32,8 +32,33 @@ def guest_python_ready():
     return None
 
 
+def as_appliance(env):
+    """The CLI's environment with the pinned step-ca findable as the appliance's own (the appliance
+    reads `step-ca version` from /usr/bin; here the pinned build comes first on PATH, alone: not the
+    step CLI). Without a readable step-ca the appliance cannot show it has the GHSA-h8cp-697h-8c8p
+    fix and calls itself a test image (buildinfo.test_image_reason fails closed)."""
+    from image.stepbuild import cached_pinned_binary
+    env = dict(os.environ if env is None else env)
+    try:
+        binary = cached_pinned_binary("step_ca")
+    except Exception:  # no Go here: the tests that need step-ca skip, saying why
+        binary = None
+    if binary is not None:
+        directory = REPO / "build" / "test-step-ca-on-path"
+        directory.mkdir(parents=True, exist_ok=True)
+        link = directory / "step-ca"
+        if not link.is_symlink() or link.resolve() != Path(binary).resolve():
+            fresh = directory / f".step-ca.{os.getpid()}"
+            fresh.unlink(missing_ok=True)
+            fresh.symlink_to(binary)
+            os.replace(fresh, link)  # atomic: a parallel test never sees no step-ca
+        env["PATH"] = f"{directory}:{env.get('PATH', os.defpath)}"
+    return env
+
+
 def run_cli(*args, check=True, input_text=None, env=None):
     """Run the guest CLI as the appliance does (distro python3, stdin not a terminal)."""
+    env = as_appliance(env)
     result = subprocess.run([GUEST_PYTHON, str(CA_APPLIANCE), *map(str, args)], capture_output=True, text=True,
                             input=input_text if input_text is not None else "", env=env, timeout=300)
     if check and result.returncode != 0:

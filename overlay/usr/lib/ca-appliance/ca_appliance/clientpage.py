@@ -25,7 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from . import buildinfo, cajson, pki
+from . import buildinfo, cajson, pki, stepca
 from .staging import Staging, make_dir, write_file
 
 PAGE_DIR = "/var/lib/ca-appliance/page"
@@ -111,6 +111,8 @@ def facts(layout):
         "root_pem": root_pem,
         "root_der": cert.public_bytes(serialization.Encoding.DER),
         "not_after": pki.not_after(cert).strftime("%Y-%m-%d"),
+        # fails closed: an unknown step-ca version is a test image too
+        "test_image": buildinfo.test_image_reason(buildinfo.load(layout.prefix), stepca.installed_version()),
     }
 
 
@@ -201,6 +203,8 @@ a.button{display:inline-block;margin:.3rem .5rem .3rem 0;padding:.5rem .9rem;bor
 background:#0b5cad;color:#fff;text-decoration:none}
 dt{font-weight:600}dd{margin:0 0 .6rem 0;word-break:break-all}
 .muted{color:#555;font-size:.9rem}
+.test-image{border:3px solid #b00020;background:#fdecea;color:#5f0010;border-radius:8px;padding:.8rem 1rem;
+margin:1rem 0;font-size:1.05rem}
 """
 
 
@@ -208,6 +212,13 @@ def _pre(snippet_id, title, text, kind):
     return (f'<h3 id="{kind}-{snippet_id}">{html.escape(title)}</h3>\n'
             f'<pre class="snippet" data-kind="{kind}" data-tool="{snippet_id}"><code>'
             f"{html.escape(text)}</code></pre>\n")
+
+
+def _test_image_notice(f):
+    if not f.get("test_image"):
+        return ""
+    return (f'<div class="test-image" id="test-image" role="alert"><strong>{html.escape(buildinfo.TEST_IMAGE_MARK)}.'
+            f"</strong> Do not trust this CA on machines that matter: {html.escape(f['test_image'])}</div>\n")
 
 
 def render(f):
@@ -224,7 +235,7 @@ def render(f):
 <style>{CSS}</style>
 </head>
 <body>
-<h1 id="ca-name">{e(f['name'])}</h1>
+{_test_image_notice(f)}<h1 id="ca-name">{e(f['name'])}</h1>
 <p>This is a private certificate authority. Trust its root certificate on your machines, then
 get certificates from it with any ACME client, as with Let's Encrypt.</p>
 

@@ -28,10 +28,14 @@ def facts(layout, use_system=True, check_health=None, now=None):
     root = pki.load_certificate(config["root"])
     intermediate = pki.load_certificate(config["crt"])
     ca = {"address": config["address"], "dns_names": config["dnsNames"]}
+    installed = stepca.installed_version()
+    test_reason = buildinfo.test_image_reason(info, installed)
     found = watch.findings(layout, check_health, now=now)
+    if test_reason:  # a test image is never "ok": monitoring sees a warning (exit 1)
+        found = [watch.Finding(watch.WARNING, f"{buildinfo.TEST_IMAGE_MARK}: {test_reason}"), *found]
     health_problems = [f.message for f in found if f.message.startswith("step-ca is not healthy")]
     root_key = layout.secrets_dir / "root_ca_key"
-    version = stepca.installed_version() or info.get("step_ca_version")
+    version = installed or info.get("step_ca_version")
     hostname = state.get("hostname")
     return {
         "state": watch.LEVEL_NAMES[watch.level(found)],
@@ -55,8 +59,8 @@ def facts(layout, use_system=True, check_health=None, now=None):
         "root_key": "on-appliance" if root_key.exists() else "offline",
         "step_ca_version": version,
         "step_cli": shutil.which("step"),
-        "test_image": bool(info.get("test_only")),
-        "test_image_reason": info.get("test_only_reason"),
+        "test_image": test_reason is not None,
+        "test_image_reason": test_reason,
         "appliance": {"name": info.get("name"), "version": info.get("version"), "base": info.get("base")},
         "configured_by": state.get("answers_source"),
         "configured_at": state.get("configured_at"),
@@ -80,7 +84,8 @@ def rows(info, layout):
                                                              if info["test_image_reason"] else "")))
     result += [
         ("state", info["state"].upper()),
-        *[(finding["level"], finding["message"]) for finding in info["findings"]],
+        *[(finding["level"], finding["message"]) for finding in info["findings"]
+          if not finding["message"].startswith(buildinfo.TEST_IMAGE_MARK)],  # the first row says it
         ("service", info["service"] or "not checked (--prefix: not this system's service)"),
         ("health", info["health"]),
         ("CA URL", info["ca_url"]),
