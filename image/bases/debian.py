@@ -58,6 +58,7 @@ PACKAGES = (
     "linux-image-amd64", "initramfs-tools", "systemd", "systemd-sysv", "dbus",
     "network-manager", "firewalld", "openssh-server", "chrony", "sudo", "ca-certificates", "curl",
     "python3", "python3-cryptography", "python3-jwcrypto", "python3-yaml",
+    "python3-pymysql", "python3-psycopg2",   # the shared-database check (ca_appliance/database.py)
     "qemu-guest-agent", "open-vm-tools", "grub-pc", "cloud-guest-utils", "e2fsprogs",
     "iproute2", "less",
     "netbase",  # /etc/protocols and /etc/services: firewalld refuses to start without them

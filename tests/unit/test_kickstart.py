@@ -198,6 +198,17 @@ def test_defect_4_everything_repo_for_packages_in_no_server_group_and_no_unused_
     assert ("python3-jwcrypto" in EXTRA_PACKAGES) == imports_it
 
 
+def test_the_database_drivers_the_guest_imports_are_in_both_bases():
+    """database.DRIVERS names, per database type, the module the guest imports and its package on
+    each base: both images carry every one, so a shared database works on either."""
+    from ca_appliance import database
+
+    from image.bases import debian
+    for module, debian_package, fedora_package in database.DRIVERS.values():
+        assert fedora_package in EXTRA_PACKAGES, module
+        assert debian_package in debian.PACKAGES, module
+
+
 def test_defect_5_alternatives_is_installed_for_the_step_cli_rpm():
     handler = parsed(render_kickstart(load_config(), RPMS))
     assert "alternatives" in handler.packages.packageList

@@ -63,7 +63,8 @@ PROVISION_COMMAND = "/usr/bin/ca-appliance provision --base fedora"
 UPDATES_REPO = "ca-appliance-updates"
 EVERYTHING_REPO = "ca-appliance-everything"
 EXTRA_PACKAGES = (
-    "python3-cryptography", "python3-pyyaml",                       # the guest CLI's only imports
+    "python3-cryptography", "python3-pyyaml",                       # the guest CLI's imports
+    "python3-PyMySQL", "python3-psycopg2",                          # the shared-database check
     "NetworkManager", "firewalld", "chrony", "sudo",
     "qemu-guest-agent", "open-vm-tools",                            # KVM and vSphere guests (Everything)
     "cloud-utils-growpart", "xfsprogs",                             # growroot (Everything): partition, xfs
