@@ -237,3 +237,10 @@ def test_the_review_screen_shows_every_applied_value_and_each_x5c_root(defaults)
     for shown in ("EC-P256", "root 10 years, intermediate 5 years", "lab.example", "ACME 744h (max 4320h)",
                   "Admin account:", "X5C roots:", "CN=Operator Workload Root", root.fingerprint(hashes.SHA256()).hex()):
         assert shown in text, text
+
+
+def test_random_passwords_pass_the_strength_rule():
+    """verify's and password managers' random passwords must never be refused by chance."""
+    import secrets
+    for _ in range(2000):
+        assert answers.password_problem(secrets.token_urlsafe(24)) is None

@@ -29,7 +29,6 @@ USER_NAME = re.compile(schema.LIMITS["user_name_pattern"])
 MAX_CA_NAME = schema.LIMITS["ca_name_max"]
 MIN_PASSWORD = schema.LIMITS["password_min"]
 MIN_PASSWORD_DISTINCT = schema.LIMITS["password_min_distinct"]
-MAX_PASSWORD_RUN = schema.LIMITS["password_max_run"]
 MAX_HOSTNAME = schema.LIMITS["hostname_max"]
 MAX_YEARS = schema.LIMITS["years_max"]
 # Go's time.Duration is an int64 of nanoseconds: step-ca overflows above 2562047h47m16s.
@@ -353,19 +352,15 @@ def check_ssh_keys(value, key="admin.ssh_authorized_keys"):
     return [check_ssh_key(item, key) for item in value]
 
 
-def _longest_run(value):
-    """The longest run of equal or consecutive characters (aaaa, abcd, 4321): 1 for none."""
-    longest = run = 1
-    step = None
-    for previous, char in zip(value, value[1:], strict=False):
-        difference = ord(char) - ord(previous)
-        if difference in (-1, 0, 1) and (run == 1 or difference == step):
-            run += 1
-        else:
-            run = 2 if difference in (-1, 0, 1) else 1
-        step = difference
-        longest = max(longest, run)
-    return longest
+def _effective_length(value):
+    """Characters that count for guessing: in a run of equal or consecutive characters (aaaa, abcd,
+    4321) only the first two count, so a run adds almost nothing and a random password loses little."""
+    count = min(len(value), 2)
+    for index in range(2, len(value)):
+        step = ord(value[index]) - ord(value[index - 1])
+        if not (step in (-1, 0, 1) and step == ord(value[index - 1]) - ord(value[index - 2])):
+            count += 1
+    return count
 
 
 def password_problem(value):
@@ -387,9 +382,9 @@ def password_problem(value):
                 "key is public, so a weak password can be guessed offline)")
     if (value + value).find(value, 1) < len(value):
         return "must not be a shorter text repeated (it can be guessed offline)"
-    if _longest_run(value) > MAX_PASSWORD_RUN:
-        return (f"must not have more than {MAX_PASSWORD_RUN} equal or consecutive characters in a row "
-                "(aaaa, abcd, 4321: it can be guessed offline)")
+    if _effective_length(value) < MIN_PASSWORD:
+        return (f"needs at least {MIN_PASSWORD} characters besides runs of equal or consecutive ones "
+                "(aaaa, abcd, 4321 count as two: it can be guessed offline)")
     return None
 
 
