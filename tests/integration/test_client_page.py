@@ -76,7 +76,7 @@ def acme_url_of(ca):
 
 def test_setup_writes_the_page_and_the_server_serves_it(configured, page_server):
     page_dir = configured.prefix / "var/lib/ca-appliance/page"
-    assert sorted(p.name for p in page_dir.iterdir()) == ["index.html", "root.crt", "root.pem"]
+    assert sorted(p.name for p in page_dir.iterdir()) == ["crl-source.json", "index.html", "root.crt", "root.pem"]
     assert all(oct(p.stat().st_mode & 0o777) == "0o644" for p in page_dir.iterdir())
     base = page_server(configured.prefix)
     status, headers, body = fetch(base + "/")
@@ -88,6 +88,29 @@ def test_setup_writes_the_page_and_the_server_serves_it(configured, page_server)
     import base64
     bundle = base64.b64encode(configured.root.read_bytes()).decode()
     assert any(s["tool"] == "certmanager" and f"caBundle: {bundle}" in s["text"] for s in page.snippets)
+
+
+def test_the_page_relays_step_cas_crl_and_a_revocation_shows_at_once(make_ca, page_server, serve,
+                                                                     step_cli_binary, tmp_path):
+    """GET /crl on the page (the URL every leaf names) is step-ca's CRL, current: no stale copy."""
+    from cryptography import x509
+    from test_step_cli_crl_policy import StepCLI
+
+    configured = make_ca()
+    base = page_server(configured.prefix)
+    assert raw_get(base, "/crl")[0] == 502            # step-ca not running: one line, no traceback
+    assert raw_get(base, "/crl-source.json")[0] == 404  # where step-ca listens is not served
+    serve(configured)
+    status, headers, body = fetch(base + "/crl")
+    assert status == 200 and headers["Content-Type"] == "application/pkix-crl"
+    assert len(x509.load_der_x509_crl(body)) == 0
+    step = StepCLI(step_cli_binary, tmp_path / "client")
+    step.bootstrap(configured)
+    step.jwk_certificate(configured, "127.0.0.1", tmp_path / "r.crt", tmp_path / "r.key")
+    step("ca", "revoke", "--cert", tmp_path / "r.crt", "--key", tmp_path / "r.key")
+    serial = x509.load_pem_x509_certificate((tmp_path / "r.crt").read_bytes()).serial_number
+    crl = x509.load_der_x509_crl(fetch(base + "/crl")[2])
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
 
 
 def raw_get(base, target, method="GET"):

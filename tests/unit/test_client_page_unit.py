@@ -34,8 +34,11 @@ def test_the_server_has_no_privilege_no_network_and_reads_only():
     assert service[("Service", "ExecStart")] == ["/usr/bin/ca-appliance serve-page"]
     assert service[("Service", "DynamicUser")] == ["yes"]
     assert service[("Service", "CapabilityBoundingSet")] == [""]
-    assert service[("Service", "PrivateNetwork")] == ["yes"]
-    assert service[("Service", "RestrictAddressFamilies")] == ["none"]
+    # its own sockets reach only loopback (step-ca's /crl); clients come through the passed socket
+    assert ("Service", "PrivateNetwork") not in service
+    assert service[("Service", "RestrictAddressFamilies")] == ["AF_INET AF_INET6"]
+    assert service[("Service", "IPAddressDeny")] == ["any"]
+    assert service[("Service", "IPAddressAllow")] == ["localhost"]
     assert service[("Service", "ProtectSystem")] == ["strict"]
     assert service[("Service", "BindReadOnlyPaths")] == ["-/var/lib/ca-appliance/page"]
     assert ("Service", "ReadWritePaths") not in service
@@ -98,3 +101,74 @@ def test_page_url_is_plain_http_on_the_ca_host():
     assert clientpage.page_url("https://ca.lab.example:8443") == "http://ca.lab.example/"
     assert clientpage.page_url("https://[fd00::1]:8443") == "http://[fd00::1]/"
     assert clientpage.page_url("https://192.168.70.10") == "http://192.168.70.10/"
+
+
+# ---- the server's limits, in process with short clocks (the real process: tests/integration)
+
+
+def test_what_the_server_logs_is_escaped_and_cut():
+    from ca_appliance.clientpage import LOG_MAX, loggable
+    assert loggable('GET /\x1b[2J\x07\r\n\\ \u00e9 HTTP/1.0') == 'GET /\\x1b[2J\\x07\\x0d\\x0a\\\\ \\xe9 HTTP/1.0'
+    long = loggable("A" * 5000)
+    assert long.startswith("A" * LOG_MAX) and long.endswith(f"... ({5000 - LOG_MAX} more characters)")
+
+
+def test_a_trickling_connection_is_cut_at_the_deadline(tmp_path, monkeypatch):
+    """One byte every half second never trips the idle timeout; the connection deadline still ends it."""
+    import socket
+    import threading
+    import time
+
+    from ca_appliance import clientpage
+    monkeypatch.setattr(clientpage, "CONNECTION_DEADLINE", 2)
+    (tmp_path / "index.html").write_text("page")
+    server = clientpage.make_server(tmp_path, ("127.0.0.1", 0))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        started = time.monotonic()
+        with socket.create_connection(server.server_address, timeout=10) as sock:
+            cut = False
+            for char in b"GET / HTTP/1.0\r\nX-Slow: " + b"a" * 100:
+                try:
+                    sock.sendall(bytes([char]))
+                except (BrokenPipeError, ConnectionResetError):
+                    cut = True
+                    break
+                time.sleep(0.5)
+                if time.monotonic() - started > 8:
+                    break
+            if not cut:
+                sock.settimeout(5)
+                try:
+                    cut = sock.recv(100) == b""
+                except ConnectionResetError:
+                    cut = True
+        assert cut and time.monotonic() - started < 8
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_connections_over_the_per_address_limit_are_closed_unread(tmp_path, monkeypatch):
+    import socket
+    import threading
+    import time
+
+    from ca_appliance import clientpage
+    (tmp_path / "index.html").write_text("page")
+    server = clientpage.make_server(tmp_path, ("127.0.0.1", 0))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    held = [socket.create_connection(server.server_address, timeout=5)
+            for _ in range(clientpage.MAX_PER_CLIENT)]
+    try:
+        time.sleep(0.3)
+        with socket.create_connection(server.server_address, timeout=5) as extra:
+            assert extra.recv(100) == b""          # closed at once, never read
+        with socket.create_connection(server.server_address, timeout=5, source_address=("127.0.0.2", 0)) as other:
+            other.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            assert other.recv(100).startswith(b"HTTP/1.0 200")
+    finally:
+        for sock in held:
+            sock.close()
+        server.shutdown()
+        server.server_close()

@@ -8,9 +8,14 @@ page and renamed into place, so a client never sees half a page; setup and resto
 serve() answers GET/HEAD for the page's few files and nothing else: no directory listing, no path
 is ever joined from the request. Under systemd it takes its listening socket from
 ca-appliance-page.socket (LISTEN_FDS), so the service itself needs no capability and no network.
+Anyone on the network can reach it, so it holds nothing for long: a connection that sends no
+request within REQUEST_TIMEOUT, or lasts CONNECTION_DEADLINE, is cut; at most MAX_CONNECTIONS
+are served at once (MAX_PER_CLIENT from one address), others are closed at once, unread; what it
+logs (the journal) is escaped and cut short, never raw request bytes.
 """
 import base64
 import html
+import http.client
 import http.server
 import ipaddress
 import json
@@ -18,7 +23,10 @@ import os
 import re
 import socket
 import socketserver
+import ssl
 import sys
+import threading
+import time
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -38,6 +46,18 @@ ROUTES = {
     "/root.crt": ("root.crt", "application/pkix-cert"),
 }
 SD_LISTEN_FDS_START = 3
+# The CRL on plain HTTP, where relying parties fetch it (every leaf's crlDistributionPoints names it):
+# relayed from step-ca's own /crl on loopback, so a revocation shows at once, never a stale copy.
+CRL_ROUTE = cajson.CRL_PATH
+CRL_SOURCE = "crl-source.json"     # in the page directory, not served: where step-ca listens
+CRL_TIMEOUT = 10
+# The page is a few KiB: a request has no reason to take long, and one address no reason to hold many.
+REQUEST_TIMEOUT = 10        # seconds a read or write may wait (an idle connection is closed after it)
+CONNECTION_DEADLINE = 30    # seconds any one connection may live, however slowly it trickles
+MAX_CONNECTIONS = 64        # connections served at once (each a thread): the rest are closed unread
+MAX_PER_CLIENT = 8          # of those, from one address
+LOG_MAX = 300               # characters of one log line (a request line may be 64 KiB)
+REFUSALS_LOGGED_EVERY = 60  # seconds between the journal lines counting refused connections
 
 
 def page_dir(layout):
@@ -287,6 +307,8 @@ def publish(layout):
         write_file(staged / "index.html", render(values), 0o644)
         write_file(staged / "root.pem", values["root_pem"], 0o644)
         write_file(staged / "root.crt", values["root_der"], 0o644)
+        host, port = stepca.local_endpoint(json.loads(layout.ca_json.read_text(encoding="utf-8"))["address"])
+        write_file(staged / CRL_SOURCE, json.dumps({"host": host, "port": port}).encode(), 0o644)
         staged.chmod(0o755)
         staging.swap()
         staging.commit()
@@ -306,6 +328,9 @@ class PageHandler(http.server.BaseHTTPRequestHandler):
 
     def _answer(self, with_body):
         path = urlsplit(self.path).path
+        if path == CRL_ROUTE:
+            self._crl(with_body)
+            return
         route = ROUTES.get(path)
         if route is None:
             self._plain(404, "not found: this server has only /, /root.pem and /root.crt\n", with_body)
@@ -329,6 +354,28 @@ class PageHandler(http.server.BaseHTTPRequestHandler):
         if with_body:
             self.wfile.write(body)
 
+    def _crl(self, with_body):
+        """step-ca's current CRL (DER), fetched over TLS chained to the root on the page."""
+        try:
+            with open(os.path.join(self.directory, CRL_SOURCE), "rb") as handle:
+                source = json.loads(handle.read())
+            body = fetch_crl(source["host"], int(source["port"]), os.path.join(self.directory, "root.pem"))
+        except FileNotFoundError:
+            self._plain(503, "the certificate authority is not set up yet\n", with_body)
+            return
+        except (OSError, ValueError, KeyError, TypeError, http.client.HTTPException) as error:
+            self.log_error("CRL from step-ca: %s", error)
+            self._plain(502, "the certificate authority did not hand out its CRL; try again shortly\n", with_body)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/pkix-crl")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        if with_body:
+            self.wfile.write(body)
+
     def _plain(self, status, text, with_body):
         body = text.encode("utf-8")
         self.send_response(status)
@@ -344,13 +391,134 @@ class PageHandler(http.server.BaseHTTPRequestHandler):
     def do_HEAD(self):  # noqa: N802
         self._answer(False)
 
+    timeout = REQUEST_TIMEOUT  # StreamRequestHandler: the socket's timeout for each read and write
+
+    def setup(self):
+        super().setup()
+        # a connection trickling a byte every few seconds never hits the timeout: cut it at the deadline
+        self._deadline = threading.Timer(CONNECTION_DEADLINE, self._cut)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _cut(self):
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def finish(self):
+        self._deadline.cancel()
+        try:
+            super().finish()
+        except OSError:  # the peer went away, or the deadline cut it
+            pass
+
     def log_message(self, format, *args):  # noqa: A002 - http.server's signature
-        sys.stderr.write(f"{self.address_string()} {format % args}\n")
+        sys.stderr.write(loggable(f"{self.address_string()} {format % args}") + "\n")
+
+
+def loggable(text, limit=LOG_MAX):
+    """`text` safe for the journal and a terminal: printable ASCII as it is, a backslash doubled,
+    anything else (ESC, CR, LF, BEL, non-ASCII) as \\xNN / \\uNNNN; cut to `limit` characters."""
+    shown = []
+    for char in text:
+        if char == "\\":
+            shown.append("\\\\")
+        elif " " <= char <= "~":
+            shown.append(char)
+        elif ord(char) <= 0xFF:
+            shown.append(f"\\x{ord(char):02x}")
+        else:
+            shown.append(f"\\u{ord(char):04x}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08x}")
+    line = "".join(shown)
+    return line if len(line) <= limit else f"{line[:limit]}... ({len(line) - limit} more characters)"
+
+
+def fetch_crl(host, port, root_pem_path):
+    """The DER CRL step-ca serves on /crl; ValueError unless it is one."""
+    context = ssl.create_default_context(cafile=root_pem_path)
+    context.check_hostname = False   # reached by loopback address; the chain is still checked
+    connection = http.client.HTTPSConnection(host, port, timeout=CRL_TIMEOUT, context=context)
+    try:
+        connection.request("GET", CRL_ROUTE)
+        response = connection.getresponse()
+        body = response.read(stepca.MAX_CRL_BYTES + 1)
+    finally:
+        connection.close()
+    if response.status != 200 or len(body) > stepca.MAX_CRL_BYTES:
+        raise ValueError(f"step-ca answered {response.status} ({len(body)} bytes)")
+    x509.load_der_x509_crl(body)   # relay a CRL, nothing else
+    return body
 
 
 class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    """One thread per connection, at most MAX_CONNECTIONS (MAX_PER_CLIENT per address) at once."""
     daemon_threads = True
     allow_reuse_address = True
+    max_connections = MAX_CONNECTIONS
+    max_per_client = MAX_PER_CLIENT
+
+    def _limits(self):
+        if not hasattr(self, "_lock"):  # made here: make_server may build the server without __init__
+            self._lock = threading.Lock()
+            self._active = 0
+            self._per_client = {}
+            self._refused = 0
+            self._refusals_logged_at = 0.0
+        return self._lock
+
+    @staticmethod
+    def _client(client_address):
+        return client_address[0] if isinstance(client_address, tuple) and client_address else "?"
+
+    def process_request(self, request, client_address):
+        client = self._client(client_address)
+        with self._limits():
+            over = self._active >= self.max_connections or self._per_client.get(client, 0) >= self.max_per_client
+            if not over:
+                self._active += 1
+                self._per_client[client] = self._per_client.get(client, 0) + 1
+            else:
+                self._refused += 1
+        if over:
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: give the slot back
+            self._release(client)
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release(self._client(client_address))
+
+    def _release(self, client):
+        with self._limits():
+            self._active -= 1
+            left = self._per_client.get(client, 1) - 1
+            if left > 0:
+                self._per_client[client] = left
+            else:
+                self._per_client.pop(client, None)
+
+    def _refuse(self, request):
+        """Close a connection over the limits unread; count it in the journal, once a minute at most."""
+        self.shutdown_request(request)
+        now = time.monotonic()
+        with self._limits():
+            if now - self._refusals_logged_at < REFUSALS_LOGGED_EVERY:
+                return
+            refused, self._refused, self._refusals_logged_at = self._refused, 0, now
+        sys.stderr.write(f"refused {refused} connection(s) over the limits ({self.max_connections} at once, "
+                         f"{self.max_per_client} per address)\n")
+
+    def handle_error(self, request, client_address):
+        """One escaped line, not a traceback with request bytes in it."""
+        error = sys.exc_info()[1]
+        sys.stderr.write(loggable(f"{self._client(client_address)} error: {type(error).__name__}: {error}") + "\n")
 
 
 def _systemd_socket():
