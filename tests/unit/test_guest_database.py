@@ -11,16 +11,15 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from ca_appliance import cajson, database
+from ca_appliance.answers import AnswersError, load_defaults, validate
+from ca_appliance.errors import UserError
+from ca_appliance.layout import Layout
 from helpers.wizard import GUEST_PYTHON
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 GUEST_LIB = Path(__file__).resolve().parents[2] / "overlay/usr/lib/ca-appliance"
-
-from ca_appliance import cajson, database  # noqa: E402
-from ca_appliance.answers import AnswersError, load_defaults, validate  # noqa: E402
-from ca_appliance.errors import UserError  # noqa: E402
-from ca_appliance.layout import Layout  # noqa: E402
 
 SECRET = "s3cret-Pass@word"
 DSN = f"stepca:{SECRET}@tcp(db.lab.example:3306)/"
