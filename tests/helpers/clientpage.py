@@ -117,6 +117,7 @@ def check_page(base_url, dom, expected_fingerprint, expected_acme):
     _, headers, der = fetch(urljoin(base_url, page.links["download-crt"]))
     assert der_fingerprint(der) == expected_fingerprint, "the .crt the page links to is another root"
     assert headers.get("Content-Type") == "application/pkix-cert"
+    assert page.links.get("download-crl") == "/crl", "the page does not link the CRL every leaf names"
     acme = [s for s in page.snippets if s["kind"] == "acme"]
     tools = {s["tool"] for s in acme}
     assert {"certbot", "nginx", "apache", "caddy", "traefik", "lego", "acmesh", "certmanager", "step"} <= tools, tools

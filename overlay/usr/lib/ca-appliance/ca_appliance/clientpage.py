@@ -273,7 +273,10 @@ get certificates from it with any ACME client, as with Let's Encrypt.</p>
 </dl>
 <a class="button" id="download-pem" href="/root.pem" download="{e(f['slug'])}-root.pem">Root certificate (PEM)</a>
 <a class="button" id="download-crt" href="/root.crt" download="{e(f['slug'])}-root.crt">Root certificate (DER .crt)</a>
+<a class="button" id="download-crl" href="/crl">Revocation list (CRL)</a>
 </div>
+<p class="muted">Every certificate this CA issues names <code>{e(f['base'])}/crl</code> as where to check
+whether it was revoked; the list is current at every request and valid for 24 hours.</p>
 
 <p><strong>Check before you trust.</strong> This page comes over plain HTTP, so compare the
 fingerprint of the file you downloaded with the one shown on the appliance's console or by
