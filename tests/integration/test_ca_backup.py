@@ -1,8 +1,10 @@
 """`ca-appliance backup` and `restore`: the same CA comes back, root and issued-certificate records alike."""
 import io
+import os
 import stat
 import tarfile
 
+import pytest
 from ca_helpers import PASSWORD, run_cli
 from test_ca_acme import NAME, certbot, certbot_certonly
 
@@ -115,3 +117,134 @@ def test_restore_reads_format_1_and_normalises_modes(make_ca, tmp_path):
     assert stat.S_IMODE((ca.steppath / "secrets").stat().st_mode) == 0o700
     assert stat.S_IMODE(ca.password_file.stat().st_mode) == 0o400
     assert "X5C" not in [p["type"] for p in ca.config["authority"]["provisioners"]]
+
+
+# ---- issue 21: owners and modes from the one table, duplicates, a plain archive given a passphrase ----
+
+STEP_UID = 4242
+
+
+def ca_with_a_step_account(tmp_path, name="owned"):
+    """A CA whose tree has its own account database with user step (uid 4242): the guest gives each path
+    its owner from there (layout.accounts), as it does from /etc/passwd on the appliance."""
+    from ca_helpers import CA, answers_for, free_port
+    prefix = tmp_path / name
+    (prefix / "etc").mkdir(parents=True)
+    (prefix / "etc/passwd").write_text(f"root:x:0:0::/root:/bin/sh\nstep:x:{STEP_UID}:{STEP_UID}::/:/bin/false\n")
+    (prefix / "etc/group").write_text(f"root:x:0:\nstep:x:{STEP_UID}:\n")
+    port = free_port()
+    ca = CA(prefix, port, answers_for(port))
+    ca.setup()
+    return ca
+
+
+def owners_and_modes(ca):
+    """{path relative to the prefix: (uid, mode)} of the CA's trees and state file."""
+    found = {}
+    for top in ("etc/step-ca", "var/lib/step-ca", "etc/ca-appliance/state.json"):
+        root = ca.prefix / top
+        for path in [root, *(root.rglob("*") if root.is_dir() else [])]:
+            info = path.lstat()
+            found[str(path.relative_to(ca.prefix))] = (info.st_uid, stat.S_IMODE(info.st_mode))
+    return found
+
+
+def assert_the_tables_owners_and_modes(ca, after):
+    """What step-ca may read is step's, the root key only root's; nothing writable by others; no set-id bits.
+    Spelt out here, and compared with the guest's own table (layout.OWNERSHIP) too."""
+    from ca_appliance.layout import ownership_of
+    found = owners_and_modes(ca)
+    expected = {
+        "etc/step-ca": (STEP_UID, 0o755), "etc/step-ca/secrets": (STEP_UID, 0o700),
+        "etc/step-ca/password.txt": (STEP_UID, 0o400), "etc/step-ca/config/ca.json": (STEP_UID, 0o644),
+        "etc/step-ca/secrets/intermediate_ca_key": (STEP_UID, 0o600), "var/lib/step-ca": (STEP_UID, 0o750),
+        "etc/ca-appliance/state.json": (0, 0o644),
+    }
+    if (ca.prefix / "etc/step-ca/secrets/root_ca_key").exists():
+        expected["etc/step-ca/secrets/root_ca_key"] = (0, 0o600)   # step-ca never reads the root key
+    for path, owner_mode in expected.items():
+        assert found[path] == owner_mode, f"after {after}: {path} is {found[path]}, not {owner_mode}"
+    for path, (uid, mode) in found.items():
+        assert mode & 0o7002 == 0, f"after {after}: {path} mode {mode:o}"
+        if path.startswith("etc/step-ca/secrets/"):
+            assert mode & 0o077 == 0, f"after {after}: {path} mode {mode:o}"
+        owner, table_mode = ownership_of(path, (ca.prefix / path).is_dir())
+        assert (uid, mode) == ({"root": 0, "step": STEP_UID}[owner], table_mode), f"after {after}: {path}"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files to uid 4242 needs root")
+def test_every_command_that_writes_the_ca_leaves_the_tables_owners_and_modes(tmp_path):
+    ca = ca_with_a_step_account(tmp_path)
+    assert_the_tables_owners_and_modes(ca, "setup")
+
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text(BACKUP_PASSPHRASE + "\n")
+    archive = tmp_path / "owned.bak"
+    run_cli("backup", "--out", archive, "--prefix", ca.prefix, "--no-system", "--passphrase-file", passphrase)
+    assert archive.stat().st_uid == 0 and stat.S_IMODE(archive.stat().st_mode) == 0o600
+    (ca.prefix / "etc/step-ca/secrets/root_ca_key").chmod(0o644)   # a careless hand: restore puts it right
+    run_cli("restore", archive, "--prefix", ca.prefix, "--no-system", "--passphrase-file", passphrase)
+    assert_the_tables_owners_and_modes(ca, "restore")
+
+    run_cli("renew-intermediate", "--prefix", ca.prefix, "--no-system")
+    assert_the_tables_owners_and_modes(ca, "renew-intermediate")
+    assert owners_and_modes(ca)["etc/step-ca/secrets/intermediate_ca_key.previous"] == (STEP_UID, 0o600)
+
+    # the upgrade's restore (setup --restore), over this CA: the previous one is archived root's, 0600
+    plain = tmp_path / "plain.tar.gz"
+    format1_archive(ca, plain)
+    run_cli("setup", "--restore", plain, "--force", "--prefix", ca.prefix, "--no-system")
+    assert_the_tables_owners_and_modes(ca, "setup --restore")
+    saved = list((ca.prefix / "var/backups/ca-appliance").iterdir())
+    assert saved and all((p.stat().st_uid, stat.S_IMODE(p.stat().st_mode)) == (0, 0o600) for p in saved)
+
+
+def test_restore_refuses_two_members_of_one_name_and_reports_nothing(make_ca, tmp_path):
+    # The fingerprint was read from the first root_ca.crt, the extraction wrote the last: one root
+    # reported, another installed. Spelt apart (./) they were two names until normalised.
+    ca, other = make_ca(), make_ca()
+    before = ca.root.read_bytes()
+    foreign = tarfile.TarInfo("./etc/step-ca/certs/root_ca.crt")
+    archive = tmp_path / "two-roots.tar.gz"
+    foreign.size = len(other.root.read_bytes())
+    format1_archive(ca, archive, [(foreign, other.root.read_bytes())])
+    result = run_cli("restore", archive, "--prefix", ca.prefix, "--no-system", check=False)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "two members named 'etc/step-ca/certs/root_ca.crt'" in result.stderr
+    assert ca.root.read_bytes() == before
+
+
+def test_a_passphrase_for_a_plain_archive_is_refused_unless_allow_unencrypted(make_ca, tmp_path):
+    ca = make_ca()
+    archive = tmp_path / "plain.tar.gz"
+    format1_archive(ca, archive)
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text(BACKUP_PASSPHRASE + "\n")
+    ca.setup("--force")
+    before = ca.root.read_bytes()
+    refused = run_cli("restore", archive, "--prefix", ca.prefix, "--no-system", "--passphrase-file", passphrase,
+                      check=False)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "--allow-unencrypted" in refused.stderr and BACKUP_PASSPHRASE not in refused.stderr
+    assert ca.root.read_bytes() == before
+    run_cli("restore", archive, "--prefix", ca.prefix, "--no-system", "--passphrase-file", passphrase,
+            "--allow-unencrypted")
+    assert ca.root.read_bytes() != before
+
+
+@pytest.mark.parametrize("n, expected", [(3, "a power of two"), (2 ** 20, "scrypt n 1048576")])
+def test_a_sealed_header_outside_the_writers_parameters_is_one_line_and_writes_nothing(tmp_path, n, expected):
+    import base64
+    import json
+    header = {"format": 2, "kdf": "scrypt", "n": n, "r": 8, "p": 1, "cipher": "AES-256-GCM",
+              "salt": base64.b64encode(b"s" * 16).decode(), "nonce": base64.b64encode(b"n" * 12).decode()}
+    archive = tmp_path / "hostile.bak"
+    archive.write_bytes(b"CA-APPLIANCE-BACKUP\n" + json.dumps(header).encode() + b"\n" + b"\0" * 64)
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text(BACKUP_PASSPHRASE + "\n")
+    prefix = tmp_path / "fresh"
+    result = run_cli("restore", archive, "--prefix", prefix, "--no-system", "--passphrase-file", passphrase,
+                     check=False)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    assert not prefix.exists() or not any(prefix.rglob("*")), sorted(prefix.rglob("*"))

@@ -56,10 +56,13 @@ class Staging:
         self._moved = []    # (staged dir, final dir, old dir or None), in swap order
         self._files = []    # (final file, previous bytes or None)
         self._journal = Path(journal) if journal else None
+        self._made_parents = []   # deepest first
 
     def stage_dir(self, final):
         """A new empty directory beside `final`, to fill with what `final` should hold."""
         final = Path(final)
+        # directories made for it go again when nothing is committed (a refused restore writes nothing)
+        self._made_parents.extend(p for p in [final.parent, *final.parent.parents] if not p.exists())
         final.parent.mkdir(parents=True, exist_ok=True)
         staged = Path(tempfile.mkdtemp(prefix=f".{final.name}.new-", dir=final.parent))
         self._staged.append((staged, final))
@@ -138,11 +141,18 @@ class Staging:
         self._moved = []
         self._files = []
         self._staged = []
+        self._made_parents = []
 
     def discard(self):
         for staged, _final in self._staged:
             shutil.rmtree(staged, ignore_errors=True)
         self._staged = []
+        for directory in sorted(set(self._made_parents), key=lambda p: len(p.parts), reverse=True):
+            try:
+                directory.rmdir()   # only when empty: never what someone else put there meanwhile
+            except OSError:
+                pass
+        self._made_parents = []
 
 
 def recover(journal):
