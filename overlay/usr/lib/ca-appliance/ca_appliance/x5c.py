@@ -10,10 +10,12 @@ Messages name a certificate by its number, subject and SHA-256 fingerprint (all 
 The functions raise X5CRefused (a ValueError) with one line; callers put their key in front.
 """
 
+import base64
 import functools
 import hashlib
 import os
 import re
+import warnings
 
 # The distributions' extracted public trust bundles: the first that exists is used.
 TRUST_BUNDLES = (
@@ -57,10 +59,18 @@ def describe(cert):
     return f"{subject}, SHA-256 {fingerprint(cert)}"
 
 
-def load(data):
-    """[(block bytes, certificate)] of a PEM bundle; X5CRefused when empty or unreadable."""
+def load_certificate(block):
+    """One PEM certificate. A serial number of 0 (RFC 5280 wants it positive) makes cryptography 4x
+    print a deprecation warning, a stray stderr line beside the one-line messages: not shown."""
     from cryptography import x509
 
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Parsed a serial number which wasn't positive")
+        return x509.load_pem_x509_certificate(block)
+
+
+def load(data):
+    """[(block bytes, certificate)] of a PEM bundle; X5CRefused when empty or unreadable."""
     blocks = pem_blocks(data)
     if not blocks:
         raise X5CRefused("holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
@@ -69,7 +79,7 @@ def load(data):
         if not block.isascii():
             raise X5CRefused(f"certificate {number} is not a readable PEM certificate (non-ASCII text)")
         try:
-            loaded.append((block, x509.load_pem_x509_certificate(block)))
+            loaded.append((block, load_certificate(block)))
         except ValueError:
             raise X5CRefused(f"certificate {number} is not a readable PEM certificate") from None
     return loaded
@@ -82,17 +92,18 @@ def trust_bundle_path(candidates=TRUST_BUNDLES):
 
 @functools.lru_cache(maxsize=4)
 def _public_ids(path, _mtime, _size):
-    from cryptography import x509
-
     with open(path, "rb") as handle:
         data = handle.read()
     ids = set()
     for block in pem_blocks(data):
         try:
-            cert = x509.load_pem_x509_certificate(block)
+            # the fingerprint from the bytes, not from a parse: public roots with serial number 0
+            # (Go Daddy and Starfield G2, HARICA 2015, SECOM RootCA2) make cryptography >= 4x warn,
+            # and a later release refuse to load them; they stay refused as X5C roots either way
+            ids.add(hashlib.sha256(base64.b64decode(b"".join(block.splitlines()[1:-1]))).hexdigest())
+            cert = load_certificate(block)
         except ValueError:
             continue
-        ids.add(fingerprint(cert))
         ids.add(key_id(cert))
     return frozenset(ids)
 
@@ -111,13 +122,11 @@ def public_ids(path):
 def own_chain_problem(roots, chain):
     """None, or why `roots` (PEM text/bytes) includes a certificate of `chain` (this CA's root and
     intermediate PEMs), by certificate or by public key. For restore: a backup's X5C provisioner."""
-    from cryptography import x509
-
     own = set()
     for pem in chain:
         for block in pem_blocks(pem):
             try:
-                cert = x509.load_pem_x509_certificate(block)
+                cert = load_certificate(block)
             except ValueError:
                 continue
             own.add(fingerprint(cert))
