@@ -33,6 +33,9 @@ GUEST_DEFAULTS = "usr/lib/ca-appliance/defaults.yaml"
 BUILD_INFO = "usr/lib/ca-appliance/build.json"   # read by the guest's buildinfo.py
 BAKED_ANSWERS = "etc/ca-appliance/answers.yaml"
 PROVISION_INPUT = "etc/ca-appliance/provision.json"   # read by the guest's provision.py
+# How the payload is extracted into an installed root (the Fedora kickstart's chrooted %post, and
+# provision's tests): a directory symlink (/usr/sbin -> bin) stays one.
+PAYLOAD_TAR_OPTIONS = ("--numeric-owner", "--no-overwrite-dir", "--keep-directory-symlink")
 # The client page's files: left out of the payload when page.enabled is false (nothing enabled, no port).
 PAGE_FILES = ("etc/systemd/system/ca-appliance-page.socket", "etc/systemd/system/ca-appliance-page.service",
               "usr/lib/firewalld/services/ca-appliance-page.xml")

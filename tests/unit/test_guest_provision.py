@@ -22,13 +22,13 @@ from pathlib import Path
 import pytest
 from ca_appliance import provision  # noqa: E402
 
-from image.bases.fedora.kickstart import PAYLOAD_TAR_OPTIONS
 from image.config import PROJECT_ROOT, load_config
-from image.payload import write_payload_tarball
+from image.payload import PAYLOAD_TAR_OPTIONS, write_payload_tarball
 
 GUEST_PYTHON = "/usr/bin/python3"
 LAUNCHER = PROJECT_ROOT / "overlay/usr/bin/ca-appliance"
-KEY_1 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx1Y2t5bnVtYmVyc2V2ZW5lbGV2ZW50aGlydGVlbg== admin@laptop"
+# A whole Ed25519 key blob (32 bytes of key): the appliance refuses truncated key data.
+KEY_1 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx1Y2t5bnVtYmVyc2V2ZW5lbGV2ZW50aGlydGVlbiEh admin@laptop"
 KEY_2 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBbQ3oVxjA5bKXqXm5N9Jh3vCw8kq3uX0h1d2s4d5f6g bob@laptop"
 HASH = "$6$saltsalt$Vd0mE0rA6Fq3qk8jA9Gm1yF7y5yK0m0C9kqk1.FZ9w5S0pZ1e2/3u4v5w6x7y8z9abcdefghijklmnopq"
 FEDORA_UNITS = {"sshd.service": "multi-user.target", "chronyd.service": "multi-user.target",
