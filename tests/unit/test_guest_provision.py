@@ -30,7 +30,9 @@ LAUNCHER = PROJECT_ROOT / "overlay/usr/bin/ca-appliance"
 # A whole Ed25519 key blob (32 bytes of key): the appliance refuses truncated key data.
 KEY_1 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx1Y2t5bnVtYmVyc2V2ZW5lbGV2ZW50aGlydGVlbiEh admin@laptop"
 KEY_2 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBbQ3oVxjA5bKXqXm5N9Jh3vCw8kq3uX0h1d2s4d5f6g bob@laptop"
-HASH = "$6$saltsalt$Vd0mE0rA6Fq3qk8jA9Gm1yF7y5yK0m0C9kqk1.FZ9w5S0pZ1e2/3u4v5w6x7y8z9abcdefghijklmnopq"
+# a well-formed SHA-512 crypt hash (`openssl passwd -6`): chpasswd since shadow 4.17 (Debian 13, sid,
+# Fedora 42+) refuses a malformed one
+HASH = "$6$saltsalt$2eJ1V5IUTzQhEBtb15dBz5FvoSeHGlsXsNPLfxIHYi49rAv1wycoO95vRlgFdeIA.wE2D9aTC83v9D3rUpjEu/"
 FEDORA_UNITS = {"sshd.service": "multi-user.target", "chronyd.service": "multi-user.target",
                 "NetworkManager.service": "multi-user.target", "firewalld.service": "multi-user.target",
                 "qemu-guest-agent.service": "multi-user.target", "vmtoolsd.service": "multi-user.target",
