@@ -164,3 +164,29 @@ def test_setup_restore_over_an_existing_ca_keeps_the_old_one(make_ca, tmp_path):
     missing = run_cli("setup", "--restore", tmp_path / "none.tar.gz", "--force", "--prefix", ca.prefix,
                       "--no-system", check=False)
     assert missing.returncode == 2 and "no such backup archive" in missing.stderr
+
+
+def test_answers_restore_a_plain_archive_given_a_passphrase_only_with_allow_unencrypted(tmp_path):
+    # issue 21: a plain (unauthenticated) archive was restored silently although a passphrase was given
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    shutil.copy(FORMAT1, seed / "ca-backup.tar.gz")
+    request = {"archive": "ca-backup.tar.gz", "passphrase": "a-passphrase-for-a-sealed-one"}
+    answers = seed / "ca-appliance.yaml"
+    answers.write_text(yaml.safe_dump({"restore": request}))
+    prefix = tmp_path / "new-appliance"
+    refused = run_cli("setup", "--answers", answers, "--prefix", prefix, "--no-system", check=False)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "allow-unencrypted" in refused.stderr and request["passphrase"] not in refused.stderr
+    assert not (prefix / "etc/step-ca").exists()
+    answers.write_text(yaml.safe_dump({"restore": {**request, "allow_unencrypted": True}}))
+    restored = run_cli("setup", "--answers", answers, "--prefix", prefix, "--no-system")
+    assert format1_manifest()["root_fingerprint"] in restored.stdout
+
+
+def test_a_restore_key_the_answers_do_not_know_is_named_without_its_value(tmp_path):
+    answers = tmp_path / "ca-appliance.yaml"
+    answers.write_text(yaml.safe_dump({"restore": {"archive": str(FORMAT1), "pasphrase": "typo-secret-value"}}))
+    result = run_cli("setup", "--answers", answers, "--prefix", tmp_path / "p", "--no-system", check=False)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "restore.pasphrase" in result.stderr and "typo-secret-value" not in result.stderr
