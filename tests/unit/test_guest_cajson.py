@@ -74,7 +74,8 @@ def test_x5c_trusts_only_the_operator_roots(tmp_path):
     assert ca["x5c_roots"] == pem + pem
     x5c = [p for p in cajson.ca_json(ca, Layout(tmp_path), b"ROOT PEM", {}, "")["authority"]["provisioners"]
            if p["type"] == "X5C"]
-    assert x5c == [{"type": "X5C", "name": "x5c", "roots": base64.b64encode((pem + pem).encode()).decode()}]
+    assert x5c == [{"type": "X5C", "name": "x5c", "roots": base64.b64encode((pem + pem).encode()).decode(),
+                    "options": cajson.x509_options("http://ca.lab.example/crl")}]
 
 
 @pytest.mark.parametrize("value, words", [
