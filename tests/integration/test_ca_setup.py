@@ -225,9 +225,20 @@ def test_root_key_out_is_written_before_the_commit_and_a_bad_path_changes_nothin
 
 
 def test_generated_password_is_long_and_shown_once(tmp_path):
+    """Shown once on the terminal setup runs on; output that is not a terminal (the journal) never
+    holds it, it says where the password is kept instead."""
     port = free_port()
     ca = CA(tmp_path / "ca", port, answers_for(port, password=None))
     out = ca.setup().stdout
     password = ca.password_file.read_text()
     assert len(password) >= 32
-    assert out.count(password) == 1
+    assert password not in out and f"sudo cat {ca.password_file}" in out
+    port = free_port()
+    on_terminal = CA(tmp_path / "ca-terminal", port, answers_for(port, password=None))
+    answers_file = tmp_path / "terminal-answers.yaml"
+    answers_file.write_text(yaml.safe_dump(on_terminal.answers))
+    status, shown, stderr = run_cli_on_terminal("setup", "--answers", answers_file, "--prefix",
+                                                on_terminal.prefix, "--no-system")
+    assert status == 0, shown + stderr
+    password = on_terminal.password_file.read_text()
+    assert shown.count(password) == 1 and password not in stderr

@@ -17,7 +17,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import answers as answers_rules
-from . import backup, banner, cajson, clientpage, database, jose, pki, replace, system, timing
+from . import backup, banner, cajson, clientpage, database, jose, pki, replace, showsecret, sshd, system, timing
 from .errors import StepFailed, UserError
 from .staging import checkpoint, fsync_dir, make_dir, write_file
 
@@ -86,25 +86,15 @@ def _write_step_tree(root, ca, material, config, defaults, password, keep_root_k
 
 
 def sshd_dropin(admin_user):
-    """Key-only SSH for the admin alone: the admin's password is for the console."""
-    return ("# Written by ca-appliance setup: SSH is key-only and for the appliance's admin alone.\n"
-            "PasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\n"
-            "PermitRootLogin no\n"
-            f"AllowUsers {admin_user}\n")
+    """Key-only SSH for the admin alone (the same drop-in provision lays at build time)."""
+    return sshd.dropin_text(admin_user)
 
 
 def _secret_channel(out, use_system):
-    """Where a secret may be shown: this terminal, or /dev/console when output goes to a log (the
-    journal); None when neither exists. Never a pipe or a file."""
-    if out.isatty():
-        return out
-    if use_system:
-        try:
-            return open("/dev/console", "w")
-        except OSError:
-            return None
-    return None
+    """Where a secret may be shown: this terminal, or the VGA console tty1 when output goes to a log
+    (the journal); None when neither exists. Never /dev/console (a serial port a hypervisor may
+    log), a pipe or a file (showsecret)."""
+    return showsecret.operator_terminal(out, use_system)
 
 
 def check_root_key_out(path):
@@ -142,7 +132,7 @@ def _deliver_root_key(material, passphrase, root_key_out, channel, out):
     channel.flush()
     if channel is not out:
         print("The offline root key's passphrase" + ("" if root_key_out else " and the key itself")
-              + " were shown on the system console, not in this output"
+              + f" were shown on {showsecret.describe(channel, out)}, not in this output"
               + (f"; the key was written to {root_key_out}" if root_key_out else "") + ".", file=out)
     checkpoint("root key delivered")
 
@@ -188,7 +178,7 @@ def setup(answers, source, layout, *, use_system=True, force=False, root_key_out
         channel = _secret_channel(out, use_system)
         if channel is None:
             raise UserError("setup: ca.root_key: offline shows the root key's passphrase only on a terminal or "
-                            "the system console, and this run has neither; run setup on a console")
+                            "the VGA console (tty1), and this run has neither; run setup on a console")
     generated = ca["password"] is None
     password = generate_password() if generated else ca["password"]
     root_passphrase = None if keep_root_key else generate_password()
@@ -324,18 +314,20 @@ def _report(ca, material, generated_password, layout, out, use_system):
     if generated_password:
         # Shown once, on the console only: it is in password.txt (0400, user step) and nowhere else.
         _show_on_console(f"\n  CA password (generated; shown once, write it down): {generated_password}\n",
-                         out, use_system)
+                         out, use_system, layout.password_file)
     out.flush()
 
 
-def _show_on_console(text, out, use_system):
-    """Print a secret where a person reads it: the terminal, or /dev/console when output goes to a log."""
-    if use_system and not out.isatty():
-        try:
-            with open("/dev/console", "w") as console:
-                console.write(text + "\n")
-            print("  (the generated CA password was shown on the system console, not in this output)", file=out)
-            return
-        except OSError:
-            pass
-    print(text, file=out)
+def _show_on_console(text, out, use_system, kept_in):
+    """Show a secret once where the operator reads it (showsecret: this terminal, else the VGA
+    console); `out`, when it is a log, only says where it was shown and where it is kept."""
+    channel = showsecret.operator_terminal(out, use_system)
+    if channel is out:
+        print(text, file=out)
+        return
+    if channel is not None:
+        with channel:
+            channel.write(text + "\n")
+    shown = f"was shown on {showsecret.describe(channel, out)} and " if channel is not None else ""
+    print(f"  (the generated CA password {shown}is kept in {kept_in}, readable by root: "
+          f"`sudo cat {kept_in}`; it is not printed here)", file=out)

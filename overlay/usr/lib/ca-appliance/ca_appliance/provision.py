@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import sshd
 from .errors import StepFailed, UserError
 
 PROVISION_INPUT = "etc/ca-appliance/provision.json"
@@ -313,6 +314,14 @@ def create_admin(tools, distro, user, keys, password_hash):
     tools.run("sudoers", ["visudo", "-c"], rooted=["visudo", "-c", "-f", sudoers])
 
 
+def write_sshd_dropin(tools, user):
+    """sshd is key-only from the first boot: not the distribution's defaults until setup runs."""
+    path = tools.path(sshd.DROPIN)
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    path.write_text(sshd.dropin_text(user, written_by="ca-appliance provision (setup writes it again)"))
+    path.chmod(0o644)
+
+
 def lock_root(tools):
     tools.run("lock root", ["usermod", "--lock", "root"], rooted=["usermod", "--root", tools.root, "--lock", "root"])
 
@@ -562,6 +571,8 @@ def _provision(base, root, *, stand_ins, record, out):
     create_admin(tools, distro, user, keys, password_hash)
     say(f"    admin {user}: group {distro.sudo_group}, {len(keys)} SSH key(s), "
         f"{'password' if password_hash else 'key only, sudo without password'}; root locked; sudoers checked")
+    write_sshd_dropin(tools, user)
+    say(f"    sshd: key-only, no root, only {user} ({sshd.DROPIN}), from the first boot on")
     units, disabled = enable_units(tools, distro, extra_units)
     say(f"    enabled: {' '.join(units)}" + (f"; disabled or masked: {' '.join(disabled)}" if disabled else ""))
     set_firewall_zone(tools)
