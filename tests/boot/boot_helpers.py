@@ -34,7 +34,7 @@ WORK = PROJECT_ROOT / "build" / "boot-tests"
 FIRST_BOOT_TIMEOUT = float(os.environ.get("CA_BOOT_FIRST_TIMEOUT", 1200))
 LATER_BOOT_TIMEOUT = float(os.environ.get("CA_BOOT_LATER_TIMEOUT", 900))
 MEMORY_MB = 1536
-README = PROJECT_ROOT / "README.md"
+README = PROJECT_ROOT / "docs" / "importing.md"   # the libvirt recipe the tests run word for word
 BANNER = re.compile(r"ACME directory:\s+(\S+)\s+Root fingerprint:\s+([0-9A-Fa-f:]{64,95})")
 WIZARD_OFFER = "Press Enter to start the setup wizard on this console (ttyS0)"
 

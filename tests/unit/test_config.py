@@ -128,20 +128,20 @@ def test_cli_reports_bad_config_in_one_line_with_exit_2(tmp_path):
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
-def test_readme_reference_lists_every_key_with_its_default():
-    """The README's configuration reference stays in step with appliance.yaml."""
-    readme = (ROOT / "README.md").read_text()
+def test_configuration_reference_lists_every_key_with_its_default():
+    """docs/configuration.md stays in step with appliance.yaml."""
+    readme = (ROOT / "docs/configuration.md").read_text()
     cfg = load_config().to_dict()
     for key in leaf_keys():
         value = cfg
         for part in key.split("."):
             value = value[part]
         row = next((line for line in readme.splitlines() if line.startswith(f"| `{key}` |")), None)
-        assert row is not None, f"README.md has no reference row for {key}"
+        assert row is not None, f"docs/configuration.md has no reference row for {key}"
         shown = textwrap.shorten(str(value), 200)
         default = "null" if value is None else ("[" + ", ".join(map(str, value)) + "]" if isinstance(value, list)
                                                 else str(value).lower() if isinstance(value, bool) else shown)
-        assert f"`{default}`" in row, f"README.md row for {key} does not show the default `{default}`: {row}"
+        assert f"`{default}`" in row, f"docs/configuration.md row for {key} does not show the default `{default}`: {row}"
 
 
 @pytest.mark.parametrize("text, why", [
