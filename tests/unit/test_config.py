@@ -141,7 +141,7 @@ def test_configuration_reference_lists_every_key_with_its_default():
         shown = textwrap.shorten(str(value), 200)
         default = "null" if value is None else ("[" + ", ".join(map(str, value)) + "]" if isinstance(value, list)
                                                 else str(value).lower() if isinstance(value, bool) else shown)
-        assert f"`{default}`" in row, f"docs/configuration.md row for {key} does not show the default `{default}`: {row}"
+        assert f"`{default}`" in row, f"docs/configuration.md row for {key} lacks the default `{default}`: {row}"
 
 
 @pytest.mark.parametrize("text, why", [
