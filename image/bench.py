@@ -444,6 +444,31 @@ def measure_plain_boot(cfg, image: Path, accel: str, say) -> dict:
 # ---- the report
 
 
+def measure_go_builds(say) -> dict:
+    """step-ca and step from their Go modules: cold (an empty Go build cache and binary cache; the
+    module downloads stay, they are the network's, not the build's) and cached (the second call)."""
+    from image.config import load_config
+    from image.stepbuild import build_step_binaries
+    cfg = load_config()
+    with tempfile.TemporaryDirectory(prefix="bench-go-") as tmp:
+        previous = os.environ.get("CA_APPLIANCE_CACHE")
+        os.environ["CA_APPLIANCE_CACHE"] = tmp
+        try:
+            say("Go builds of step-ca and step, cold (empty build cache)...")
+            start = time.monotonic()
+            build_step_binaries(cfg, log=say)
+            cold = time.monotonic() - start
+            start = time.monotonic()
+            build_step_binaries(cfg, log=say)
+            cached = time.monotonic() - start
+        finally:
+            if previous is None:
+                os.environ.pop("CA_APPLIANCE_CACHE", None)
+            else:
+                os.environ["CA_APPLIANCE_CACHE"] = previous
+    return {"go_build_cold_s": round(cold, 1), "go_build_cached_s": round(cached, 2)}
+
+
 def render_table(results: dict, accel: str) -> str:
     def target(key):
         rule = TARGETS.get(key) if isinstance(key, str) else None
@@ -453,7 +478,9 @@ def render_table(results: dict, accel: str) -> str:
         value = value.get(accel) if isinstance(value, dict) else value
         return "" if value is None else f"{op} {value}"
 
-    rows = [("Debian build, cold cache (s)", "build_cold_s"), ("Debian build, warm cache (s)", "build_warm_s"),
+    rows = [("step-ca + step Go builds, cold (s)", "go_build_cold_s"),
+            ("step-ca + step Go builds, cached (s)", "go_build_cached_s"),
+            ("Debian build, cold cache (s)", "build_cold_s"), ("Debian build, warm cache (s)", "build_warm_s"),
             ("Debian build after an overlay-only change (s)", "build_overlay_change_s"),
             ("overlay-change build / cold build", "overlay_change_ratio"),
             ("qcow2 size (MB)", "qcow2_mb"), ("OVA size (MB)", "ova_mb"),
@@ -509,6 +536,7 @@ def run_benchmarks(image=None, accel="auto", out="build/bench.json", clients=4, 
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     choice = resolve_accel(accel)
     say(f"accelerator: {choice.accel} ({choice.reason})")
+    results_go = {} if quick else measure_go_builds(say)
     binaries = pinned_binaries(log=say)
     step_ca = binaries["step_ca"]
     overrides = {"image": {"base": "debian", "formats": ["qcow2"]},
@@ -518,7 +546,7 @@ def run_benchmarks(image=None, accel="auto", out="build/bench.json", clients=4, 
                      "machine": machine_facts(), "accel": choice.accel, "quick": quick,
                      "clients": clients, "seconds": seconds,
                      "step_ca": subprocess.run([str(step_ca), "version"], capture_output=True,
-                                               text=True).stdout.strip()}
+                                               text=True).stdout.strip(), **results_go}
     if image is None:
         # what an edit of overlay/ changes: the payload tarball (here: the generated defaults.yaml)
         changed = load_config(overrides=deep_merge(overrides, {"ca": {"name": "Bench CA (overlay change)"}}))
