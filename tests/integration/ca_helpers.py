@@ -175,6 +175,36 @@ class StepCA:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else "(no log)"
 
 
+def step_ca_refuses(binary, ca, timeout=60):
+    """None when the real step-ca loads the CA's ca.json, opens its keys and says READY=1 (the
+    sd_notify it sends once it serves); else what it said. It is stopped at once either way."""
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="notify-") as tmp:
+        notify = os.path.join(tmp, "notify")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        listener.bind(notify)
+        listener.settimeout(0.2)
+        log = Path(tmp) / "step-ca.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen([str(binary), "--password-file", str(ca.password_file), str(ca.ca_json)],
+                                       env=dict(os.environ, NOTIFY_SOCKET=notify), cwd=ca.prefix,
+                                       stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    if b"READY=1" in listener.recv(4096):
+                        return None
+                except TimeoutError:
+                    pass
+                if process.poll() is not None:
+                    return f"exit {process.returncode}: {log.read_text(errors='replace')[-800:]}"
+            return f"no READY=1 within {timeout}s: {log.read_text(errors='replace')[-800:]}"
+        finally:
+            stop_process(process, grace=10)
+            listener.close()
+
+
 def openssl_verify(root, intermediate, leaf_pem_path):
     """openssl verify of a leaf against root + intermediate; returns the CompletedProcess."""
     return subprocess.run(["openssl", "verify", "-CAfile", str(root), "-untrusted", str(intermediate),

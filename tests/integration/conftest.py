@@ -4,7 +4,7 @@ real step-ca (the release appliance.yaml pins, built from its Go module) on a fr
 import socket
 
 import pytest
-from ca_helpers import CA, StepCA, answers_for, free_port, guest_python_ready
+from ca_helpers import CA, StepCA, answers_for, free_port, guest_python_ready, step_ca_refuses
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -45,8 +45,9 @@ def _guest_python():
 
 
 @pytest.fixture
-def make_ca(tmp_path):
-    """make_ca(**ca_overrides) -> a CA set up by the CLI in a fresh prefix, on a free port."""
+def make_ca(tmp_path, step_ca_binary):
+    """make_ca(**ca_overrides) -> a CA set up by the CLI in a fresh prefix, on a free port; the
+    ca.json setup wrote is loaded by the real step-ca (0.30's own rules) before the test sees it."""
     count = 0
 
     def make(**ca_overrides):
@@ -55,6 +56,8 @@ def make_ca(tmp_path):
         port = free_port()
         ca = CA(tmp_path / f"ca{count}", port, answers_for(port, **ca_overrides))
         ca.setup()
+        refused = step_ca_refuses(step_ca_binary, ca)
+        assert refused is None, f"step-ca 0.30 does not take the ca.json setup wrote: {refused}"
         return ca
 
     return make
