@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import ssl
 import subprocess
@@ -108,16 +109,22 @@ class Libvirt:
     workdir: Path
 
     def readme_command(self, *, name: str, disk: Path, serial_log: Path, answers: Path | None) -> str:
-        """The README's own virt-install line (and, with answers, its --sysinfo line), changed only
-        where CI differs from a user's host: our disk, user-mode networking (no bridge or dnsmasq
-        here), TCG, no console attached, and the serial console logged to a file."""
+        """The documented virt-install line (and, with answers, the documented seed ISO: made by
+        its genisoimage line, attached by its --disk option), changed only where CI differs from a
+        user's host: our disk, user-mode networking (no bridge or dnsmasq here), TCG, no console
+        attached, and the serial console logged to a file."""
         line = readme_import_line()
         line = line.replace("--name ca ", f"--name {name} ", 1)
         line = re.sub(r"--disk \S+", f"--disk {disk}", line, count=1)
         line = line.replace("--network default", "--network user", 1)
         line = re.sub(r"--console (\S+)", rf"--console \1,log.file={serial_log}", line, count=1)
         if answers is not None:
-            line += " " + readme_sysinfo_option().replace("answers.yaml", str(answers))
+            seed_dir = self.workdir / f"seed-{name}"
+            seed_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(answers, seed_dir / "ca-appliance.yaml")
+            make_iso, attach = readme_seed_lines()
+            self.install(f"cd {shlex.quote(str(seed_dir))} && {make_iso}")
+            line += " " + attach.replace("ca-seed.iso", str(seed_dir / "ca-seed.iso"))
         return line + " --virt-type qemu --noautoconsole"
 
     def install(self, command: str) -> None:
@@ -144,10 +151,13 @@ def readme_import_line() -> str:
     return match.group(1)
 
 
-def readme_sysinfo_option() -> str:
-    match = re.search(r"`(--sysinfo [^`]+)`", README.read_text())
-    assert match, "README: no `--sysinfo ...` line for unattended libvirt imports"
-    return match.group(1)
+def readme_seed_lines() -> tuple[str, str]:
+    """The documented seed ISO for unattended libvirt imports: (the genisoimage line, the --disk option)."""
+    text = README.read_text()
+    make_iso = re.search(r"`(genisoimage [^`]*-volid CASEED[^`]*)`", text)
+    attach = re.search(r"`(--disk ca-seed\.iso[^`]*)`", text)
+    assert make_iso and attach, "docs/importing.md: no `genisoimage ... CASEED ...` and `--disk ca-seed.iso...` lines"
+    return make_iso.group(1), attach.group(1)
 
 
 def libvirt_missing() -> str | None:
