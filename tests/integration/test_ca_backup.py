@@ -119,6 +119,22 @@ def test_restore_reads_format_1_and_normalises_modes(make_ca, tmp_path):
     assert "X5C" not in [p["type"] for p in ca.config["authority"]["provisioners"]]
 
 
+def test_restore_drops_an_x5c_provisioner_trusting_the_cas_own_intermediate(make_ca, tmp_path):
+    """Issue 21 item 7: trusting the intermediate lets any ACME or JWK leaf of this CA mint any name."""
+    import base64
+    import json
+    ca = make_ca()
+    config = ca.config
+    config["authority"]["provisioners"].append({"type": "X5C", "name": "x5c",
+                                                "roots": base64.b64encode(ca.intermediate.read_bytes()).decode()})
+    ca.ca_json.write_text(json.dumps(config))
+    archive = tmp_path / "old.tar.gz"
+    format1_archive(ca, archive, [])
+    ca.setup("--force")
+    run_cli("restore", archive, "--prefix", ca.prefix, "--no-system")
+    assert "X5C" not in [p["type"] for p in ca.config["authority"]["provisioners"]]
+
+
 # ---- issue 21: owners and modes from the one table, duplicates, a plain archive given a passphrase ----
 
 STEP_UID = 4242

@@ -137,19 +137,21 @@ def _rebase(value, old, new):
     return value
 
 
-def without_self_trusting_x5c(config, root_pem):
-    """ca.json minus any X5C provisioner that trusts the CA's own root, as backups of earlier versions
-    have it: with it, any ACME client could get a certificate for any name (see cajson.provisioners)."""
-    own = "".join(root_pem.decode("ascii", "replace").split())
+def without_self_trusting_x5c(config, chain):
+    """ca.json minus any X5C provisioner that trusts this CA's own root or intermediate (by
+    certificate or by key), as backups of earlier versions may have it: with it, any ACME or JWK
+    certificate of this CA could obtain any name (see cajson.provisioners). chain: the PEMs of the
+    root and intermediate being installed. An X5C whose roots cannot be read is dropped too."""
+    from . import x5c
     provisioners = config.get("authority", {}).get("provisioners") or []
     kept = []
     for provisioner in provisioners:
         if provisioner.get("type") == "X5C":
             try:
-                roots = base64.b64decode(provisioner.get("roots") or "").decode("ascii", "replace")
+                roots = base64.b64decode(provisioner.get("roots") or "", validate=True)
             except ValueError:
-                roots = ""
-            if own and own in "".join(roots.split()):
+                continue
+            if x5c.own_chain_problem(roots, chain) is not None:
                 continue
         kept.append(provisioner)
     if len(kept) != len(provisioners):
@@ -259,7 +261,10 @@ def restore(layout, archive_path, use_system=True, out=None, passphrase=None, al
                     raise UserError(f"{command}: {archive_path}: its ca.json names another root than the "
                                     f"backup's own ({root_name}); nothing was changed")
                 _checked_database(config, archive_path, command)
-                config = without_self_trusting_x5c(config, root_data)
+                intermediate = steppath / "certs/intermediate_ca.crt"
+                chain = [root_data] + ([_read_staged(intermediate, archive_path, "the intermediate certificate",
+                                                     command)] if intermediate.exists() else [])
+                config = without_self_trusting_x5c(config, chain)
                 parsed = config
             write_file(path, json.dumps(parsed, indent=2) + "\n", 0o600)
         if before_commit is not None:
