@@ -30,7 +30,8 @@ def provisioner_key(ca):
     """The JWK provisioner's private key, decrypted from ca.json with the CA password (as `step ca token`)."""
     jwk = ca.provisioner("JWK")
     jwe = jwcrypto.jwe.JWE()
-    jwe.deserialize(jwk["encryptedKey"], key=jwcrypto.jwk.JWK.from_password(PASSWORD))
+    password = getattr(ca, "password", None) or PASSWORD   # a restored CA keeps the password it was made with
+    jwe.deserialize(jwk["encryptedKey"], key=jwcrypto.jwk.JWK.from_password(password))
     # 600000 rounds as setup writes them; a CA restored from an earlier version's backup keeps its own
     assert jwe.jose_header["cty"] == "jwk+json" and jwe.jose_header["p2c"] == getattr(ca, "jwe_rounds", 600000)
     key = jwcrypto.jwk.JWK.from_json(jwe.payload)

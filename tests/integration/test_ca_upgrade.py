@@ -1,7 +1,7 @@
 """Upgrades: backup on appliance N, restore at the first boot of N+1 (answers or the wizard).
 
 fixtures/backup-format1.tar.gz was written by `ca-appliance backup` in format 1 (a plain tar.gz,
-the format before encrypted backups) of a test CA (password: ca_helpers.PASSWORD) on which certbot
+the format before encrypted backups) of a test CA (password: FORMAT1_PASSWORD) on which certbot
 had registered an ACME account; fixtures/backup-format1-acme-account.json is that account's
 (test-only) key. Restoring it must bring back the same root, the same provisioners and the account.
 """
@@ -18,7 +18,7 @@ import jwcrypto.jwk
 import jwcrypto.jws
 import pexpect
 import yaml
-from ca_helpers import CA, PASSWORD, free_port, openssl_verify, run_cli
+from ca_helpers import CA, free_port, openssl_verify, run_cli
 from helpers.wizard import start_setup
 from test_ca_provisioners import sign
 
@@ -27,6 +27,9 @@ FORMAT1 = FIXTURES / "backup-format1.tar.gz"
 FORMAT1_ACCOUNT_KEY = FIXTURES / "backup-format1-acme-account.json"
 FORMAT1_ACCOUNT_ID = "eEvY6rHqtG5urHhaW2bO314eELpLI2AL"
 
+
+# the password of the CA the fixture archive holds (made before today's password strength rule)
+FORMAT1_PASSWORD = "integration-test-password-0123456789"
 
 def format1_manifest():
     with tarfile.open(FORMAT1) as tar:
@@ -92,13 +95,14 @@ def test_unattended_answers_restore_a_previous_format_backup(tmp_path, serve):
     stranger = jwcrypto.jwk.JWK.generate(kty="RSA", size=2048)
     assert existing_account(ca, stranger) is None  # the check can fail
     ca.jwe_rounds = 100000   # the provisioner key as the earlier version encrypted it, restored as it was
+    ca.password = FORMAT1_PASSWORD
     status, body, _ = sign(ca, "after-upgrade.test.example", ["after-upgrade.test.example"])  # same JWK, password
     assert status == 201, body
     (tmp_path / "leaf.pem").write_text(body["crt"])
     (tmp_path / "chain.pem").write_text(body["ca"])
     verified = openssl_verify(ca.root, tmp_path / "chain.pem", tmp_path / "leaf.pem")
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    assert PASSWORD == (prefix / "etc/step-ca/password.txt").read_text().strip()
+    assert FORMAT1_PASSWORD == (prefix / "etc/step-ca/password.txt").read_text().strip()
 
 
 def test_answers_naming_a_missing_backup_fail_without_a_half_configured_ca(tmp_path):
