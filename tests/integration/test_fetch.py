@@ -237,7 +237,6 @@ def test_unreachable_server_points_at_offline_builds(cache):
     msg = str(e.value)
     assert f"cannot reach 127.0.0.1:{port}" in msg and "\n" not in msg
     assert "artifacts.step_ca.path" in msg and "invoke step-from-source" in msg
-    assert "artifacts.step_cli.enabled: false" in msg
 
 
 def test_unreachable_step_cli_release_says_how_to_do_without(server, cache):
