@@ -47,7 +47,9 @@ def facts(layout, use_system=True, check_health=None, now=None):
         "acme_directory": cajson.acme_directory_url(ca),
         "roots_url": cajson.ca_url(ca) + "/roots.pem",
         "health_url": cajson.ca_url(ca) + "/health",
-        "crl_url": cajson.ca_url(ca) + "/crl" if config.get("crl", {}).get("enabled") else None,
+        "crl_url": (config.get("crl") or {}).get("idpURL") or (cajson.ca_url(ca) + "/crl")
+        if (config.get("crl") or {}).get("enabled") else None,
+        "crl": crl_status(config, now) if check_health and (config.get("crl") or {}).get("enabled") else None,
         "client_page_url": f"http://{hostname}/" if info.get("client_page") and hostname else None,
         "root_fingerprint": pki.fingerprint(root),
         "root": _cert_facts(root, now),
@@ -66,6 +68,18 @@ def facts(layout, use_system=True, check_health=None, now=None):
         "configured_at": state.get("configured_at"),
         "intermediate_renewed_at": state.get("intermediate_renewed_at"),
     }
+
+
+def crl_status(config, now):
+    """The CRL step-ca serves: when it was issued, until when it is valid, its age and entries."""
+    crl, problem = stepca.crl(config, config["root"])
+    if crl is None:
+        return {"error": problem}
+    last, following = pki.crl_updates(crl)
+    return {"last_update": last.strftime(TIME_FORMAT),
+            "next_update": following.strftime(TIME_FORMAT) if following else None,
+            "age_seconds": int((now - last).total_seconds()),
+            "revoked": len(crl)}
 
 
 def _cert_facts(cert, now):
