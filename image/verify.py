@@ -1,10 +1,12 @@
 """`invoke verify`: boot an appliance image, let its first boot configure it, and check it.
 
 The first boot is either unattended (the answers go in as the systemd credential
-`ca-appliance.answers`, a 0600 file QEMU hands over through fw_cfg: never on its command line) or, with --interactive, answered on the serial console the way a person
+`ca-appliance.answers`, a 0600 file QEMU hands over through fw_cfg: never on its command line)
+or, with --interactive, answered on the serial console the way a person
 would, one wrong answer included. Then the checks in tests/vm/ run in this process with pytest
-(testinfra over SSH, certbot and the JWK flow from the host); they reach the VM through
-`current_target()`. A summary table is printed from the JUnit file either way; on failure the
+(testinfra over SSH, certbot and the JWK flow from the host); they get the VM as the session
+fixture `target`, which this module's pytest plugin (TargetPlugin) hands over through the config's
+stash: no module global. A summary table is printed from the JUnit file either way; on failure the
 serial log, the journal and step-ca's log are kept under build/verify-logs/<timestamp>/.
 """
 from __future__ import annotations
@@ -42,14 +44,6 @@ CHALLENGE_IP = "10.0.2.100"
 GUEST_IP = "10.0.2.15"          # QEMU user networking always leases this address
 PAGE_PORT = 80                  # the client page (ca-appliance-page.socket); forwarded as vm.ports["page"]
 # Seconds; TCG on a busy machine is slow, so both can be raised (or lowered) from the environment.
-
-_current: Target | None = None
-
-
-def current_target() -> Target | None:
-    """The appliance the running verify session checks (None outside `invoke verify`)."""
-    return _current
-
 
 @dataclass
 class Target:
@@ -400,16 +394,35 @@ def collect_logs(target: Target | None, vm: VM, say=print) -> Path:
 # ---- the whole run
 
 
+class TargetPlugin:
+    """A pytest plugin that hands the booted appliance to tests/vm: their `target` fixture reads
+    it from the config's stash (tests/vm/conftest.py); without it they skip and say why."""
+
+    def __init__(self, target: Target):
+        self.target = target
+
+    def pytest_configure(self, config) -> None:
+        config.stash[target_key()] = self.target
+
+
+def target_key():
+    """The stash key both sides use (created once: pytest compares keys by identity)."""
+    global _TARGET_KEY
+    if _TARGET_KEY is None:
+        import pytest
+        _TARGET_KEY = pytest.StashKey[Target]()
+    return _TARGET_KEY
+
+
+_TARGET_KEY = None
+
+
 def run_checks(target: Target, junit: Path) -> int:
     """tests/vm under pytest in this process (so the persistence checks can reboot and kill the VM)."""
     import pytest
-    global _current
-    _current = target
-    try:
-        return pytest.main([str(VM_TESTS), f"--junitxml={junit}", "-p", "no:cacheprovider",
-                            "-o", "junit_family=xunit1", "-v", f"--rootdir={PROJECT_ROOT}"])
-    finally:
-        _current = None
+    return pytest.main([str(VM_TESTS), f"--junitxml={junit}", "-p", "no:cacheprovider",
+                        "-o", "junit_family=xunit1", "-v", f"--rootdir={PROJECT_ROOT}"],
+                       plugins=[TargetPlugin(target)])
 
 
 def verify_image(cfg: Config, *, image, answers=None, interactive=False, accel="auto", keep=False,

@@ -1,5 +1,6 @@
 """Checks of a booted appliance. They run inside `invoke verify`, which boots the VM and hands it
-over through image.verify.current_target(); run on their own, they skip and say so.
+over with its pytest plugin (image.verify.TargetPlugin, through the config's stash); run on their
+own, they skip and say so.
 
 Fixtures: `target` (image.verify.Target: the VM, its ports, the answers it was set up with),
 `host` (testinfra over SSH with sudo, renewed after a reboot), `root_pem` (the root fetched from
@@ -12,19 +13,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from vm_helpers import CHALLENGE_NAME, fetch_root, fingerprint_in, status_text
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: image/
-from vm_helpers import CHALLENGE_NAME, fetch_root, fingerprint_in, status_text  # noqa: E402
-
-from image.jwk_client import JWKClient  # noqa: E402
-from image.verify import current_target  # noqa: E402
+from image.jwk_client import JWKClient
+from image.verify import target_key
 
 CERTBOT = Path(sys.executable).parent / "certbot"
 
 
 @pytest.fixture(scope="session")
-def target():
-    found = current_target()
+def target(request):
+    found = request.config.stash.get(target_key(), None)
     if found is None:
         pytest.skip("tests/vm check a booted appliance: run them with `invoke verify --image FILE`")
     return found
