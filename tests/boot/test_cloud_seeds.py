@@ -29,13 +29,13 @@ import yaml
 from boot_helpers import (
     FIRST_BOOT_TIMEOUT,
     MEMORY_MB,
-    WORK,
     acme_ready,
     boot_answers,
     overlay,
     record_boot,
     wait_until,
 )
+from image_fixture import PROJECT_ROOT
 
 from image.build import write_format
 from image.qemu import OVMF_CODE, OVMF_VARS, free_port, machine_args, qemu_opt, resolve_accel
@@ -44,7 +44,8 @@ from tests.helpers.volumes import cloud_localds_image
 
 pytestmark = pytest.mark.slow
 
-SEEDS = WORK / "cloud-seeds"
+# Not under boot_helpers.WORK: another boot session's end removes that directory, VMs running or not.
+SEEDS = PROJECT_ROOT / "build" / "boot-cloud-seeds"
 MAC = "bc:24:11:5e:ed:01"      # Proxmox VE's own OUI (BC:24:11), as qm create assigns
 GUEST = {"address": "10.0.2.15", "prefix": 24, "gateway": "10.0.2.2", "dns": "10.0.2.3"}   # QEMU user net
 # What PVE::QemuServer::Cloudinit::nocloud_network writes for
@@ -174,6 +175,12 @@ def ssh_facts(port: int, key: Path, timeout: float = 300) -> dict:
                 "ipv4": run("ip -4 -o addr show scope global")}
     finally:
         client.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def seeds_work():
+    yield
+    shutil.rmtree(SEEDS, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
