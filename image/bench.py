@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from image import markers
 from image.config import PROJECT_ROOT, load_config
 from image.errors import StepFailed, UserError
 from image.runner import checked_output, stop_process
@@ -44,7 +45,7 @@ TARGETS = {  # from the benchmark issues; shown beside the figures, never assert
 }
 # the appliance's own units: a plain boot of the same image runs without them
 APPLIANCE_UNITS = ("ca-appliance-firstboot.service", "step-ca.service")
-TIMING_IDENT = "ca-appliance-timing"   # the guest's per-step duration lines (ca_appliance/timing.py)
+TIMING_IDENT = markers.TIMING_IDENT   # the guest's per-step duration lines (ca_appliance/timing.py)
 TIMING_LINE = re.compile(r"^step (?P<name>.+?): (?P<seconds>[0-9.]+) s(?P<failed> failed)?$")
 
 

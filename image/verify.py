@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from image import settings
+from image import markers, settings
 from image.config import PROJECT_ROOT, Config, read_yaml
 from image.errors import StepFailed, UserError
 from image.qemu import VM, resolve_accel
@@ -168,7 +168,7 @@ class Target:
 
 
 # What the guest's setup prints on the console right after the CA is committed (apply.setup).
-COMMITTED_LINE = "The CA's files are in place; system steps next"
+COMMITTED_LINE = markers.COMMITTED   # setup prints it once the CA's files are committed
 KERNEL_BANNER = "Linux version"   # the guest's kernel started (console=ttyS0 on both bases)
 
 
@@ -268,7 +268,7 @@ def wizard_script(answers: dict, wrong_hostname: str = "not a host name!") -> li
     hostname_prompt = r"Host name of this appliance \(fully qualified\)" + BRACKET
     script = [
         # offered on every console; a person at the serial one presses Enter to take it
-        (r"Press Enter to start the setup wizard on this console \(ttyS0\)", ""),
+        (re.escape(markers.wizard_offer("ttyS0")), ""),
         (hostname_prompt, wrong_hostname),
         (r"Not accepted: [^\n]*" + re.escape(repr(wrong_hostname)) + r".*" + hostname_prompt, answers["hostname"]),
         (r"Network: dhcp or static\?" + BRACKET, "dhcp"),

@@ -26,6 +26,7 @@ import pytest
 import yaml
 from image_fixture import PROJECT_ROOT
 
+from image import markers  # noqa: E402
 from image.qemu import HARDWARE, VM, resolve_accel  # noqa: E402
 from image.verify import CREDENTIAL_NAME, default_answers, ensure_admin_key  # noqa: E402
 
@@ -36,8 +37,8 @@ FIRST_BOOT_TIMEOUT = float(os.environ.get("CA_BOOT_FIRST_TIMEOUT", 1200))
 LATER_BOOT_TIMEOUT = float(os.environ.get("CA_BOOT_LATER_TIMEOUT", 900))
 MEMORY_MB = 1536
 README = PROJECT_ROOT / "docs" / "importing.md"   # the libvirt recipe the tests run word for word
-BANNER = re.compile(r"ACME directory:\s+(\S+)\s+Root fingerprint:\s+([0-9A-Fa-f:]{64,95})")
-WIZARD_OFFER = "Press Enter to start the setup wizard on this console (ttyS0)"
+BANNER = markers.BANNER
+WIZARD_OFFER = markers.wizard_offer("ttyS0")
 
 BOOT_TIMES: list[tuple[str, str, float]] = []   # (row, what, seconds): printed at the end
 

@@ -94,7 +94,8 @@ def test_x5c_roots_validation(value, words):
 
 
 def test_x5c_roots_must_be_ca_certificates():
-    with pytest.raises(answers.AnswersError, match=r"certificate 1 \(CN=Operator Root, SHA-256 [0-9a-f]{64}\) is not a CA"):
+    refused = r"certificate 1 \(CN=Operator Root, SHA-256 [0-9a-f]{64}\) is not a CA"
+    with pytest.raises(answers.AnswersError, match=refused):
         validated(x5c_roots=operator_root_pem(ca=False))
 
 

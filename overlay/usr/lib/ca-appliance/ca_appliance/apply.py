@@ -17,7 +17,21 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import answers as answers_rules
-from . import backup, banner, cajson, clientpage, database, jose, pki, replace, showsecret, sshd, system, timing
+from . import (
+    backup,
+    banner,
+    cajson,
+    clientpage,
+    database,
+    jose,
+    markers,
+    pki,
+    replace,
+    showsecret,
+    sshd,
+    system,
+    timing,
+)
 from .errors import StepFailed, UserError
 from .staging import checkpoint, fsync_dir, make_dir, write_file
 
@@ -224,9 +238,9 @@ def setup(answers, source, layout, *, use_system=True, force=False, root_key_out
         checkpoint("staged")
         replacing.commit(json.dumps(state, indent=2) + "\n", reset_complete=True)
     checkpoint("committed")
-    # `invoke verify` cuts the power when it sees this line on the console (COMMITTED_LINE there).
-    print("The CA's files are in place; system steps next (hostname, network, admin keys, sshd, firewall, "
-          "trust store, step-ca).", file=out, flush=True)
+    # `invoke verify` cuts the power when it sees this line on the console (markers.json)
+    print(f"{markers.COMMITTED} (hostname, network, admin keys, sshd, firewall, trust store, step-ca).",
+          file=out, flush=True)
     finish(layout, state["system"], use_system=use_system, restart=replacing.was_running, out=out)
     _report(ca, material, password if generated else None, layout, out, use_system)
     return state

@@ -7,7 +7,7 @@ import json
 
 from cryptography.x509.oid import NameOID
 
-from . import buildinfo, cajson, pki, stepca
+from . import buildinfo, cajson, markers, pki, stepca
 from .staging import make_dir, write_file
 
 
@@ -35,8 +35,8 @@ def render(layout, findings=None, for_issue=True):
         lines.append(f"*** {buildinfo.TEST_IMAGE_MARK} *** ({test_reason})")
     lines += [
         f"Certificate authority: {ca_name[0].value if ca_name else 'step-ca'}",
-        f"  ACME directory:   {cajson.acme_directory_url(_ca_of(config))}",
-        f"  Root fingerprint: {pki.fingerprint(root)}",
+        f"  {markers.ACME_DIRECTORY:<17} {cajson.acme_directory_url(_ca_of(config))}",
+        f"  {markers.ROOT_FINGERPRINT:<17} {pki.fingerprint(root)}",
     ]
     if info.get("client_page") and state.get("hostname"):
         lines.append(f"  Client setup:     http://{state['hostname']}/")

@@ -9,8 +9,10 @@ import os
 import select
 import termios
 
+from . import markers
+
 BANNER = ("\nCertificate authority appliance: this appliance is not configured yet.\n"
-          "Press Enter to start the setup wizard on this console ({name}).\n")
+          + markers.WIZARD_OFFER.replace("{console}", "{name}") + "\n")
 ELSEWHERE = "\nSetup is running on {name}; the login prompt here comes when it is done.\n"
 
 

@@ -10,7 +10,8 @@ import syslog
 import time
 from contextlib import contextmanager
 
-IDENT = "ca-appliance-timing"
+from .markers import TIMING_IDENT as IDENT
+
 # `step <name>: <seconds> s [failed]`; bench sums the lines of one name
 LINE_FORMAT = "step {name}: {seconds:.2f} s{failed}"
 
