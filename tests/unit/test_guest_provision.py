@@ -30,8 +30,8 @@ LAUNCHER = PROJECT_ROOT / "overlay/usr/bin/ca-appliance"
 # A whole Ed25519 key blob (32 bytes of key): the appliance refuses truncated key data.
 KEY_1 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx1Y2t5bnVtYmVyc2V2ZW5lbGV2ZW50aGlydGVlbiEh admin@laptop"
 KEY_2 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBbQ3oVxjA5bKXqXm5N9Jh3vCw8kq3uX0h1d2s4d5f6g bob@laptop"
-# a well-formed SHA-512 crypt hash (`openssl passwd -6`): chpasswd since shadow 4.17 (Debian 13, sid,
-# Fedora 42+) refuses a malformed one
+# a well-formed SHA-512 crypt hash (`openssl passwd -6`): sid's chpasswd (shadow 4.20) refuses a
+# malformed one (Debian 12's 4.13 and Debian 13's 4.17 still take it)
 HASH = "$6$saltsalt$2eJ1V5IUTzQhEBtb15dBz5FvoSeHGlsXsNPLfxIHYi49rAv1wycoO95vRlgFdeIA.wE2D9aTC83v9D3rUpjEu/"
 FEDORA_UNITS = {"sshd.service": "multi-user.target", "chronyd.service": "multi-user.target",
                 "NetworkManager.service": "multi-user.target", "firewalld.service": "multi-user.target",
@@ -42,7 +42,9 @@ DEBIAN_UNITS = {"ssh.service": "multi-user.target", "chrony.service": "multi-use
                 "NetworkManager.service": "multi-user.target", "firewalld.service": "multi-user.target",
                 "open-vm-tools.service": "multi-user.target", "serial-getty@.service": "getty.target",
                 "apt-daily.timer": "timers.target", "apt-daily-upgrade.timer": "timers.target",
-                "e2scrub_reap.service": "multi-user.target"}   # e2fsprogs': masked by provision
+                "e2scrub_reap.service": "multi-user.target",   # e2fsprogs': masked by provision
+                # Debian 13's openssh-server: `ssh-keygen -A` on the first boot, masked by provision
+                "sshd-keygen.service": "ssh.service"}
 # a kernel lacking one of the wanted drivers: provision names it and leaves it out
 KERNEL_MODULES = [d for d in provision.INITRAMFS_DRIVERS if d != "sym53c8xx"]
 
@@ -283,6 +285,7 @@ def test_debian_layout_root_provisions_with_sudo_and_initramfs_tools_recorded(tm
                  "apt-daily.timer", "apt-daily-upgrade.timer"):
         assert is_enabled(root, unit) == "enabled", unit
     assert is_enabled(root, "e2scrub_reap.service") == "masked"
+    assert is_enabled(root, "sshd-keygen.service") == "masked"
     assert record.read_text().splitlines() == ["update-initramfs -u -k all"]   # no restorecon: no SELinux
     hook = root / "etc/initramfs-tools/hooks/ca-appliance-drivers"
     assert os.stat(hook).st_mode & 0o777 == 0o755

@@ -71,6 +71,9 @@ class Distro:
 # e2scrub checks ext4 on LVM only (the root is a plain partition), yet its boot-time reaper took
 # minutes of an emulated first boot (systemd-analyze blame): masked where e2fsprogs ships it
 E2SCRUB_UNITS = ("e2scrub_reap.service", "e2scrub_all.timer", "e2scrub_all.service")
+# Debian 13's openssh-server enables it: `ssh-keygen -A` on the first boot makes an RSA key too (the
+# minutes ca-appliance-ssh-hostkeys.service avoids) and races that unit for the Ed25519 key
+DEBIAN_SSH_KEYGEN = ("sshd-keygen.service",)
 
 DISTROS = {
     "debian": Distro(
@@ -84,7 +87,7 @@ DISTROS = {
         units=("NetworkManager.service", "firewalld.service", "ssh.service", "chrony.service",
                "open-vm-tools.service", "serial-getty@ttyS0.service"),
         disable_units=(),
-        mask_units=E2SCRUB_UNITS,
+        mask_units=E2SCRUB_UNITS + DEBIAN_SSH_KEYGEN,
         # the chroot's resolv.conf is the build host's
         leftovers=("etc/resolv.conf",),
     ),
