@@ -58,7 +58,8 @@ HOSTILE_YAML = [
     # item 11
     ("other-admin-user", "hostname: ca.lab.example\nadmin: {user: alice}\n",
      "admin.user: 'alice' must be this image's admin account ('admin')"),
-    ("type-only-ssh-key", "hostname: ca.lab.example\nadmin: {ssh_authorized_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5']}\n",
+    ("type-only-ssh-key",
+     "hostname: ca.lab.example\nadmin: {ssh_authorized_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5']}\n",
      "admin.ssh_authorized_keys"),
     ("repetitive-password", "hostname: ca.lab.example\nca: {password: Hunter2!Hunter2!}\n",
      "ca.password: <hidden> is not a usable password: it must not be a shorter text repeated"),
