@@ -18,7 +18,7 @@ def cfg_with(**debian_section):
 
 
 def test_security_updates_come_from_the_official_mirror_and_a_private_mirror_is_used_alone():
-    assert debian.sources(cfg_with()) == [
+    assert debian.sources(cfg_with(suite="bookworm")) == [
         "deb http://deb.debian.org/debian bookworm main",
         "deb http://deb.debian.org/debian bookworm-updates main",
         "deb http://deb.debian.org/debian-security bookworm-security main",
@@ -29,7 +29,8 @@ def test_security_updates_come_from_the_official_mirror_and_a_private_mirror_is_
 
 
 def test_a_file_mirror_is_made_visible_inside_the_chroot():
-    cmd = debian.mmdebstrap_command(cfg_with(mirror="file:///srv/mirror/debian"), Path("/r"), [], Path("/u"))
+    cmd = debian.mmdebstrap_command(cfg_with(mirror="file:///srv/mirror/debian", suite="bookworm"), Path("/r"), [],
+                                    Path("/u"))
     assert "--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount" in cmd
     assert cmd[-2:] == ["deb file:///srv/mirror/debian bookworm main",
                         "deb file:///srv/mirror/debian bookworm-updates main"]
@@ -37,7 +38,7 @@ def test_a_file_mirror_is_made_visible_inside_the_chroot():
 
 def test_mmdebstrap_installs_the_package_set_lean_and_a_local_deb_with_quoted_paths():
     deb = Path("/tmp/my debs/step-ca_0.30.2-1_amd64.deb")
-    cmd = debian.mmdebstrap_command(cfg_with(), Path("/w/rootfs"), [deb], Path("/w/used.txt"))
+    cmd = debian.mmdebstrap_command(cfg_with(suite="trixie"), Path("/w/rootfs"), [deb], Path("/w/used.txt"))
     (include,) = [c for c in cmd if c.startswith("--include=")]
     assert include.removeprefix("--include=").split(",") == list(debian.PACKAGES + debian.UPDATE_PACKAGES)
     assert "--variant=minbase" in cmd and "--dpkgopt=path-exclude=/usr/share/man/*" in cmd
@@ -46,7 +47,7 @@ def test_mmdebstrap_installs_the_package_set_lean_and_a_local_deb_with_quoted_pa
     assert shlex.split(copy_in) == ["copy-in", str(deb), "/tmp/"]
     install = next(h for h in hooks if "apt-get install" in h)
     assert shlex.split(install)[-1] == f"/tmp/{deb.name}"
-    assert cmd[-5:-3] == ["bookworm", "/w/rootfs"]   # suite and target, then the three sources
+    assert cmd[-5:-3] == ["trixie", "/w/rootfs"]   # suite and target, then the three sources
 
 
 def test_an_rpm_cannot_go_into_a_debian_image():
