@@ -1,5 +1,9 @@
 """The Debian base: a minimal Debian rootfs from mmdebstrap, made into a raw disk that boots BIOS and UEFI.
 
+Suites: trixie (Debian 13, the default) and bookworm (Debian 12); the package set, unit names and
+paths are the same in both, and the one difference the appliance must undo (Debian 13's
+openssh-server enables sshd-keygen.service) is a row of the guest's DISTROS table.
+
 Offline-capable (any Debian mirror, file:// included) and needs no VM: the rootfs is
 bootstrapped into a directory, the payload and artifacts laid in, then the guest's own
 `ca-appliance provision --base debian` run inside it through chroot (users, units, initramfs,
@@ -63,9 +67,9 @@ PACKAGES = (
     "iproute2", "less",
     "netbase",  # /etc/protocols and /etc/services: firewalld refuses to start without them
     "zstd",     # initramfs-tools compresses with it when present (else gzip): faster to unpack at boot
-    # mmdebstrap merges /usr itself, so this meets init-system-helpers' "usrmerge | usr-is-merged".
-    # usrmerge (and with it perl, ~50 MB) still comes in mmdebstrap's essential phase; purging both
-    # in a customize hook is the next size step (not yet done: it needs a bootstrap to verify)
+    # mmdebstrap merges /usr itself, so this meets bookworm's init-system-helpers' "usrmerge |
+    # usr-is-merged". On bookworm usrmerge (and with it perl, ~50 MB) still comes in mmdebstrap's
+    # essential phase; trixie's needs neither (its image has no usrmerge and no perl, only perl-base)
     "usr-is-merged",
 )
 # Keep the image lean: no manuals, docs (licences stay) or translations.
