@@ -41,7 +41,7 @@ def test_qemu_img_check_is_clean_and_sums_match(debian_image, debian_dist):
 
 
 def test_manifest_records_config_base_packages_and_step_ca(manifest, debian_image):
-    assert manifest["base"] == "debian" and manifest["release"].startswith("Debian 12")
+    assert manifest["base"] == "debian" and manifest["release"].startswith("Debian 13")
     assert re.fullmatch(r"[0-9a-f]{64}", manifest["config_digest"])
     packages = dict(p.split(" ", 1) for p in manifest["packages"])
     for needed in ("linux-image-amd64", "systemd", "network-manager", "firewalld", "openssh-server", "chrony",
