@@ -131,6 +131,8 @@ def measure_builds(cfg, changed, say, quick: bool = False) -> tuple[dict, Path]:
             start = time.monotonic()
             build_appliance(config, formats=["qcow2"], dist_dir=dist, build_dir=BENCH_DIR / "work")
             results[f"build_{label}_s"] = round(time.monotonic() - start, 1)
+            written = json.loads((dist / f"{output_stem(config)}.manifest.json").read_text())
+            results.setdefault("build_steps", {})[label] = written.get("build_steps", {})
             if label == "warm" and not had_tree:
                 results["build_warm_was_cold"] = True
     finally:

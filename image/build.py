@@ -124,7 +124,7 @@ def artifact_record(art) -> dict:
 
 
 def manifest(cfg: Config, result: BaseResult, artifacts: list, payload: Path,
-             outputs: dict[str, str], seconds: float) -> dict:
+             outputs: dict[str, str], seconds: float, steps: dict | None = None) -> dict:
     by_name = {a.name: artifact_record(a) for a in artifacts}
     return {
         "name": cfg.image.name,
@@ -133,6 +133,7 @@ def manifest(cfg: Config, result: BaseResult, artifacts: list, payload: Path,
         "release": result.release,
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "build_seconds": round(seconds, 1),
+        "build_steps": dict(steps or {}),   # each named step's seconds (the log prints the same)
         "config_digest": cfg.digest(),
         "payload_sha256": sha256_file(payload),
         "step_ca": by_name.get("step-ca"),
@@ -216,7 +217,8 @@ def build_appliance(cfg: Config, formats=None, verbose: bool = False, *, sign_ke
             digests = {name: sha256_file(path) for name, path in written.items()}
             manifest_path = staging / f"{dist_stem}.manifest.json"
             manifest_path.write_text(json.dumps(
-                manifest(cfg, result, artifacts, payload, digests, time.monotonic() - start), indent=2) + "\n")
+                manifest(cfg, result, artifacts, payload, digests, time.monotonic() - start, runner.durations),
+                indent=2) + "\n")
             digests[manifest_path.name] = sha256_file(manifest_path)
             written[manifest_path.name] = manifest_path
             published = []

@@ -67,6 +67,7 @@ class Runner:
         self.verbose = verbose
         self.out = out
         self.step_name = "build"
+        self.durations: dict[str, float] = {}   # step name -> seconds, in order: the build's profile
 
     def say(self, message: str) -> None:
         print(message, file=self.out, flush=True)
@@ -86,7 +87,9 @@ class Runner:
             yield
         finally:
             self.step_name = previous
-        self.say(f"    {name}: done in {time.monotonic() - start:.0f}s")
+            seconds = time.monotonic() - start
+            self.durations[name] = round(self.durations.get(name, 0.0) + seconds, 2)
+        self.say(f"    {name}: done in {seconds:.0f}s")
 
     def run(self, cmd: Sequence[str | os.PathLike], *, env: dict | None = None, cwd=None,
             input: bytes | None = None, capture: bool = False, check: bool = True,

@@ -52,6 +52,9 @@ def test_manifest_records_config_base_packages_and_step_ca(manifest, debian_imag
     assert manifest["step_ca"]["kind"] == "binary" and re.fullmatch(r"[0-9a-f]{64}", manifest["step_ca"]["sha256"])
     assert manifest["step_cli"]["kind"] == "binary" and re.fullmatch(r"[0-9a-f]{64}", manifest["step_cli"]["sha256"])
     assert manifest["build_seconds"] > 0 and debian_image.name in manifest["outputs"]
+    steps = manifest["build_steps"]   # the build profile: each step the log names, with its seconds
+    assert any(name.startswith("debian: bootstrap") for name in steps) and "checksums and manifest" in steps
+    assert all(seconds >= 0 for seconds in steps.values()) and sum(steps.values()) <= manifest["build_seconds"] + 1
 
 
 @pytest.mark.parametrize("unit", ENABLED_UNITS)
