@@ -41,9 +41,12 @@ $(VENV)/.installed: requirements.txt
 build: host-deps $(VENV)/.installed
 	$(INVOKE) build --format qcow2
 
+# Property tests (Hypothesis) run 200 examples per property in `make check`, more here.
+FUZZ_EXAMPLES ?= 1000
+
 test: host-deps $(VENV)/.installed
 	$(INVOKE) step-from-source --out build/step-from-source.yaml
-	$(VENV)/bin/pytest
+	CA_TEST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest
 
 # The inner loop while editing: no image build, no VM, no daemon (tests/unit, not marked slow).
 check: $(VENV)/.installed

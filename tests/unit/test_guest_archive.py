@@ -2,7 +2,7 @@
 names, duplicates, links, KDF parameters, a passphrase for a plain archive, and Hypothesis fuzzing
 of whole files and of archives mutated from a real one. Every refusal is a UserError of one line
 without the passphrase, and leaves the prefix exactly as it was (no staged leftovers either).
-Examples per property: CA_TEST_FUZZ_EXAMPLES (make check 200, make test 2000)."""
+Examples per property: CA_TEST_FUZZ_EXAMPLES (make check 200, make test 1000: FUZZ_EXAMPLES in the Makefile)."""
 import base64
 import copy
 import gzip
