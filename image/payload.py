@@ -17,10 +17,12 @@ exactly the same bytes, and so the Fedora OEMDRV volume and the Debian rootfs ag
 """
 from __future__ import annotations
 
+import datetime
 import gzip
 import io
 import json
 import os
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -62,7 +64,30 @@ def build_info(cfg: Config, artifacts: list | None = None) -> dict:
     info = {"name": cfg.image.name, "version": cfg.image.version, "base": cfg.image.base}
     info.update(assess_step_ca(artifacts or []).as_build_info())
     info["client_page"] = cfg.page.enabled   # the guest serves http://<CA host>/ unless false
+    info["built_at"] = source_date().strftime("%Y-%m-%dT%H:%M:%SZ")   # the guest's clock check: earliest
+    info["support_days"] = SUPPORT_DAYS
     return info
+
+
+# How long after built_at an unsynchronised clock is still believed (guest clock.py): ten years, the
+# default root's lifetime and longer than either base's security support, so only a wild clock trips it.
+SUPPORT_DAYS = 3650
+
+
+def source_date() -> datetime.datetime:
+    """When the payload's sources were last changed: SOURCE_DATE_EPOCH (reproducible builds), else the
+    last commit touching overlay/, else its newest file. No later than the build itself, and the same on
+    every call, so the payload stays reproducible (the test image's cache key digests it)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not epoch.isdigit():
+        try:
+            epoch = subprocess.run(["git", "-C", str(PROJECT_ROOT), "log", "-1", "--format=%ct", "--", "overlay"],
+                                   capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            epoch = ""
+    if not epoch.isdigit():
+        epoch = str(int(max(p.stat().st_mtime for p in OVERLAY_DIR.rglob("*") if p.is_file())))
+    return datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc)
 
 
 # updates.security: the OS installs security updates by itself; afterwards step-ca is restarted

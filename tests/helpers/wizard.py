@@ -2,8 +2,9 @@
 real CLI under a pseudo-terminal.
 
 QUESTIONS lists the wizard's questions in the order it asks them on the DHCP path (the static
-network's three questions and the typed password's two come only after the answers that call
-for them), each named by the words of its prompt that come before the [default].
+network's three questions, asked between the network mode and the time servers, and the typed
+password's two come only after the answers that call for them), each named by the words of its
+prompt that come before the [default].
 """
 import os
 from pathlib import Path
@@ -19,6 +20,7 @@ NEEDS_GUEST_PYTHON = f"{GUEST_PYTHON} (Debian's python3 with python3-yaml) runs 
 QUESTIONS = {
     "hostname": "Host name of this appliance (fully qualified)",
     "network": "Network: dhcp or static?",
+    "ntp": "Time servers (NTP, comma-separated; 'pool' for the distribution's)",
     "name": "name your new PKI? (e.g. Lab CA)",
     "dns_names": "DNS names and IP addresses for your new CA (comma-separated)",
     "address": "listen at? (e.g. :443)",

@@ -43,6 +43,9 @@ def test_bad_answers_are_asked_again_and_start_over_keeps_them_as_defaults(tmp_p
     child.expect_exact("must be another address inside 192.168.70.0/24")
     answer(child, "Gateway [192.168.70.1]: ", "")
     answer(child, "DNS servers (comma-separated) [192.168.70.1]: ", "")
+    answer(child, QUESTIONS["ntp"] + " [pool]: ", "ntp_1.lab.example")
+    child.expect_exact("Not accepted: 'ntp_1.lab.example' is neither a host name nor an IP address")
+    answer(child, QUESTIONS["ntp"] + " [pool]: ", "ntp1.lab.example, 192.168.70.1")
     answer(child, "name your new PKI? (e.g. Lab CA) [Private CA]: ", "Lab CA")
     answer(child, "DNS names and IP addresses for your new CA (comma-separated) [ca.lab.example, 192.168.70.10]: ",
            "ca.lab.example, 192.168.70.10")
@@ -67,16 +70,17 @@ def test_bad_answers_are_asked_again_and_start_over_keeps_them_as_defaults(tmp_p
     child.expect_exact("is not an OpenSSH public key")
     answer(child, "Admin's SSH public key ('none' for console login only) [none]: ", ED25519_KEY)
     child.expect_exact("Please review:")
+    child.expect_exact("Time servers:      ntp1.lab.example, 192.168.70.1")
     child.expect_exact("CA names:          ca.lab.example, 192.168.70.10")
     assert PASSWORD not in child.before
     answer(child, "Apply? [Y/n]: ", "n")
 
     # Start over: every answer given is now the default.
-    walk(child, shown={"hostname": "ca.lab.example", "network": "static"}, stop="name")
+    walk(child, shown={"hostname": "ca.lab.example", "network": "static"}, stop="ntp")
     answer(child, "IPv4 address with prefix length (e.g. 192.168.70.10/24) [192.168.70.10/24]: ", "")
     answer(child, "Gateway [192.168.70.1]: ", "")
     answer(child, "DNS servers (comma-separated) [192.168.70.1]: ", "")
-    walk(child, start="name", stop="ssh", shown={
+    walk(child, start="ntp", stop="ssh", shown={"ntp": "ntp1.lab.example, 192.168.70.1",
         "name": "Lab CA", "dns_names": "ca.lab.example, 192.168.70.10", "address": ":8443",
         "provisioner": "admin@lab.example", "generate": "y/N"})
     answer(child, "Password [Enter: keep the one typed before]: ", "")
@@ -142,7 +146,8 @@ def test_ctrl_c_before_apply_leaves_nothing_under_the_prefix(tmp_path, stop_at):
     prefix.mkdir()
     child = start_setup(prefix)
     replies = [
-        (QUESTIONS["hostname"], "ca.lab.example"), (QUESTIONS["network"], ""), (QUESTIONS["name"], ""),
+        (QUESTIONS["hostname"], "ca.lab.example"), (QUESTIONS["network"], ""), (QUESTIONS["ntp"], ""),
+        (QUESTIONS["name"], ""),
         (QUESTIONS["dns_names"], "ca.lab.example"), (QUESTIONS["address"], ""), (QUESTIONS["provisioner"], ""),
         (QUESTIONS["generate"], "n"), ("Password [", PASSWORD), ("Password again: ", PASSWORD),
         (QUESTIONS["ssh"], ""), (QUESTIONS["admin_key"], ""), ("Apply? [Y/n]: ", ""),

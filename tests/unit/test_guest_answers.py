@@ -51,7 +51,7 @@ def test_shipped_defaults_validate_to_a_complete_configuration(defaults):
     result = validate({}, defaults)
     assert result == {
         "hostname": "ca.internal",
-        "network": {"mode": "dhcp"},
+        "network": {"mode": "dhcp", "ntp": None},
         "ca": {
             "name": "Private CA",
             "dns_names": ["ca.internal"],
@@ -76,7 +76,7 @@ def test_shipped_defaults_validate_to_a_complete_configuration(defaults):
 def test_contract_example_is_accepted_and_merged_over_the_defaults(defaults):
     result = validate(CONTRACT_EXAMPLE, defaults)
     assert result["hostname"] == "ca.lab.example"
-    assert result["network"] == CONTRACT_EXAMPLE["network"]
+    assert result["network"] == {**CONTRACT_EXAMPLE["network"], "ntp": None}   # defaults.yaml: the pool
     assert result["ca"]["name"] == "Lab CA"
     assert result["ca"]["dns_names"] == ["ca.lab.example", "192.168.70.10"]
     assert result["ca"]["key_type"] == "EC-P256"  # from the defaults
@@ -127,7 +127,7 @@ def test_the_known_keys_are_the_schemas(defaults):
     with pytest.raises(AnswersError, match="ca.telemetry: <not shown> is an unknown key"):
         validate({}, extended)
     assert set(answers.known_keys()["ca"]) >= {"name", "password", "claims", "name_constraints"}
-    assert set(answers.known_keys()["network"]) == {"mode", "address", "gateway", "dns"}
+    assert set(answers.known_keys()["network"]) == {"mode", "address", "gateway", "dns", "ntp"}
 
 
 @pytest.mark.parametrize("raw, key", [
@@ -195,7 +195,7 @@ def test_typed_passwords_are_long_and_not_space_padded(defaults, password, probl
 
 
 def test_top_level_null_means_the_default(defaults):
-    assert validate({"network": None, "ca": None}, defaults)["network"] == {"mode": "dhcp"}
+    assert validate({"network": None, "ca": None}, defaults)["network"] == {"mode": "dhcp", "ntp": None}
 
 
 def test_values_are_normalized(defaults):

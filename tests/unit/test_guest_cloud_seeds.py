@@ -340,6 +340,6 @@ def test_the_seeds_answers_are_the_answers_setup_uses(tmp_path):
         raw, _ = find_unattended(tmp_path)
     validated = validate(raw, load_defaults())
     assert validated["hostname"] == "pve-ca.lab.example"
-    assert validated["network"] == STATIC
+    assert validated["network"] == {**STATIC, "ntp": None}   # the seed names no NTP: the default
     assert validated["ca"]["name"] == "Proxmox Lab CA" and validated["ca"]["ssh"] is False
     assert yaml.safe_dump(validated)   # plain data all the way down

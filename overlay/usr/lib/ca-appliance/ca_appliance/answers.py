@@ -31,6 +31,7 @@ MIN_PASSWORD = schema.LIMITS["password_min"]
 MIN_PASSWORD_DISTINCT = schema.LIMITS["password_min_distinct"]
 MAX_HOSTNAME = schema.LIMITS["hostname_max"]
 MAX_YEARS = schema.LIMITS["years_max"]
+MAX_NTP_SERVERS = schema.LIMITS["ntp_servers_max"]
 # Go's time.Duration is an int64 of nanoseconds: step-ca overflows above 2562047h47m16s.
 MAX_DURATION_HOURS = 2562047
 SSH_PORT = 22
@@ -544,15 +545,48 @@ def refuse_own_chain(x5c_roots, chain, key="ca.x5c_roots"):
                            f"{problem}; or null for no X5C")
 
 
+def check_ntp(value, key="network.ntp"):
+    """The time servers chrony uses, exactly: 1-MAX_NTP_SERVERS host names or IP addresses
+    (de-duplicated), or None for the distribution's pool."""
+    allowed = (f"must list 1 to {MAX_NTP_SERVERS} NTP servers (host names or IP addresses, e.g. "
+               "[ntp1.lab.example, 192.168.70.1]), or be null for the distribution's pool")
+    if value is None:
+        return None
+    value = _as_list(value)
+    if not isinstance(value, list) or not value:
+        raise AnswersError(key, value, allowed)
+    servers = []
+    for item in value:
+        if not isinstance(item, str):
+            raise AnswersError(key, item, allowed)
+        text = item.strip().lower().rstrip(".")
+        if "%" in text:
+            raise AnswersError(key, item, "must not carry an IPv6 zone id (%...): chrony's server lines name none")
+        try:
+            text = str(ipaddress.ip_address(text))
+        except ValueError:
+            problem = _dns_name_problem(text)
+            if problem:
+                raise AnswersError(key, item, f"is neither a host name nor an IP address ({problem})") from None
+        if text not in servers:
+            servers.append(text)
+    if len(servers) > MAX_NTP_SERVERS:
+        raise AnswersError(key, value, allowed)
+    return servers
+
+
 def check_network(value, key="network"):
-    """DHCP, or a static IPv4 address/prefix with a gateway and DNS servers."""
+    """DHCP, or a static IPv4 address/prefix with a gateway and DNS servers; either way the time
+    servers (network.ntp)."""
     if value is None:
         value = {"mode": "dhcp"}
     if not isinstance(value, dict):
         raise AnswersError(key, value, "must be a mapping: {mode: dhcp} or {mode: static, address, gateway, dns}")
     mode = check_choice(value.get("mode", "dhcp"), f"{key}.mode", NETWORK_MODES)
+    # ntp only when given: a seed's network (sources.py) must not set it to null over the defaults'
+    time = {"ntp": check_ntp(value["ntp"], f"{key}.ntp")} if "ntp" in value else {}
     if mode == "dhcp":
-        return {"mode": "dhcp"}
+        return {"mode": "dhcp", **time}
     address = check_ipv4_cidr(value.get("address"), f"{key}.address")
     gateway = check_ipv4(value.get("gateway"), f"{key}.gateway")
     subnet = ipaddress.IPv4Interface(address).network
@@ -562,7 +596,7 @@ def check_network(value, key="network"):
     if not isinstance(servers, list) or not servers:
         raise AnswersError(f"{key}.dns", value.get("dns"), "must list at least one DNS server address")
     servers = [check_ipv4(server, f"{key}.dns") for server in servers]
-    return {"mode": "static", "address": address, "gateway": gateway, "dns": servers}
+    return {"mode": "static", "address": address, "gateway": gateway, "dns": servers, **time}
 
 
 # ---- whole-tree checks: unknown keys and control characters, in every source alike ----

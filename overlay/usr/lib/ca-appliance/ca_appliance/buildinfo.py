@@ -19,6 +19,10 @@ DEFAULTS = {
                                   # false alone proves nothing: see test_image_reason (fails closed)
     "test_only_reason": None,
     "client_page": True,          # page.enabled: the client page on port 80 (clientpage.py)
+    # The clock check before a PKI (clock.py): a clock not NTP-synchronised must say a time from
+    # built_at (ISO 8601 UTC; None: a checkout, clock.EARLIEST_WITHOUT_BUILD) to built_at + support_days.
+    "built_at": None,
+    "support_days": 3650,
 }
 
 

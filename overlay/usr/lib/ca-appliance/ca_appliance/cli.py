@@ -221,6 +221,9 @@ def cmd_setup(args):
                   passphrase=validated["join"].get("passphrase"))
         return
     with timing.timed("setup total"):
+        from . import clock, wizard
+        clock.before_new_pki(args.prefix, validated["network"].get("ntp"), use_system=not args.no_system,
+                             confirm=wizard.clock_confirmation(out) if source.startswith("wizard") else None, out=out)
         apply.setup(validated, source, layout, use_system=not args.no_system, force=args.force,
                     root_key_out=args.root_key_out, out=out)
 

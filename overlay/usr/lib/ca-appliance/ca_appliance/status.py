@@ -7,7 +7,7 @@ import datetime
 import json
 import shutil
 
-from . import buildinfo, cajson, database, pki, stepca, system, watch
+from . import buildinfo, cajson, clock, database, pki, stepca, system, watch
 from .errors import UserError
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
@@ -30,7 +30,10 @@ def facts(layout, use_system=True, check_health=None, now=None):
     ca = {"address": config["address"], "dns_names": config["dnsNames"]}
     installed = stepca.installed_version()
     test_reason = buildinfo.test_image_reason(info, installed)
-    found = watch.findings(layout, check_health, now=now)
+    clock_state = watch.clock_state()   # the real clock, never `now` (a test's)
+    # the clock's findings on the appliance itself (under --prefix the clock is the test host's)
+    found = watch.findings(layout, check_health, now=now,
+                           clock_state=clock_state if use_system and layout.is_system else None)
     if test_reason:  # a test image is never "ok": monitoring sees a warning (exit 1)
         found = [watch.Finding(watch.WARNING, f"{buildinfo.TEST_IMAGE_MARK}: {test_reason}"), *found]
     health_problems = [f.message for f in found if f.message.startswith("step-ca is not healthy")]
@@ -42,6 +45,7 @@ def facts(layout, use_system=True, check_health=None, now=None):
         "exit_code": watch.level(found),
         "findings": [{"level": watch.LEVEL_NAMES[f.level], "message": f.message} for f in found],
         "service": system.service_state() if use_system and layout.is_system else None,
+        "clock": clock_state,
         "health": ("not checked" if not check_health else health_problems[0] if health_problems else "ok"),
         "ca_url": cajson.ca_url(ca),
         "acme_directory": cajson.acme_directory_url(ca),
@@ -102,6 +106,7 @@ def rows(info, layout):
           if not finding["message"].startswith(buildinfo.TEST_IMAGE_MARK)],  # the first row says it
         ("service", info["service"] or "not checked (--prefix: not this system's service)"),
         ("health", info["health"]),
+        ("clock", clock.summary(info["clock"])),
         ("CA URL", info["ca_url"]),
         ("root fingerprint (SHA-256)", info["root_fingerprint"]),
         ("ACME directory", info["acme_directory"]),

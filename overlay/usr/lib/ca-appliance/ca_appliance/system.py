@@ -8,11 +8,13 @@ import pwd
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import timing, truststore
 from .errors import StepFailed
 from .layout import SERVICE, STEP_USER
+from .staging import write_file
 
 NM_CONNECTION = "ca-appliance"
 FIREWALLD_SERVICE_FILE = Path("/etc/firewalld/services/step-ca.xml")   # Layout.firewalld_service without prefix
@@ -260,3 +262,91 @@ def refresh_console_issue():
     """Make gettys on the console re-read /etc/issue; harmless when none is running."""
     if shutil.which("agetty"):
         run("refresh console", ["agetty", "--reload"], check=False)
+
+
+# ---- time: chrony uses exactly the answers' network.ntp (null: the distribution's pool) ----
+
+@dataclass(frozen=True)
+class ChronyFiles:
+    conf: Path              # the distribution's chrony.conf, whose pool line network.ntp replaces
+    sources: object         # Path of a sources.d file chrony reads the servers from; None: into conf itself
+    keep_sourcedir: tuple   # sourcedir lines that stay (the one `sources` is in); any other (DHCP's) goes
+    unit: str               # chronyd's unit, restarted when its configuration changed
+
+
+CHRONY = {
+    "debian": ChronyFiles(Path("/etc/chrony/chrony.conf"), Path("/etc/chrony/sources.d/ca-appliance.sources"),
+                          ("/etc/chrony/sources.d",), "chrony.service"),
+    "fedora": ChronyFiles(Path("/etc/chrony.conf"), None, (), "chronyd.service"),
+}
+CHRONY_MARK = "# ca-appliance network.ntp"           # ends the server lines setup wrote
+CHRONY_WAS = "# ca-appliance network.ntp replaced: "  # starts a distribution line setup turned off
+
+
+def chrony_files(base=None):
+    """The CHRONY row of this base (build.json's), else of the layout whose chrony.conf exists; None: no chrony."""
+    if base is None:
+        from . import buildinfo
+        base = buildinfo.load().get("base")
+    if base in CHRONY:
+        return CHRONY[base]
+    return next((row for row in CHRONY.values() if row.conf.exists()), None)
+
+
+def chrony_conf_text(text, servers, files):
+    """chrony.conf with exactly `servers` (None: the distribution's lines back as shipped). Lines setup
+    wrote before are undone first, so the result depends only on the shipped file and `servers`."""
+    shipped = []
+    for line in text.splitlines():
+        if line.startswith(CHRONY_WAS):
+            shipped.append(line[len(CHRONY_WAS):])
+        elif not line.rstrip().endswith(CHRONY_MARK):
+            shipped.append(line)
+    if servers is None:
+        return "\n".join(shipped) + "\n"
+    result, placed = [], files.sources is not None
+    for line in shipped:
+        words = line.split()
+        is_source = bool(words) and (words[0] in ("pool", "server", "peer") or (
+            words[0] == "sourcedir" and (len(words) < 2 or words[1].rstrip("/") not in files.keep_sourcedir)))
+        if not is_source:
+            result.append(line)
+            continue
+        if not placed:   # Fedora: our servers where the pool line was
+            result.extend(chrony_server_lines(servers))
+            placed = True
+        result.append(CHRONY_WAS + line)
+    if not placed:
+        result.extend(chrony_server_lines(servers))
+    return "\n".join(result) + "\n"
+
+
+def chrony_server_lines(servers):
+    return [f"server {server} iburst {CHRONY_MARK}" for server in servers]
+
+
+def configure_chrony(servers, files=None):
+    """Make chronyd use exactly `servers` (network.ntp), or the distribution's pool for None;
+    restart it when that changed. A note (str) when there is no chrony to configure."""
+    files = files or chrony_files()
+    if files is None or not files.conf.exists():
+        return "chrony is not installed: network.ntp was not applied"
+    before = files.conf.read_text()
+    after = chrony_conf_text(before, servers, files)
+    changed = after != before
+    if changed:
+        write_file(files.conf, after, files.conf.stat().st_mode & 0o777)
+    if files.sources is not None:
+        if servers is None:
+            changed = files.sources.exists() or changed
+            files.sources.unlink(missing_ok=True)
+        else:
+            text = ("# Written by ca-appliance setup from the answers' network.ntp: chrony uses exactly these.\n"
+                    + "".join(f"server {server} iburst\n" for server in servers))
+            if not files.sources.exists() or files.sources.read_text() != text:
+                write_file(files.sources, text, 0o644)
+                changed = True
+    if changed:
+        restore_selinux_labels(files.conf)
+        run("configure chrony", ["systemctl", "try-restart", files.unit], check=False)
+    return None

@@ -1,8 +1,10 @@
 """Expiry and health watch: what `ca-appliance watch` (daily timer), `status` and the banner report.
 
 Levels follow the Nagios plugin convention, which `status` also uses as its exit status:
-0 ok, 1 warning (the intermediate expires within 90 days, the root within a year),
-2 critical (a certificate has expired, or step-ca does not answer GET /health).
+0 ok, 1 warning (the intermediate expires within 90 days, the root within a year, the clock is
+more than 1 s off NTP time, the newest backup fails its drill or is older than 30 days),
+2 critical (a certificate has expired, step-ca does not answer GET /health, or the clock has not
+been NTP-synchronised for a day).
 The watch writes each finding to the journal with its priority (`<4>` warning, `<3>` error:
 systemd's SyslogLevelPrefix), refreshes the console banner, and exits 0 so the timer's unit
 does not fail over a finding it has reported.
@@ -12,7 +14,7 @@ import json
 import sys
 from dataclasses import dataclass
 
-from . import banner, pki, stepca, system
+from . import banner, clock, pki, stepca, system
 
 OK, WARNING, CRITICAL = 0, 1, 2
 LEVEL_NAMES = {OK: "ok", WARNING: "warning", CRITICAL: "critical"}
@@ -47,10 +49,13 @@ def expiry_findings(root, intermediate, now=None):
     return result
 
 
-def findings(layout, check_health, now=None):
-    """Every finding about the configured CA (expiry always; step-ca's health when check_health)."""
+def findings(layout, check_health, now=None, clock_state=None):
+    """Every finding about the configured CA (expiry always; step-ca's health when check_health;
+    the clock's when clock_state, clock.describe()'s, is given)."""
     config = json.loads(layout.ca_json.read_text())
     result = expiry_findings(pki.load_certificate(config["root"]), pki.load_certificate(config["crt"]), now)
+    if clock_state is not None:
+        result.extend(clock_findings(clock_state))
     if check_health:
         problem = stepca.health(config, config["root"])
         if problem:
@@ -78,13 +83,36 @@ def crl_findings(crl, problem, now=None):
     return []
 
 
+def clock_findings(state):
+    """clock.describe()'s state: unsynchronised for a day is critical (every certificate carries the
+    clock's time), a synchronised clock more than OFFSET_WARN_SECONDS off NTP time warns."""
+    unsynchronised = state.get("unsynchronised_seconds")
+    if unsynchronised is not None and unsynchronised >= clock.UNSYNCHRONISED_CRITICAL.total_seconds():
+        since = f"since {state['last_sync']}" if state.get("last_sync") else "since boot at least"
+        return [Finding(CRITICAL, f"the clock has not been NTP-synchronised for {unsynchronised // 86400} days "
+                                  f"({since}; it says {state['now']}): check `chronyc sources`, the answers' "
+                                  "network.ntp (setup --force to change it) or the hypervisor's clock")]
+    offset = state.get("offset_seconds")
+    if state.get("synchronised") and offset is not None and abs(offset) > clock.OFFSET_WARN_SECONDS:
+        return [Finding(WARNING, f"the clock is {abs(offset):.3f} s {'fast' if offset > 0 else 'slow'} of NTP time "
+                                 f"(more than {clock.OFFSET_WARN_SECONDS:g} s; chrony is correcting it): "
+                                 "certificates signed now carry the error")]
+    return []
+
+
+def clock_state(now=None):
+    """This machine's clock, as status and the watch report it (clock.describe)."""
+    return clock.describe(clock.read_facts(), now or clock.now(), clock.seconds_since_boot())
+
+
 def level(found):
     return max((finding.level for finding in found), default=OK)
 
 
 def run(layout, check_health, use_system=True, out=sys.stdout):
     """The timer's job: report to the journal, refresh the banner. Returns the level found."""
-    found = findings(layout, check_health)
+    on_system = use_system and layout.is_system
+    found = findings(layout, check_health, clock_state=clock_state() if on_system else None)
     prefix = (lambda lvl: "") if out.isatty() else (lambda lvl: JOURNAL_PRIORITY[lvl])
     for finding in found:
         print(f"{prefix(finding.level)}ca-appliance watch: {LEVEL_NAMES[finding.level]}: {finding.message}", file=out)
@@ -96,6 +124,6 @@ def run(layout, check_health, use_system=True, out=sys.stdout):
               f"{days_left(pki.load_certificate(config['root']), now)} days"
               + (", step-ca healthy" if check_health else ""), file=out)
     banner.write(layout, found)
-    if use_system and layout.is_system:
+    if on_system:
         system.refresh_console_issue()
     return level(found)

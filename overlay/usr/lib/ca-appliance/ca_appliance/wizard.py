@@ -22,6 +22,7 @@ from .answers import (
     check_ipv4_cidr,
     check_listen_address,
     check_network,
+    check_ntp,
     check_ssh_key,
     check_ssh_keys,
     deep_merge,
@@ -152,8 +153,9 @@ def _ask_network(console, network):
         raise AnswersError("network.mode", reply, "must be dhcp or static")
 
     mode = console.ask("Network: dhcp or static?", network.get("mode", "dhcp"), check_mode)
+    ntp = network.get("ntp")
     if mode == "dhcp":
-        return {"mode": "dhcp"}
+        return {"mode": "dhcp", "ntp": _ask_ntp(console, ntp)}
     while True:
         address = console.ask("  IPv4 address with prefix length (e.g. 192.168.70.10/24)", network.get("address"),
                               check_ipv4_cidr)
@@ -164,9 +166,26 @@ def _ask_network(console, network):
                               check_dns_servers)
         network = {"mode": "static", "address": address, "gateway": gateway, "dns": servers}
         try:
-            return check_network(network)
+            checked = check_network(network)
         except AnswersError as error:  # e.g. a gateway outside the subnet: ask the three again
             console.refuse(error)
+            continue
+        checked["ntp"] = _ask_ntp(console, ntp)
+        return checked
+
+
+NTP_POOL_REPLY = "pool"   # the wizard's word for network.ntp: null (the distribution's pool)
+
+
+def _ask_ntp(console, current):
+    """network.ntp: the servers chrony uses, exactly; 'pool' keeps the distribution's pool (null)."""
+    def check(reply):
+        if isinstance(reply, str) and reply.strip().lower() == NTP_POOL_REPLY:
+            return None
+        return check_ntp(reply)
+
+    default = NTP_POOL_REPLY if current is None else _joined(current) or current
+    return console.ask("Time servers (NTP, comma-separated; 'pool' for the distribution's)", default, check)
 
 
 def _check_gateway(reply, address):
@@ -262,6 +281,7 @@ def _review(console, result, ask_admin_key):
     rows = [
         ("Host name", result["hostname"]),
         ("Network", network_text),
+        ("Time servers", ", ".join(network["ntp"]) if network.get("ntp") else "the distribution's NTP pool"),
         ("PKI name", ca["name"]),
         ("CA names", ", ".join(ca["dns_names"])),
         ("Listen address", ca["address"]),
@@ -338,3 +358,18 @@ def _current_ipv4(network):
     except OSError:
         return []
     return [] if address.startswith("127.") or address == "0.0.0.0" else [address]
+
+
+def clock_confirmation(out, input=input):
+    """setup's clock check, after the wizard: show the time on the wizard's console and ask whether
+    to go on with it (a console Terminal reads its own input; else this terminal's)."""
+    reader = getattr(out, "input", None) or input
+
+    def confirm(text):
+        print(f"\n{text}", file=out, flush=True)
+        try:
+            reply = reader("Create the CA with this clock anyway? [y/N]: ")
+        except EOFError:
+            return False
+        return reply.strip().lower() in ("y", "yes")
+    return confirm
