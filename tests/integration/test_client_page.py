@@ -76,7 +76,8 @@ def acme_url_of(ca):
 
 def test_setup_writes_the_page_and_the_server_serves_it(configured, page_server):
     page_dir = configured.prefix / "var/lib/ca-appliance/page"
-    assert sorted(p.name for p in page_dir.iterdir()) == ["crl-source.json", "index.html", "root.crt", "root.pem"]
+    assert sorted(p.name for p in page_dir.iterdir()) == ["crl-source.json", "index.html", "root.crl", "root.crt",
+                                                          "root.pem"]
     assert all(oct(p.stat().st_mode & 0o777) == "0o644" for p in page_dir.iterdir())
     base = page_server(configured.prefix)
     status, headers, body = fetch(base + "/")

@@ -217,3 +217,55 @@ def test_the_watch_levels_for_a_fresh_a_stale_and_an_expired_crl(running_ca, tmp
     assert [f.level for f in expired] == [watch.CRITICAL]
     unreadable = watch.crl_findings(None, "GET /crl answered 500")
     assert [f.level for f in unreadable] == [watch.WARNING]
+
+
+def crl_check_all(ca, leaf, *crl_pems):
+    """The whole chain checked against CRLs: the leaf against step-ca's, the intermediate against the root's."""
+    crls = [arg for pem in crl_pems for arg in ("-CRLfile", str(pem))]
+    return subprocess.run(["openssl", "verify", "-crl_check_all", "-CAfile", str(ca.root), "-untrusted",
+                           str(ca.intermediate), *crls, str(leaf)], capture_output=True, text=True)
+
+
+def root_crl_pem(ca, into):
+    der = (ca.steppath / "certs/root_ca.crl").read_bytes()
+    into.write_bytes(x509.load_der_x509_crl(der).public_bytes(Encoding.PEM))
+    return into
+
+
+def test_the_intermediate_names_the_roots_crl_and_the_whole_chain_checks(running_ca, step, tmp_path):
+    """Every issued certificate, the intermediate included, names where its status is published:
+    the leaves step-ca's CRL, the intermediate the root's (signed by the root, served by the page)."""
+    intermediate = x509.load_pem_x509_certificate(running_ca.intermediate.read_bytes())
+    points = intermediate.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    assert [n.value for p in points for n in p.full_name] == ["http://localhost/root.crl"]
+    root_crl = x509.load_der_x509_crl((running_ca.steppath / "certs/root_ca.crl").read_bytes())
+    root = x509.load_pem_x509_certificate(running_ca.root.read_bytes())
+    assert root_crl.issuer == root.subject and root_crl.is_signature_valid(root.public_key())
+    assert len(root_crl) == 0 and root_crl.next_update_utc >= intermediate.not_valid_after_utc
+
+    step.bootstrap(running_ca)
+    step.jwk_certificate(running_ca, "localhost", tmp_path / "good.crt", tmp_path / "good.key")
+    step.jwk_certificate(running_ca, "127.0.0.1", tmp_path / "bad.crt", tmp_path / "bad.key")
+    step("ca", "revoke", "--cert", tmp_path / "bad.crt", "--key", tmp_path / "bad.key")
+    fetch_crl(running_ca, tmp_path / "leaves.pem")
+    root_crl_pem(running_ca, tmp_path / "root.pem")
+    accepted = crl_check_all(running_ca, tmp_path / "good.crt", tmp_path / "leaves.pem", tmp_path / "root.pem")
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    refused = crl_check_all(running_ca, tmp_path / "bad.crt", tmp_path / "leaves.pem", tmp_path / "root.pem")
+    assert refused.returncode != 0 and "certificate revoked" in refused.stdout + refused.stderr
+    # without the root's CRL the intermediate's status is unknown: the check refuses, so it is needed
+    unknown = crl_check_all(running_ca, tmp_path / "good.crt", tmp_path / "leaves.pem")
+    assert unknown.returncode != 0 and "unable to get certificate CRL" in unknown.stdout + unknown.stderr
+
+
+def test_a_renewed_intermediate_keeps_naming_the_roots_crl_which_covers_it(make_ca, tmp_path):
+    from ca_helpers import run_cli
+
+    ca = make_ca()
+    run_cli("renew-intermediate", "--prefix", ca.prefix, "--no-system")
+    renewed = x509.load_pem_x509_certificate(ca.intermediate.read_bytes())
+    assert renewed.extensions.get_extension_for_class(x509.CRLDistributionPoints)
+    root_crl = x509.load_der_x509_crl((ca.steppath / "certs/root_ca.crl").read_bytes())
+    assert root_crl.next_update_utc >= renewed.not_valid_after_utc
+    page = ca.prefix / "var/lib/ca-appliance/page/root.crl"
+    assert page.read_bytes() == (ca.steppath / "certs/root_ca.crl").read_bytes()   # the page serves the new one

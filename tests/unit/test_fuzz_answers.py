@@ -2,7 +2,7 @@
 
 For any mapping or document: a value or UserError/AnswersError with one line, never a traceback,
 never a secret (generated with a recognisable marker) in the message; through the real CLI exit 2
-and nothing written. Examples per property: CA_TEST_FUZZ_EXAMPLES (make check 200, make test 1000: FUZZ_EXAMPLES in the Makefile).
+and nothing written. Examples per property: CA_TEST_FUZZ_EXAMPLES (make check 200, make test 1000).
 """
 import os
 import string

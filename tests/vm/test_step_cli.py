@@ -104,6 +104,19 @@ def test_jwk_certificate_renew_revoke_and_the_crl_on_port_80(guest_step, host, t
     accepted = crl_check(good)
     assert accepted.returncode == 0, accepted.stdout + accepted.stderr
 
+    # the whole chain: the intermediate names the root's CRL, which the page serves too
+    intermediate = x509.load_pem_x509_certificate((local / "intermediate.pem").read_bytes())
+    points = intermediate.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    root_url = urlsplit(points[0].full_name[0].value)
+    assert (root_url.hostname, root_url.path) == (target.ca_name, "/root.crl")
+    with urllib.request.urlopen(f"http://127.0.0.1:{target.vm.ports['page']}{root_url.path}", timeout=30) as response:
+        root_crl = x509.load_der_x509_crl(response.read())
+    (local / "root-crl.pem").write_bytes(root_crl.public_bytes(Encoding.PEM))
+    whole = subprocess.run(["openssl", "verify", "-crl_check_all", "-CAfile", str(root_pem), "-untrusted",
+                            str(local / "intermediate.pem"), "-CRLfile", str(local / "crl.pem"),
+                            "-CRLfile", str(local / "root-crl.pem"), str(good)], capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+
 
 def test_ssh_user_and_host_certificates(guest_step, host, target):
     if not target.answers["ca"].get("ssh", True):

@@ -87,6 +87,8 @@ def _write_step_tree(root, ca, material, config, defaults, password, keep_root_k
     write_file(config_dir / "defaults.json", json.dumps(defaults, indent=2) + "\n", 0o644)
     write_file(certs_dir / "root_ca.crt", material.root_cert_pem, 0o644)
     write_file(certs_dir / "intermediate_ca.crt", material.intermediate_cert_pem, 0o644)
+    if material.root_crl_der:
+        write_file(certs_dir / cajson.ROOT_CRL_FILE, material.root_crl_der, 0o644)
     write_file(secrets_dir / "intermediate_ca_key", material.intermediate_key_pem, 0o600)
     if keep_root_key:
         write_file(secrets_dir / "root_ca_key", material.root_key_pem, 0o600)
@@ -205,7 +207,8 @@ def setup(answers, source, layout, *, use_system=True, force=False, root_key_out
             lambda: pki.create_ca(
                 ca["name"], password, key_type=ca["key_type"], root_years=ca["root_years"],
                 intermediate_years=ca["intermediate_years"], permitted_dns=ca["name_constraints"]["dns"],
-                permitted_ip=ca["name_constraints"]["ip"], ssh=ca["ssh"], root_password=root_passphrase),
+                permitted_ip=ca["name_constraints"]["ip"], ssh=ca["ssh"], root_password=root_passphrase,
+                root_crl_url=cajson.root_crl_url(ca, clientpage.enabled(layout.prefix))),
             lambda: jose.encrypted_private_jwk(provisioner_key, password))
         answers_rules.refuse_own_chain(ca.get("x5c_roots"), [material.root_cert_pem, material.intermediate_cert_pem])
         config = cajson.ca_json(ca, layout, material.root_cert_pem, jose.public_jwk(provisioner_key),

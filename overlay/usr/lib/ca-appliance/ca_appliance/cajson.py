@@ -23,6 +23,8 @@ ACME_CHALLENGES = ["http-01", "dns-01", "tls-alpn-01"]
 ACME_DIRECTORY_PATH = f"/acme/{ACME_NAME}/directory"
 CRL_BLOCK = {"enabled": True, "generateOnRevoke": True, "cacheDuration": "24h0m0s", "renewPeriod": "12h0m0s"}
 CRL_PATH = "/crl"
+ROOT_CRL_FILE = "root_ca.crl"   # in certs/: the root's CRL (DER), which speaks for the intermediate
+ROOT_CRL_PATH = "/root.crl"     # where the client page serves it
 # step-ca's default leaf template (go.step.sm/crypto x509util.DefaultLeafTemplate) plus the CRL's URL
 LEAF_TEMPLATE = """{
 	"subject": {{ toJson .Subject }},
@@ -68,6 +70,12 @@ def crl_url(ca, page=True):
     if page:
         return f"http://{_url_host(ca['dns_names'][0])}{CRL_PATH}"
     return ca_url(ca) + CRL_PATH
+
+
+def root_crl_url(ca, page=True):
+    """Where the intermediate's status is published: the root's CRL on the page's port 80; None
+    without the page (step-ca serves only its own CRL, which cannot speak for the intermediate)."""
+    return f"http://{_url_host(ca['dns_names'][0])}{ROOT_CRL_PATH}" if page else None
 
 
 def x509_options(crl):

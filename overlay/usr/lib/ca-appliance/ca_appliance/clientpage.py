@@ -44,6 +44,7 @@ ROUTES = {
     "/index.html": ("index.html", "text/html; charset=utf-8"),
     "/root.pem": ("root.pem", "application/x-pem-file"),
     "/root.crt": ("root.crt", "application/pkix-cert"),
+    cajson.ROOT_CRL_PATH: ("root.crl", "application/pkix-crl"),   # the root's CRL: the intermediate's status
 }
 SD_LISTEN_FDS_START = 3
 # The CRL on plain HTTP, where relying parties fetch it (every leaf's crlDistributionPoints names it):
@@ -310,6 +311,9 @@ def publish(layout):
         write_file(staged / "index.html", render(values), 0o644)
         write_file(staged / "root.pem", values["root_pem"], 0o644)
         write_file(staged / "root.crt", values["root_der"], 0o644)
+        root_crl = layout.certs_dir / cajson.ROOT_CRL_FILE
+        if root_crl.exists():
+            write_file(staged / "root.crl", root_crl.read_bytes(), 0o644)
         host, port = stepca.local_endpoint(json.loads(layout.ca_json.read_text(encoding="utf-8"))["address"])
         write_file(staged / CRL_SOURCE, json.dumps({"host": host, "port": port}).encode(), 0o644)
         staged.chmod(0o755)

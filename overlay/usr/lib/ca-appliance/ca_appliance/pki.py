@@ -40,7 +40,7 @@ def _signature_hash(key):
 
 
 def _ca_certificate(subject, subject_key, issuer, issuer_key, years, path_length, constraints=None,
-                    issuer_cert=None, now=None):
+                    issuer_cert=None, now=None, crl_url=None):
     now = now or datetime.datetime.now(datetime.UTC)
     public_key = subject_key.public_key()
     builder = (
@@ -65,7 +65,30 @@ def _ca_certificate(subject, subject_key, issuer, issuer_key, years, path_length
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
     if constraints is not None:
         builder = builder.add_extension(constraints, critical=True)
+    if crl_url is not None:
+        builder = builder.add_extension(crl_distribution_points(crl_url), critical=False)
     return builder.sign(issuer_key, _signature_hash(issuer_key))
+
+
+def crl_distribution_points(url):
+    return x509.CRLDistributionPoints([x509.DistributionPoint(
+        full_name=[x509.UniformResourceIdentifier(url)], relative_name=None, reasons=None, crl_issuer=None)])
+
+
+def root_crl(root_cert, root_key, next_update, now=None):
+    """The root's CRL (DER): empty (the root has revoked nothing), valid until `next_update` (the
+    intermediate's end: the root key is offline or sealed, so the CRL lives as long as what it
+    speaks for). Renewing the intermediate issues a new one."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    ski = root_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    crl = (x509.CertificateRevocationListBuilder()
+           .issuer_name(root_cert.subject)
+           .last_update(now - BACKDATE)
+           .next_update(next_update)
+           .add_extension(x509.CRLNumber(int(now.timestamp())), critical=False)
+           .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+           .sign(root_key, _signature_hash(root_key)))
+    return crl.public_bytes(serialization.Encoding.DER)
 
 
 def name_constraints(dns_domains, ip_networks):
@@ -109,6 +132,7 @@ class CAMaterial:
     intermediate_key_pem: bytes  # encrypted PKCS#8
     root_fingerprint: str        # SHA-256 of the root's DER, hex, as `step certificate fingerprint`
     intermediate_not_after: datetime.datetime
+    root_crl_der: bytes = None   # the root's CRL, when the intermediate names where to fetch it
     ssh_host_key_pem: bytes = None
     ssh_host_pub: str = None
     ssh_user_key_pem: bytes = None
@@ -182,9 +206,10 @@ def openssh_public(key, comment):
 
 
 def create_ca(name, password, *, key_type="EC-P256", root_years=10, intermediate_years=5,
-              permitted_dns=(), permitted_ip=(), ssh=False, root_password=None):
+              permitted_dns=(), permitted_ip=(), ssh=False, root_password=None, root_crl_url=None):
     """A new root, intermediate and (with ssh) SSH host and user CA keys, all under `password`
-    (the root key under `root_password` when given: an offline root key has its own)."""
+    (the root key under `root_password` when given: an offline root key has its own).
+    root_crl_url: where the intermediate's revocation status is published (the root's CRL)."""
     root_key = generate_key(key_type)
     intermediate_key = generate_key(key_type)
     root_subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, name),
@@ -194,7 +219,7 @@ def create_ca(name, password, *, key_type="EC-P256", root_years=10, intermediate
     root = _ca_certificate(root_subject, root_key, root_subject, root_key, root_years, path_length=1)
     intermediate = _ca_certificate(
         intermediate_subject, intermediate_key, root_subject, root_key, intermediate_years, path_length=0,
-        constraints=name_constraints(permitted_dns, permitted_ip), issuer_cert=root)
+        constraints=name_constraints(permitted_dns, permitted_ip), issuer_cert=root, crl_url=root_crl_url)
     # step ca init makes the SSH CA keys EC P-256 whatever the X.509 key type.
     ssh_keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(2)] if ssh else []
     # Sealing each key file is PBKDF2 (the bulk of the time): all of them at once, one per core.
@@ -210,6 +235,7 @@ def create_ca(name, password, *, key_type="EC-P256", root_years=10, intermediate
         intermediate_key_pem=intermediate_key_pem,
         root_fingerprint=fingerprint(root),
         intermediate_not_after=not_after(intermediate),
+        root_crl_der=root_crl(root, root_key, not_after(intermediate)) if root_crl_url else None,
     )
     if ssh:
         host_key, user_key = ssh_keys

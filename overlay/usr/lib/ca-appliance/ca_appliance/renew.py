@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from . import pki, replace, system
+from . import cajson, clientpage, pki, replace, system
 from .errors import StepFailed, UserError
 from .layout import SERVICE
 from .staging import Staging, write_file
@@ -79,8 +79,9 @@ def new_intermediate(root_cert, root_key, previous, now=None):
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
             root_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value), critical=False)
     )
-    for extension in previous.extensions:  # basic constraints, key usage, name constraints
-        if isinstance(extension.value, (x509.BasicConstraints, x509.KeyUsage, x509.NameConstraints)):
+    for extension in previous.extensions:  # basic constraints, key usage, name constraints, the root's CRL
+        if isinstance(extension.value, (x509.BasicConstraints, x509.KeyUsage, x509.NameConstraints,
+                                        x509.CRLDistributionPoints)):
             builder = builder.add_extension(extension.value, critical=extension.critical)
     return builder.sign(root_key, pki._signature_hash(root_key)), key
 
@@ -124,6 +125,8 @@ def renew_intermediate(layout, *, root_key_file=None, root_key_passphrase=None, 
         write_file(secrets / f"{INTERMEDIATE_KEY}.previous", (layout.secrets_dir / INTERMEDIATE_KEY).read_bytes(),
                    0o600)
         write_file(certs / "intermediate_ca.crt", cert_pem, 0o644)
+        if (certs / cajson.ROOT_CRL_FILE).exists():   # the root's CRL must cover the new intermediate's life
+            write_file(certs / cajson.ROOT_CRL_FILE, pki.root_crl(root_cert, root_key, pki.not_after(cert)), 0o644)
         write_file(secrets / INTERMEDIATE_KEY, key_pem, 0o600)
         current = "set owners and modes"
         # the one table (layout.OWNERSHIP): step's files to step, the root key root's (0600)
@@ -142,6 +145,7 @@ def renew_intermediate(layout, *, root_key_file=None, root_key_passphrase=None, 
     except BaseException:
         staging.rollback()
         raise
+    clientpage.publish(layout)   # the page's copy of the root's CRL, which now covers the new intermediate
     if use_system and layout.is_system:
         system.restore_selinux_labels(layout.steppath, layout.state_dir)
         reload_service()
