@@ -9,7 +9,11 @@ import sys
 
 from invoke import task
 
+from image.bases import base_names
 from image.errors import ApplianceError
+
+# --base's help names the registered bases (image/bases/__init__.py)
+BASE_HELP = f"{', '.join(base_names())} (default: image.base from the config)"
 
 
 def reports_errors(fn):
@@ -37,7 +41,7 @@ def _config(config, base=None):
 
 
 @task(help={"config": "YAML file merged over appliance.yaml",
-            "base": "fedora or debian (default: image.base from the config)",
+            "base": BASE_HELP,
             "out": "directory for the kickstart and payload list (default: build/render)"})
 @reports_errors
 def render(c, config=None, base=None, out="build/render"):
@@ -48,7 +52,7 @@ def render(c, config=None, base=None, out="build/render"):
 
 
 @task(help={"config": "YAML file merged over appliance.yaml",
-            "base": "fedora (RPMs) or debian (.deb); default: image.base from the config"})
+            "base": BASE_HELP + "; its package format decides which packages"})
 @reports_errors
 def fetch(c, config=None, base=None):
     """Download the step-ca and step release packages the base needs into the cache, verified."""
@@ -76,7 +80,7 @@ def step_from_source(c, config=None, out=None, force=False):
 
 @task(help={"format": "qcow2, raw, vmdk, vhdx (Hyper-V) or ova; repeat or comma-separate for several "
                       "(default: image.formats from the config)",
-            "base": "fedora or debian (default: image.base from the config)",
+            "base": BASE_HELP,
             "config": "YAML file merged over appliance.yaml",
             "verbose": "show the commands run",
             "sign": "sign the OVA: PEM RSA private key (unencrypted); needs --cert",

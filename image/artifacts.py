@@ -1,7 +1,8 @@
 """The step-ca and step CLI packages a build installs: downloaded from their releases, verified, cached.
 
 For each artifact in the config (step-ca always, step-cli when artifacts.step_cli.enabled) the base
-needs one file: Fedora an x86_64 RPM, Debian an amd64 .deb. It comes either from the release at
+needs one file of its PACKAGE_KIND (a row of PACKAGE_FORMATS: an x86_64 RPM, an amd64 .deb). It comes
+either from the release at
 `{url}/v{version}/{asset}`, checked against that release's checksums.txt (and the config's sha256
 pin, when set), or from a local `path` (a package of the right kind, or an x86-64 ELF step-ca).
 
@@ -14,13 +15,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from image.bases import get_base
 from image.cache import cache_dir
 from image.config import ConfigError
 from image.download import download_verified
 from image.errors import StepFailed, UserError
 from image.files import sha256_file
 
-PACKAGE_KIND = {"fedora": "rpm", "debian": "deb"}
 CHECKSUMS_ASSET = "checksums.txt"
 # smallstep's goreleaser/nfpm packages carry package release 1 (packageRelease in .goreleaser.yml).
 PACKAGE_RELEASE = "1"
@@ -40,6 +41,34 @@ ELF_MAGIC = b"\x7fELF"
 
 
 @dataclass(frozen=True)
+class PackageFormat:
+    kind: str           # what detect_kind says of such a file
+    describe: str       # for messages: what a base of this kind installs
+    asset: str          # smallstep's release file name: {package}, {version}, {release}
+
+
+# The package formats a base may name (its PACKAGE_KIND); nfpm's conventional names, as of v0.30:
+# step-ca_0.30.2-1_amd64.deb, step-ca-0.30.2-1.x86_64.rpm.
+PACKAGE_FORMATS = {
+    "deb": PackageFormat("deb", "an amd64 .deb", "{package}_{version}-{release}_amd64.deb"),
+    "rpm": PackageFormat("rpm", "an x86_64 .rpm", "{package}-{version}-{release}.x86_64.rpm"),
+}
+
+
+def package_format(kind: str) -> PackageFormat:
+    """The row of PACKAGE_FORMATS; an unknown kind is an error, never a guess."""
+    try:
+        return PACKAGE_FORMATS[kind]
+    except (KeyError, TypeError):
+        raise UserError(f"package format: {kind!r} is not one of: {', '.join(PACKAGE_FORMATS)}") from None
+
+
+def base_package_format(base: str) -> PackageFormat:
+    """The package format base installs (its PACKAGE_KIND)."""
+    return package_format(get_base(base).PACKAGE_KIND)
+
+
+@dataclass(frozen=True)
 class Artifact:
     name: str       # 'step-ca' | 'step-cli' (the package name too)
     version: str    # the release version; 'local' for a `path` artifact
@@ -49,13 +78,8 @@ class Artifact:
 
 
 def release_asset_name(package: str, version: str, kind: str) -> str:
-    """The file name smallstep publishes in a release (nfpm's conventional names, as of v0.30:
-    step-ca_0.30.2-1_amd64.deb, step-ca-0.30.2-1.x86_64.rpm)."""
-    if kind == "deb":
-        return f"{package}_{version}-{PACKAGE_RELEASE}_amd64.deb"
-    if kind == "rpm":
-        return f"{package}-{version}-{PACKAGE_RELEASE}.x86_64.rpm"
-    raise ValueError(f"no release package of kind {kind!r}")
+    """The file name smallstep publishes in a release for a package of `kind` (PACKAGE_FORMATS)."""
+    return package_format(kind).asset.format(package=package, version=version, release=PACKAGE_RELEASE)
 
 
 def release_url(base_url: str, version: str, asset: str) -> str:
@@ -101,7 +125,7 @@ def detect_kind(path: Path) -> str | None:
 
 
 def _describe_allowed(base: str) -> str:
-    package = "an x86_64 .rpm" if base == "fedora" else "an amd64 .deb"
+    package = base_package_format(base).describe
     return f"is not {package} or an x86-64 ELF executable (what base {base} can install)"
 
 
@@ -114,7 +138,7 @@ def local_artifact(name: str, key: str, section, base: str) -> Artifact:
         kind = detect_kind(path)
     except OSError as e:
         raise ConfigError(path_key, section.path, f"cannot be read ({e.strerror})") from None
-    if kind not in (PACKAGE_KIND[base], "binary"):
+    if kind not in (base_package_format(base).kind, "binary"):
         found = f"it is {'a .' + kind if kind else 'neither a package nor an x86-64 executable'}; "
         raise ConfigError(path_key, section.path, found + _describe_allowed(base))
     digest = sha256_file(path)
@@ -132,7 +156,7 @@ def release_dir(name: str, version: str) -> Path:
 
 
 def fetch_release_artifact(name: str, key: str, section, base: str, *, progress: bool, out) -> Artifact:
-    kind = PACKAGE_KIND[base]
+    kind = base_package_format(base).kind
     asset = release_asset_name(name, section.version, kind)
     where = release_dir(name, section.version)
     where.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from image.bases import base_names
 from image.errors import StepFailed, UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +34,7 @@ GUEST_LIB = PROJECT_ROOT / "overlay/usr/lib/ca-appliance"
 # The answers schema both worlds read (guest: ca_appliance/schema.py): limits, choices, secret flags.
 ANSWERS_SCHEMA_FILE = GUEST_LIB / "schema.yaml"
 
-BASES = ("fedora", "debian")
+BASES = base_names()   # image/bases/__init__.py's REGISTRY; image.base's check asks it at each load
 FORMATS = ("qcow2", "raw", "vmdk", "ova")
 
 # The strict loader's limits, the same as the guest's safeyaml (a test feeds both the same documents).
@@ -65,7 +66,7 @@ class ConfigError(UserError):
 
 @dataclass(frozen=True)
 class Check:
-    describe: str                       # what is allowed, for the error message
+    describe: str | Callable[[], str]   # what is allowed, for the error message (a callable: read when shown)
     convert: Callable[[Any], Any]       # returns the normalized value or raises ValueError
     optional: bool = False              # null allowed
     secret: bool = False                # never shown in a message
@@ -76,7 +77,7 @@ class Check:
         try:
             return self.convert(value)
         except (ValueError, TypeError):
-            raise ConfigError(key, value, self.describe) from None
+            raise ConfigError(key, value, self.describe() if callable(self.describe) else self.describe) from None
 
 
 def _int(lo: int, hi: int | None = None):
@@ -100,6 +101,15 @@ def one_of(*choices: str) -> Check:
             raise ValueError
         return v
     return Check(f"is not one of: {', '.join(choices)}", convert)
+
+
+def registered_base() -> Check:
+    """image.base: a base of image.bases' registry (as it is when the config is loaded)."""
+    def convert(v):
+        if not isinstance(v, str) or v not in base_names():
+            raise ValueError
+        return v
+    return Check(lambda: f"is not one of: {', '.join(base_names())}", convert)
 
 
 def boolean() -> Check:
@@ -334,7 +344,7 @@ SCHEMA: dict[str, Any] = {
     "image": {
         "name": NAME,
         "version": text(r"[0-9A-Za-z][0-9A-Za-z.+~-]{0,31}", "is not a version (letters, digits, . + ~ -)"),
-        "base": one_of(*BASES),
+        "base": registered_base(),
         "disk_gb": integer(4, 2048, "GiB"),
         "cpus": integer(1, 64),
         "memory_mb": integer(1024, 1048576, "MiB"),

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from image.bases import get_base
 from image.config import guest_limits
 from image.errors import UserError
 from image.files import sha256_file
@@ -50,12 +51,6 @@ XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 for _prefix, _uri in (("ovf", OVF_NS), ("rasd", RASD_NS), ("vssd", VSSD_NS), ("vmw", VMW_NS), ("xsi", XSI_NS),
                       ("oe", OVF_ENV_NS), ("ve", VMW_ENV_NS)):
     ET.register_namespace(_prefix, _uri)
-
-# CIM_OperatingSystem ids and vSphere guest ids per base.
-GUEST_OS = {
-    "debian": (96, "debian12_64Guest", "Debian GNU/Linux (64-bit)"),
-    "fedora": (101, "fedora64Guest", "Fedora Linux (64-bit)"),
-}
 
 USTAR_MAX_SIZE = 8 * 1024**3 - 1  # 11 octal digits in a ustar size field
 TAR_BLOCK = 512
@@ -218,7 +213,7 @@ def build_descriptor(cfg, *, vmdk_name: str, vmdk_size: int, capacity: int, test
     _sub(vs, _o("Info"), "A private certificate authority (step-ca)")
     _sub(vs, _o("Name"), name)
 
-    os_id, vmw_os, os_text = GUEST_OS[cfg.image.base]
+    os_id, vmw_os, os_text = get_base(cfg.image.base).OVA_GUEST_OS   # the base's fact
     oss = _sub(vs, _o("OperatingSystemSection"), **{_o("id"): os_id, f"{{{VMW_NS}}}osType": vmw_os})
     _sub(oss, _o("Info"), "The guest operating system")
     _sub(oss, _o("Description"), os_text)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from image.bases import get_base
 from image.config import PROJECT_ROOT, Config, baked_defaults, guest_rules_check, read_yaml
 
 OVERLAY_DIR = PROJECT_ROOT / "overlay"
@@ -97,46 +98,14 @@ RESTART_DROPIN = """# Written by the appliance build (updates.security): after t
 [Service]
 ExecStartPost=-/usr/bin/ca-appliance restart-if-stale
 """
-UPDATE_UNITS = {"debian": ("apt-daily.timer", "apt-daily-upgrade.timer"), "fedora": ("dnf5-automatic.timer",)}
-DEBIAN_AUTO_UPGRADES = """// Written by the appliance build (updates.security): refresh the lists and install
-// security updates every day (apt-daily.timer, apt-daily-upgrade.timer).
-APT::Periodic::Update-Package-Lists "1";
-APT::Periodic::Unattended-Upgrade "1";
-APT::Periodic::AutocleanInterval "7";
-"""
-DEBIAN_SECURITY_ONLY = """// Written by the appliance build (updates.security): security updates only, not point
-// releases; never reboot by itself (step-ca is restarted when needed, see the drop-in).
-#clear Unattended-Upgrade::Origins-Pattern;
-Unattended-Upgrade::Origins-Pattern {
-        "origin=Debian,codename=${distro_codename}-security,label=Debian-Security";
-};
-Unattended-Upgrade::Automatic-Reboot "false";
-"""
-FEDORA_AUTOMATIC = """# Written by the appliance build (updates.security): dnf5-automatic.timer downloads and
-# installs security updates only, and never reboots (step-ca is restarted when needed).
-[commands]
-upgrade_type = security
-download_updates = yes
-apply_updates = yes
-reboot = never
-
-[emitters]
-emit_via = stdio
-"""
 
 
 def update_files(cfg: Config) -> dict[str, tuple[bytes, int]]:
     """The OS security-update configuration of the image's base (none with updates.security false)."""
     if not cfg.updates.security:
         return {}
-    if cfg.image.base == "debian":
-        # the security archive is in sources.list already (bases/debian.py sources())
-        texts = {"etc/apt/apt.conf.d/20auto-upgrades": DEBIAN_AUTO_UPGRADES,
-                 "etc/apt/apt.conf.d/52ca-appliance-security-only": DEBIAN_SECURITY_ONLY,
-                 "etc/systemd/system/apt-daily-upgrade.service.d/ca-appliance.conf": RESTART_DROPIN}
-    else:
-        texts = {"etc/dnf/automatic.conf": FEDORA_AUTOMATIC,
-                 "etc/systemd/system/dnf5-automatic.service.d/ca-appliance.conf": RESTART_DROPIN}
+    base = get_base(cfg.image.base)
+    texts = {**base.UPDATE_FILES, f"etc/systemd/system/{base.UPDATE_SERVICE}.d/ca-appliance.conf": RESTART_DROPIN}
     return {path: (text.encode(), 0o644) for path, text in texts.items()}
 
 
@@ -147,7 +116,7 @@ def provision_input(cfg: Config) -> dict:
                       "password_hash": cfg.admin.password_hash},
             "step_cli": bool(cfg.artifacts.step_cli.enabled),
             # distribution units provision enables besides its own table (when the image has them)
-            "extra_units": list(UPDATE_UNITS[cfg.image.base]) if cfg.updates.security else []}
+            "extra_units": list(get_base(cfg.image.base).UPDATE_UNITS) if cfg.updates.security else []}
 
 
 def owns_directory(rel: str) -> bool:

@@ -79,8 +79,31 @@ DPKG_EXCLUDES = (
     "path-exclude=/usr/share/locale/*", "path-include=/usr/share/locale/locale.alias",
     "path-exclude=/usr/share/lintian/*",
 )
-# updates.security: daily security updates (security archive only: see image/payload.py)
+PACKAGE_KIND = "deb"   # step-ca and step as smallstep's amd64 .debs (image.artifacts.PACKAGE_FORMATS)
+# the OVF's OperatingSystemSection: CIM_OperatingSystem id, vSphere guest id, description
+OVA_GUEST_OS = (96, "debian12_64Guest", "Debian GNU/Linux (64-bit)")
+
+# updates.security: daily security updates from the security archive only (it is in sources.list
+# already: sources()); provision enables the timers, payload lays the files and the restart drop-in.
 UPDATE_PACKAGES = ("unattended-upgrades",)
+UPDATE_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer")
+UPDATE_SERVICE = "apt-daily-upgrade.service"
+AUTO_UPGRADES = """// Written by the appliance build (updates.security): refresh the lists and install
+// security updates every day (apt-daily.timer, apt-daily-upgrade.timer).
+APT::Periodic::Update-Package-Lists "1";
+APT::Periodic::Unattended-Upgrade "1";
+APT::Periodic::AutocleanInterval "7";
+"""
+SECURITY_ONLY = """// Written by the appliance build (updates.security): security updates only, not point
+// releases; never reboot by itself (step-ca is restarted when needed, see the drop-in).
+#clear Unattended-Upgrade::Origins-Pattern;
+Unattended-Upgrade::Origins-Pattern {
+        "origin=Debian,codename=${distro_codename}-security,label=Debian-Security";
+};
+Unattended-Upgrade::Automatic-Reboot "false";
+"""
+UPDATE_FILES = {"etc/apt/apt.conf.d/20auto-upgrades": AUTO_UPGRADES,
+                "etc/apt/apt.conf.d/52ca-appliance-security-only": SECURITY_ONLY}
 KERNEL_CMDLINE = "ro console=tty0 console=ttyS0,115200n8"
 
 

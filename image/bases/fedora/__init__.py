@@ -58,6 +58,27 @@ REQUIRED_TOOLS = {"qemu-system-x86_64": ("qemu-system-x86", "qemu-system-x86"),
                   "qemu-img": ("qemu-utils", "qemu-img")}
 NEEDS_ROOT = False
 PROVISION_BASE = "fedora"   # the kickstart's %post runs `ca-appliance provision --base fedora`
+PACKAGE_KIND = "rpm"   # step-ca and step as smallstep's x86_64 RPMs (image.artifacts.PACKAGE_FORMATS)
+# the OVF's OperatingSystemSection: CIM_OperatingSystem id, vSphere guest id, description
+OVA_GUEST_OS = (101, "fedora64Guest", "Fedora Linux (64-bit)")
+
+# updates.security: dnf5-automatic (kickstart.UPDATE_PACKAGES) installs security updates daily;
+# provision enables the timer, payload lays the file and the restart drop-in.
+UPDATE_UNITS = ("dnf5-automatic.timer",)
+UPDATE_SERVICE = "dnf5-automatic.service"
+UPDATE_FILES = {
+    "etc/dnf/automatic.conf": """# Written by the appliance build (updates.security): dnf5-automatic.timer downloads and
+# installs security updates only, and never reboots (step-ca is restarted when needed).
+[commands]
+upgrade_type = security
+download_updates = yes
+apply_updates = yes
+reboot = never
+
+[emitters]
+emit_via = stdio
+""",
+}
 
 
 def check_host() -> None:

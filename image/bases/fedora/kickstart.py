@@ -71,7 +71,7 @@ EXTRA_PACKAGES = (
     "alternatives",                                                 # the step CLI RPM's postinstall uses it
     "tar", "policycoreutils", "dracut",                             # %post: unpack, restorecon, initramfs
 )
-# updates.security: dnf5-automatic installs security updates daily (config: image/payload.py)
+# updates.security: dnf5-automatic installs security updates daily (config: UPDATE_FILES in __init__.py)
 UPDATE_PACKAGES = ("dnf5-plugin-automatic",)
 # Where a local binary artifact goes in the image (the RPMs put themselves in place).
 BINARY_INSTALL_PATHS = {"step-ca": "/usr/bin/step-ca", "step-cli": "/usr/bin/step"}
