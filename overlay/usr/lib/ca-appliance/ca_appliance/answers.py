@@ -13,7 +13,8 @@ import unicodedata
 from pathlib import Path
 
 from . import database, safeyaml, schema, x5c
-from .schema import Placeholder
+from .schema import AnswersError, Placeholder, SourceProblem  # the error: schema.py, below database.py too
+from .schema import shown_source as shown
 
 DEFAULTS_RELATIVE_PATH = Path("usr/lib/ca-appliance/defaults.yaml")
 # The defaults.yaml shipped next to this package (the image's, or the repo checkout's).
@@ -48,34 +49,6 @@ _GO_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _DURATION_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
 _TRUE_WORDS = ("true", "yes", "y", "on", "1")
 _FALSE_WORDS = ("false", "no", "n", "off", "0")
-
-
-class AnswersError(ValueError):
-    """A bad answer: names the key, the value (only when schema.yaml declares the key non-secret)
-    and what is allowed, in one line."""
-
-    # True for errors about a source (key: where the answers came from, value: a path or device)
-    names_a_source = False
-
-    def __init__(self, key, value, message):
-        self.key = key
-        self.value = value
-        self.message = message
-        self.shown_value = shown(value) if self.names_a_source else schema.shown_for(key, value)
-        super().__init__(f"answers error: {key}: {self.shown_value} {message}")
-
-
-class SourceProblem(AnswersError):
-    """The answers text itself can't be used (not YAML, empty, too large): key is where it came from."""
-
-    names_a_source = True
-
-
-def shown(value, limit=80):
-    """A value as error messages show it: repr (control characters escaped), one line, shortened."""
-    if isinstance(value, str) and re.fullmatch(r"<[a-z]+>", value):  # <hidden>, <input>, <empty>...
-        return value
-    return schema.shown(value, limit)
 
 
 def _key_text(key):

@@ -8,6 +8,7 @@ import json
 from cryptography.x509.oid import NameOID
 
 from . import buildinfo, cajson, markers, pki, stepca
+from .findings import LEVEL_NAMES, expiry_findings
 from .staging import make_dir, write_file
 
 
@@ -19,15 +20,14 @@ MOTD_FILE = "/etc/motd.d/ca-appliance"
 
 
 def render(layout, findings=None, for_issue=True):
-    """The banner text; `findings` (watch.Finding) from the last watch, else the expiry checks alone.
+    """The banner text; `findings` (findings.Finding) from the last watch, else the expiry checks alone.
     for_issue: escaped for agetty (an issue file); else plain (the motd)."""
-    from . import watch  # watch writes the banner: import here, not at module load
     config = json.loads(layout.ca_json.read_text())
     state = json.loads(layout.state_file.read_text()) if layout.state_file.exists() else {}
     info = buildinfo.load(layout.prefix)
     root = pki.load_certificate(config["root"])
     if findings is None:
-        findings = watch.expiry_findings(root, pki.load_certificate(config["crt"]))
+        findings = expiry_findings(root, pki.load_certificate(config["crt"]))
     ca_name = root.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
     lines = []
     test_reason = buildinfo.test_image_reason(info, stepca.installed_version())
@@ -43,7 +43,7 @@ def render(layout, findings=None, for_issue=True):
     for finding in findings:
         if finding.message.startswith(buildinfo.TEST_IMAGE_MARK):
             continue  # the first line says it
-        lines.append(f"  {watch.LEVEL_NAMES[finding.level].upper()}: {finding.message}")
+        lines.append(f"  {LEVEL_NAMES[finding.level].upper()}: {finding.message}")
     lines.append("  (ca-appliance status for more)")
     if not for_issue:
         return "\n".join(lines) + "\n\n"

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import StepFailed, UserError
+from .schema import AnswersError
 
 TYPES = ("badger", "mysql", "postgresql")
 SHARED_TYPES = ("mysql", "postgresql")
@@ -443,8 +444,6 @@ def _normalise(raw, supported, keys):
 def validate(raw, supported=None, key="ca.database"):
     """The normalized ca.database answer: {'type': 'badger'} or {'type', 'dsn', 'database'}.
     `supported`: the types allowed (default: what the installed step-ca was built with)."""
-    from .answers import AnswersError  # answers imports this module
-
     supported = tuple(supported or installed_types())
     if raw is None:
         return dict(DEFAULT)

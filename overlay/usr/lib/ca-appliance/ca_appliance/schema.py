@@ -110,5 +110,33 @@ def shown_for(key, value, limit=80):
     return "<hidden>"
 
 
+class AnswersError(ValueError):
+    """A bad answer: names the key, the value (only when schema.yaml declares the key non-secret)
+    and what is allowed, in one line."""
+
+    # True for errors about a source (key: where the answers came from, value: a path or device)
+    names_a_source = False
+
+    def __init__(self, key, value, message):
+        self.key = key
+        self.value = value
+        self.message = message
+        self.shown_value = shown_source(value) if self.names_a_source else shown_for(key, value)
+        super().__init__(f"answers error: {key}: {self.shown_value} {message}")
+
+
+class SourceProblem(AnswersError):
+    """The answers text itself can't be used (not YAML, empty, too large): key is where it came from."""
+
+    names_a_source = True
+
+
+def shown_source(value, limit=80):
+    """A value as error messages show it: repr (control characters escaped), one line, shortened."""
+    if isinstance(value, str) and re.fullmatch(r"<[a-z]+>", value):  # <hidden>, <input>, <empty>...
+        return value
+    return shown(value, limit)
+
+
 # The placeholders the guest's modules pass as plain strings (none of them is a user's value).
 _CODE_PLACEHOLDERS = frozenset(("<hidden>", "<input>", "<empty>", "<file>", "<xml>", "<missing>", "<not shown>"))
