@@ -19,6 +19,7 @@ filter are computed from the bytes installed.
 """
 import base64
 import datetime
+import hashlib
 import io
 import json
 import os
@@ -88,13 +89,17 @@ def write_archive(layout, out_path, passphrase=None):
     try:
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+            digests = {}
+            for path, _is_tree in _tree_roots(layout):
+                if path.exists():
+                    _add_hashed(archive, path, str(path.relative_to(layout.prefix)), digests)
+            # Last, so it can list the SHA-256 of every member as written (`backup --verify` checks them);
+            # restore reads it by name wherever it is.
+            manifest["digests"] = digests
             data = json.dumps(manifest, indent=2).encode("utf-8")
             info = tarfile.TarInfo(MANIFEST)
             info.size, info.mode = len(data), 0o600
             archive.addfile(info, io.BytesIO(data))
-            for path, _is_tree in _tree_roots(layout):
-                if path.exists():
-                    archive.add(path, arcname=str(path.relative_to(layout.prefix)), recursive=True)
         data = buffer.getvalue() if passphrase is None else seal(buffer.getvalue(), passphrase)
         write_file(partial, data, 0o600)
         os.replace(partial, out_path)
@@ -102,6 +107,36 @@ def write_archive(layout, out_path, passphrase=None):
         partial.unlink(missing_ok=True)
         raise
     return out_path
+
+
+class _Hashing:
+    """A file read into the archive, hashed on the way (the digest is of the very bytes archived)."""
+
+    def __init__(self, handle):
+        self.handle, self.sha256 = handle, hashlib.sha256()
+
+    def read(self, size=-1):
+        data = self.handle.read(size)
+        self.sha256.update(data)
+        return data
+
+
+def _add_hashed(archive, path, arcname, digests):
+    """tarfile.add(path, arcname) (directories recursively, sorted; links as links), recording each
+    regular file's SHA-256 in digests[arcname]."""
+    info = archive.gettarinfo(str(path), arcname)
+    if info is None:   # a socket or the like: tarfile.add skips it too
+        return
+    if info.isreg():
+        with open(path, "rb") as handle:
+            hashing = _Hashing(handle)
+            archive.addfile(info, hashing)
+        digests[arcname] = hashing.sha256.hexdigest()
+        return
+    archive.addfile(info)
+    if info.isdir():
+        for name in sorted(os.listdir(path)):
+            _add_hashed(archive, Path(path) / name, f"{arcname}/{name}", digests)
 
 
 def database_entry(layout):

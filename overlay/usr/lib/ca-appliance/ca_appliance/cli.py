@@ -44,7 +44,11 @@ def _parser():
     show.add_argument("--health", action="store_true",
                       help="also GET /health under --prefix (always done on the appliance itself)")
     save = add("backup", "Stop step-ca, archive config, certificates, secrets and database (mode 0600), restart it.")
-    save.add_argument("--out", metavar="FILE", required=True, help="archive to write (.tar.gz)")
+    target = save.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", metavar="FILE", help="archive to write (.tar.gz)")
+    target.add_argument("--verify", metavar="FILE",
+                        help="restore drill: check an archive (digests, keys open with its password) without "
+                             "touching the running CA; one line per problem, exit 2 when bad")
     save.add_argument("--no-system", action="store_true", help="do not stop or start the step-ca service")
     save.add_argument("--passphrase-file", metavar="FILE",
                       help="the backup passphrase (first line of FILE); without it, asked twice on the terminal")
@@ -293,7 +297,20 @@ def _archive_passphrase(args, command, archive=None):
     return None
 
 
+def cmd_backup_verify(args):
+    from . import drill
+    result = drill.verify(args.verify, _archive_passphrase(args, "backup --verify", args.verify))
+    for line in result.problems:
+        print(f"ca-appliance: {line}", file=sys.stderr)
+    if result.problems:
+        return 2
+    print(f"Restore drill passed: {result.summary}")
+    return 0
+
+
 def cmd_backup(args):
+    if args.verify:
+        return cmd_backup_verify(args)
     layout = Layout(args.prefix)
     if not layout.is_configured():
         raise UserError(f"backup: no CA is configured under {layout.prefix} (no {layout.ca_json}); nothing to back up")

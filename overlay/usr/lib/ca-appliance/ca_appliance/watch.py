@@ -90,6 +90,9 @@ def run(layout, check_health, use_system=True, out=sys.stdout):
     """The timer's job: report to the journal, refresh the banner. Returns the level found."""
     on_system = use_system and layout.is_system
     found = findings(layout, check_health, clock_state=clock_state() if on_system else None)
+    from . import drill
+    drilled, drill_line = drill.watch_drill(layout)   # the newest archive in /var/backups/ca-appliance
+    found += [Finding(WARNING, message) for _level, message in drilled]
     prefix = (lambda lvl: "") if out.isatty() else (lambda lvl: JOURNAL_PRIORITY[lvl])
     for finding in found:
         print(f"{prefix(finding.level)}ca-appliance watch: {LEVEL_NAMES[finding.level]}: {finding.message}", file=out)
@@ -100,6 +103,8 @@ def run(layout, check_health, use_system=True, out=sys.stdout):
               f"{days_left(pki.load_certificate(config['crt']), now)} days, root in "
               f"{days_left(pki.load_certificate(config['root']), now)} days"
               + (", step-ca healthy" if check_health else ""), file=out)
+    if drill_line:
+        print(f"{prefix(OK)}ca-appliance watch: {drill_line}", file=out)
     banner.write(layout, found)
     if on_system:
         system.refresh_console_issue()
