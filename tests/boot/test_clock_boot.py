@@ -15,8 +15,8 @@ import time
 
 import pytest
 import yaml
-from boot_helpers import FIRST_BOOT_TIMEOUT, MEMORY_MB, WORK, acme_ready, boot_answers, overlay, record_boot, \
-    wait_until
+from boot_helpers import FIRST_BOOT_TIMEOUT, MEMORY_MB, acme_ready, boot_answers, overlay, record_boot, wait_until
+from image_fixture import PROJECT_ROOT
 
 from image.qemu import free_port, machine_args, qemu_opt, resolve_accel, write_credential_files
 from image.verify import CREDENTIAL_NAME
@@ -24,11 +24,13 @@ from image.verify import CREDENTIAL_NAME
 pytestmark = pytest.mark.slow
 
 CLOCK_LINE = "set network.ntp or fix the hypervisor's clock"
+# Not under boot_helpers.WORK: another boot session's clean-up removes that whole directory.
+CLOCK_WORK = PROJECT_ROOT / "build" / "boot-clock-test"
 REFUSED = "ca-appliance: setup: the clock says "
 
 
 def test_first_boot_with_a_2015_clock_and_unreachable_ntp_creates_no_pki(debian_image):
-    work = WORK / "clock-2015"
+    work = CLOCK_WORK
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     answers, _ = boot_answers(work)
@@ -77,4 +79,5 @@ def test_first_boot_with_a_2015_clock_and_unreachable_ntp_creates_no_pki(debian_
     finally:
         proc.kill()
         proc.wait(timeout=30)
+    shutil.rmtree(work, ignore_errors=True)   # kept only when the test failed above
     record_boot("q35 virtio, -rtc base=2015-01-01", "first boot refused (clock before the build)", seconds)
