@@ -30,7 +30,7 @@ import yaml
 from image import markers
 from image.config import PROJECT_ROOT, load_config
 from image.errors import StepFailed, UserError
-from image.runner import checked_output, stop_process
+from image.runner import checked_output, probe, stop_process
 
 BENCH_DIR = PROJECT_ROOT / "build" / "bench"
 GUEST_CLI = PROJECT_ROOT / "overlay" / "usr" / "bin" / "ca-appliance"
@@ -239,6 +239,7 @@ def native_step_ca(step_ca: Path, answers: dict, workdir: Path):
     checked_output("native step-ca: setup", [python, str(GUEST_CLI), "setup", "--prefix", str(prefix), "--no-system",
                                             "--answers", str(answers_file)])
     log = open(workdir / "native-step-ca.log", "w")
+    # long-lived (a server for the length of the measurement): Popen, ended by stop_process below
     proc = subprocess.Popen([str(step_ca), "--password-file", str(prefix / "etc/step-ca/password.txt"),
                              str(prefix / "etc/step-ca/config/ca.json")], stdout=log, stderr=subprocess.STDOUT)
     def alive():
@@ -282,15 +283,13 @@ def _certbot(ca_url: str, root: Path, workdir: Path, challenge_port: int, name: 
     certbot = Path(sys.executable).parent / "certbot"
     env = dict(os.environ, REQUESTS_CA_BUNDLE=str(root))
     start = time.monotonic()
-    proc = subprocess.run([str(certbot), "certonly", "--standalone", "-d", name, "--agree-tos", "-n",
-                           "--register-unsafely-without-email", "--force-renewal",
-                           "--http-01-address", "127.0.0.1", "--http-01-port", str(challenge_port),
-                           "--config-dir", str(workdir / "config"), "--work-dir", str(workdir / "work"),
-                           "--logs-dir", str(workdir / "logs"), "--server", f"{ca_url}/acme/acme/directory"],
-                          capture_output=True, text=True, env=env, timeout=600)
-    if proc.returncode != 0:
-        raise StepFailed("certbot issuance", proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed",
-                         workdir / "logs" / "letsencrypt.log")
+    checked_output("certbot issuance (log: " + str(workdir / "logs" / "letsencrypt.log") + ")",
+                   [certbot, "certonly", "--standalone", "-d", name, "--agree-tos", "-n",
+                    "--register-unsafely-without-email", "--force-renewal",
+                    "--http-01-address", "127.0.0.1", "--http-01-port", str(challenge_port),
+                    "--config-dir", workdir / "config", "--work-dir", workdir / "work",
+                    "--logs-dir", workdir / "logs", "--server", f"{ca_url}/acme/acme/directory"],
+                   env=env, timeout=600)
     return time.monotonic() - start
 
 
@@ -545,11 +544,11 @@ def run_benchmarks(image=None, accel="auto", out="build/bench.json", clients=4, 
     overrides = {"image": {"base": "debian", "formats": ["qcow2"]},
                  "artifacts": {key: {"path": str(path)} for key, path in binaries.items()}}
     cfg = load_config(overrides=overrides)
+    reported = probe([step_ca, "version"])
     results: dict = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                      "machine": machine_facts(), "accel": choice.accel, "quick": quick,
                      "clients": clients, "seconds": seconds,
-                     "step_ca": subprocess.run([str(step_ca), "version"], capture_output=True,
-                                               text=True).stdout.strip(), **results_go}
+                     "step_ca": reported.stdout.strip() if reported else "", **results_go}
     if image is None:
         # what an edit of overlay/ changes: the payload tarball (here: the generated defaults.yaml)
         changed = load_config(overrides=deep_merge(overrides, {"ca": {"name": "Bench CA (overlay change)"}}))

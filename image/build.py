@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -22,7 +21,7 @@ from image.disk import remove_tree
 from image.errors import ApplianceError, UserError
 from image.files import sha256_file
 from image.payload import write_payload_tarball
-from image.runner import Runner, require_root, require_tools
+from image.runner import Runner, probe, require_root, require_tools
 from image.stepca_version import assess_configured, assess_step_ca
 
 BUILD_DIR = PROJECT_ROOT / "build"
@@ -114,12 +113,9 @@ def artifact_record(art) -> dict:
     record = {"name": art.name, "version": art.version, "kind": art.kind, "sha256": art.sha256,
               "file": Path(art.path).name}
     if art.kind == "binary":   # a local build says what it is only when asked
-        try:
-            proc = subprocess.run([str(art.path), "--version"], capture_output=True, text=True, timeout=20)
-            if proc.returncode == 0:
-                record["reports"] = proc.stdout.strip().splitlines()[0]
-        except (OSError, subprocess.TimeoutExpired, IndexError):
-            pass
+        proc = probe([art.path, "--version"], timeout=20)
+        if proc is not None and proc.returncode == 0 and proc.stdout.strip():
+            record["reports"] = proc.stdout.strip().splitlines()[0]
     return record
 
 

@@ -14,7 +14,6 @@ import ipaddress
 import json
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import yaml
 
 from image.bases import base_names
 from image.errors import StepFailed, UserError
+from image.runner import probe
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS_FILE = PROJECT_ROOT / "appliance.yaml"
@@ -563,13 +563,13 @@ def baked_defaults(cfg: Config) -> dict:
 
 @functools.lru_cache(maxsize=64)
 def _run_guest_check(request_json: str) -> str:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(GUEST_LIB), env.get("PYTHONPATH")) if p)
-    try:
-        result = subprocess.run([sys.executable, "-B", "-m", "ca_appliance.buildcheck"], input=request_json,
-                                capture_output=True, text=True, env=env, timeout=120, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise StepFailed("checking the answers with the appliance's rules", str(e)) from None
+    pythonpath = os.pathsep.join(p for p in (str(GUEST_LIB), os.environ.get("PYTHONPATH")) if p)
+    # exit 2 is a verdict (on stdout), not a failure: a probe, judged here
+    result = probe([sys.executable, "-B", "-m", "ca_appliance.buildcheck"], input=request_json, timeout=120,
+                   env={"PYTHONPATH": pythonpath})
+    if result is None:
+        raise StepFailed("checking the answers with the appliance's rules",
+                         f"{sys.executable} -m ca_appliance.buildcheck did not run or answer within 120 s")
     if result.returncode not in (0, 2) or not result.stdout.strip():
         detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise StepFailed("checking the answers with the appliance's rules", detail)

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from image.errors import StepFailed
-from image.runner import Runner, checked_output
+from image.runner import Runner, checked_output, probe
 
 SECTOR = 512
 MIB = 1 << 20
@@ -157,11 +156,8 @@ def mounts_under(directory: Path) -> list[Path]:
 def loops_backed_by(directory: Path) -> list[str]:
     """Loop devices whose backing file lies under `directory`."""
     root = os.path.realpath(directory).rstrip("/") + "/"
-    try:
-        out = subprocess.run(["losetup", "--list", "--json", "--output", "NAME,BACK-FILE"],
-                             capture_output=True, text=True, check=False).stdout
-    except FileNotFoundError:
-        return []
+    proc = probe(["losetup", "--list", "--json", "--output", "NAME,BACK-FILE"])
+    out = proc.stdout if proc is not None else ""
     devices = json.loads(out or '{"loopdevices": []}').get("loopdevices", [])
     # the kernel reports the backing file as "/path (deleted)" once it was removed
     return [d["name"] for d in devices

@@ -22,7 +22,6 @@ import gzip
 import io
 import json
 import os
-import subprocess
 import tarfile
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import yaml
 
 from image.bases import get_base
 from image.config import PROJECT_ROOT, Config, baked_defaults, guest_rules_check, read_yaml
+from image.runner import probe
 
 OVERLAY_DIR = PROJECT_ROOT / "overlay"
 GUEST_DEFAULTS = "usr/lib/ca-appliance/defaults.yaml"
@@ -81,14 +81,11 @@ def source_date() -> datetime.datetime:
     every call, so the payload stays reproducible (the test image's cache key digests it)."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
     if not epoch.isdigit():
-        try:
-            epoch = subprocess.run(["git", "-C", str(PROJECT_ROOT), "log", "-1", "--format=%ct", "--", "overlay"],
-                                   capture_output=True, text=True, timeout=30).stdout.strip()
-        except (OSError, subprocess.TimeoutExpired):
-            epoch = ""
+        proc = probe(["git", "-C", PROJECT_ROOT, "log", "-1", "--format=%ct", "--", "overlay"])
+        epoch = proc.stdout.strip() if proc is not None else ""
     if not epoch.isdigit():
         epoch = str(int(max(p.stat().st_mtime for p in OVERLAY_DIR.rglob("*") if p.is_file())))
-    return datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc)
+    return datetime.datetime.fromtimestamp(int(epoch), datetime.UTC)
 
 
 # updates.security: the OS installs security updates by itself; afterwards step-ca is restarted

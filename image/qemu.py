@@ -33,8 +33,6 @@ CREDENTIAL_NAME_RE = re.compile(r"[A-Za-z0-9_.@-]+")
 FW_CFG_NAME_MAX = 55  # QEMU's fw_cfg file names: 56 bytes with the terminating NUL
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-QEMU_TOOLS = {"qemu-system-x86_64": ("qemu-system-x86", "qemu-system-x86"),
-              "qemu-img": ("qemu-utils", "qemu-img")}
 
 
 def resolve_accel(requested: str):
@@ -265,7 +263,8 @@ class VM:
             log.write(f"$ {shlex.join(loggable(cmd))}\n")
             log.flush()
             try:
-                # its own session: a Ctrl-C in the terminal reaches us, and we stop QEMU ourselves
+                # long-lived (the VM runs while we talk to it): Popen, ended by stop_process. Its own
+                # session: a Ctrl-C in the terminal reaches us, and we stop QEMU ourselves
                 self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                              start_new_session=True)
             except FileNotFoundError:

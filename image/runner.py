@@ -1,5 +1,10 @@
 """Running external commands for the long build steps: logged, optionally echoed, failing clearly.
 
+Every external command of the host side goes through this module: Runner.run (a build step, logged),
+checked_output (a short command whose failure is a failed step), probe (a question whose failure is
+an answer: a version, a listing) and stop_process (ending a long-lived child started with Popen,
+where the code says why it needs one).
+
 Every stage of a build gets a Runner bound to one log file. `run()` appends the command and
 its output to that log; with verbose=True it also echoes the command line. A non-zero exit
 raises StepFailed naming the step, the exit status and the log, with the log's last lines.
@@ -39,11 +44,27 @@ def checked_output(step: str, cmd: Sequence[str], **kwargs) -> str:
         proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kwargs)
     except FileNotFoundError:
         raise StepFailed(step, f"{cmd[0]} is not installed") from None
+    except subprocess.TimeoutExpired as e:
+        raise StepFailed(step, f"{cmd[0]} did not finish within {e.timeout:.0f}s") from None
     if proc.returncode != 0:
         said = " ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
         raise StepFailed(step, f"{shlex.join(str(c) for c in cmd)} exited {proc.returncode}"
                                + (f": {said}" if said else ""))
     return proc.stdout
+
+
+def probe(cmd: Sequence[str | os.PathLike], *, timeout: float = 30, env: dict | None = None,
+          input: str | None = None) -> subprocess.CompletedProcess | None:
+    """A question to a program whose failure is itself an answer (what version is this binary? which
+    loop devices are there?): the finished process, whatever its exit status (text output captured),
+    or None when the program is missing, cannot run, or does not answer within timeout. Not logged.
+    env: variables added to this process's environment."""
+    try:
+        return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, input=input,
+                              stdin=subprocess.DEVNULL if input is None else None,
+                              env=None if env is None else {**os.environ, **env})
+    except (OSError, subprocess.TimeoutExpired):
+        return None
 
 
 def stop_process(proc: subprocess.Popen | None, grace: float = 15.0, sig: int = signal.SIGTERM) -> None:

@@ -20,7 +20,6 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 
 from image.cache import cache_dir
 from image.errors import StepFailed, UserError
-from image.runner import Runner
+from image.runner import Runner, probe
 
 GO_DIR = Path(__file__).parent / "go"
 # where a Go newer than the distribution's usually lives (the upstream tarball, Debian's backports)
@@ -90,12 +89,10 @@ def check_pin(tool: GoTool, version: str) -> None:
 
 
 def _go_version(go: str) -> tuple[int, ...] | None:
-    try:
-        out = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True, timeout=30,
-                             env={**os.environ, "GOTOOLCHAIN": "local"}).stdout
-    except (OSError, subprocess.TimeoutExpired):
+    proc = probe([go, "env", "GOVERSION"], env={"GOTOOLCHAIN": "local"})
+    if proc is None:
         return None
-    match = re.match(r"go(\d+(?:\.\d+)*)", out.strip())
+    match = re.match(r"go(\d+(?:\.\d+)*)", proc.stdout.strip())
     return tuple(int(x) for x in match.group(1).split(".")) if match else None
 
 
@@ -130,12 +127,8 @@ def binary_path(tool: GoTool, version: str, key: str) -> Path:
 
 def reports_version(path: Path, version: str) -> bool:
     """`step-ca version` / `step version` print 'Smallstep CA/0.30.2 (linux/amd64)' and the like."""
-    try:
-        out = subprocess.run([str(path), "version"], capture_output=True, text=True, timeout=30,
-                             stdin=subprocess.DEVNULL).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return f"/{version} " in out
+    proc = probe([path, "version"])
+    return proc is not None and f"/{version} " in proc.stdout
 
 
 def _go_env(gocache: Path) -> dict:

@@ -9,9 +9,10 @@ guest (status, the console and SSH banners, the client page show it).
 from __future__ import annotations
 
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from image.runner import probe
 
 FIXED_IN = (0, 29, 0)
 ADVISORY = "GHSA-h8cp-697h-8c8p (ACME/SCEP authorization bypass, fixed in step-ca 0.29.0)"
@@ -37,9 +38,8 @@ def parse_version(text: str) -> str | None:
 def _binary_reports(path: Path) -> str:
     """What a step-ca binary says about itself (`step-ca version`, else `--version`)."""
     for args in (["version"], ["--version"]):
-        try:
-            proc = subprocess.run([str(path), *args], capture_output=True, text=True, timeout=20)
-        except (OSError, subprocess.TimeoutExpired):
+        proc = probe([path, *args], timeout=20)
+        if proc is None:
             return ""
         if proc.returncode == 0 and parse_version(proc.stdout + proc.stderr):
             return proc.stdout + proc.stderr
@@ -51,11 +51,8 @@ def _package_version(path: Path, kind: str) -> str:
            "rpm": ["rpm", "-qp", "--queryformat", "%{VERSION}", str(path)]}.get(kind)
     if cmd is None:
         return ""
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return proc.stdout if proc.returncode == 0 else ""
+    proc = probe(cmd, timeout=20)
+    return proc.stdout if proc is not None and proc.returncode == 0 else ""
 
 
 def step_ca_version(artifact) -> str | None:

@@ -383,6 +383,7 @@ def run_installer(cmd: list[str], *, serial_log: Path, installer_log: Path, time
     pending = b""
     with open(runner.log_path, "ab") as qemu_out, open(serial_log, "rb") as serial:
         try:
+            # long-lived: the serial console is followed while it runs (Runner.run would block); stop_process ends it
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=qemu_out, stderr=qemu_out)
         except FileNotFoundError:
             raise StepFailed(runner.step_name, f"{cmd[0]} is not installed", runner.log_path) from None
