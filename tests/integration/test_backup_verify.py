@@ -16,8 +16,8 @@ import time
 import urllib.request
 
 import pytest
-from ca_helpers import PASSWORD, run_cli
 from ca_appliance import backup as guest_backup
+from ca_helpers import PASSWORD, run_cli
 
 PASSPHRASE = "drill-passphrase-for-tests"
 MANIFEST = "ca-appliance-backup.json"
