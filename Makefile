@@ -32,10 +32,11 @@ host-deps:
 	  echo "error: neither apt-get nor dnf found; install the packages in host-packages.txt by hand" >&2; exit 1; \
 	fi
 
-$(VENV)/.installed: requirements.txt
-	@echo "==> Python packages into $(VENV) (requirements.txt)"
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@echo "==> Python packages into $(VENV) (requirements.txt), and the builder itself (pip install -e .)"
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
 build: host-deps $(VENV)/.installed

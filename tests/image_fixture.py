@@ -11,19 +11,16 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-if str(PROJECT_ROOT) not in sys.path:
-    sys.path.insert(0, str(PROJECT_ROOT))
+from image.build import build_appliance, output_stem
+from image.config import load_config
+from image.files import sha256_file
+from image.payload import write_payload_tarball
+from image.stepbuild import pinned_binaries
 
-from image.build import build_appliance, output_stem  # noqa: E402
-from image.config import load_config  # noqa: E402
-from image.files import sha256_file  # noqa: E402
-from image.payload import write_payload_tarball  # noqa: E402
-from image.stepbuild import pinned_binaries  # noqa: E402
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 TEST_IMAGE_DIR = PROJECT_ROOT / "build" / "test-image"
 # the code that decides what goes into the image (besides the payload)

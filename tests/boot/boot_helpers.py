@@ -26,9 +26,9 @@ import pytest
 import yaml
 from image_fixture import PROJECT_ROOT
 
-from image import markers  # noqa: E402
-from image.qemu import HARDWARE, VM, resolve_accel  # noqa: E402
-from image.verify import CREDENTIAL_NAME, default_answers, ensure_admin_key  # noqa: E402
+from image import markers
+from image.qemu import HARDWARE, VM, resolve_accel
+from image.verify import CREDENTIAL_NAME, default_answers, ensure_admin_key
 
 # libvirt's QEMU runs as libvirt-qemu: everything it opens must be below world-traversable
 # directories (pytest's tmp dirs are 0700), so the boot tests work under build/.

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from image_fixture import PROJECT_ROOT, debian_test_config  # noqa: E402
+from image_fixture import PROJECT_ROOT, debian_test_config
 
 from image import disk
 from image.build import build_appliance, output_stem
@@ -77,7 +77,6 @@ def test_ctrl_c_during_the_bootstrap_cleans_up_the_chroot(tmp_path):
     dist.mkdir()
     (dist / f"{cfg_stem}.qcow2").write_bytes(PREVIOUS)
     script = (
-        "import sys; sys.path.insert(0, 'tests')\n"
         "from pathlib import Path\n"
         "from image.build import build_appliance\n"
         "from test_build_failure import small_config\n"

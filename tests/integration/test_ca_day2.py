@@ -132,12 +132,12 @@ def test_watch_warns_near_expiry_in_the_journal_and_on_the_banner(make_ca, serve
 
     from ca_helpers import CA_APPLIANCE, GUEST_PYTHON
     script = (
-        "import datetime, sys\n"
-        f"sys.path.insert(0, {str(CA_APPLIANCE.parent.parent / 'lib/ca-appliance')!r})\n"
+        "import datetime\n"
         "from ca_appliance import renew\nfrom ca_appliance.layout import Layout\n"
         "now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=335)\n"
         f"renew.renew_intermediate(Layout({str(ca.prefix)!r}), use_system=False, now=now)\n")
-    subprocess.run([GUEST_PYTHON, "-c", script], check=True)
+    subprocess.run([GUEST_PYTHON, "-c", script], check=True,
+                   env={**os.environ, "PYTHONPATH": str(CA_APPLIANCE.parent.parent / "lib/ca-appliance")})
     code, facts = _status(ca)
     assert code == 1 and facts["state"] == "warning", facts
     assert facts["intermediate"]["days_left"] in (29, 30)

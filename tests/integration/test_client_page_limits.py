@@ -5,15 +5,12 @@ bounded, and a client from another address is still served meanwhile."""
 import resource
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from ca_appliance import clientpage  # its limits, read by the tests
 from ca_helpers import CA, CA_APPLIANCE, GUEST_PYTHON, answers_for, free_port
-
-sys.path.insert(0, str(Path(CA_APPLIANCE).resolve().parents[1] / "lib/ca-appliance"))
-from ca_appliance import clientpage  # noqa: E402  (its limits, read by the tests)
 
 IDLE = 1000
 SYSTEMD_NOFILE = 1024  # a service's soft LimitNOFILE under systemd: what the appliance's server gets

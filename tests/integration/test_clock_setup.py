@@ -6,6 +6,7 @@ in 2015 does on the appliance (tests/boot/test_clock_boot.py boots that for real
 """
 import datetime
 import json
+import os
 import subprocess
 
 import pexpect
@@ -22,9 +23,10 @@ EXPECTED_REMEDY = "; set network.ntp or fix the hypervisor's clock (it is not NT
 @pytest.fixture(scope="module", autouse=True)
 def host_clock_not_synchronised():
     """On a host whose own clock is NTP-synchronised the check passes by design: nothing to show."""
-    probe = subprocess.run([GUEST_PYTHON, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                            "from ca_appliance import clock; print(clock.read_facts().synchronised)",
-                            str(CLI.parents[1] / "lib/ca-appliance")], capture_output=True, text=True, timeout=60)
+    probe = subprocess.run([GUEST_PYTHON, "-c",
+                            "from ca_appliance import clock; print(clock.read_facts().synchronised)"],
+                           capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONPATH": str(CLI.parents[1] / "lib/ca-appliance")})
     if probe.stdout.strip() == "True":
         pytest.skip("this host's clock is NTP-synchronised (chronyc/timedatectl say so): setup rightly trusts it")
 

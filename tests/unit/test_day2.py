@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from ca_appliance import cajson, pki, stepca, updates, watch
+from ca_appliance.layout import Layout
 
 from image import payload
 from image.bases import debian
@@ -15,9 +17,6 @@ from image.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 GUEST_LIB = ROOT / "overlay/usr/lib/ca-appliance"
-
-from ca_appliance import cajson, pki, stepca, updates, watch  # noqa: E402
-from ca_appliance.layout import Layout  # noqa: E402
 
 
 def cfg(base, security=True):

@@ -3,11 +3,10 @@
 from pathlib import Path
 
 import pytest
+from ca_appliance import answers
+from ca_appliance.answers import AnswersError, load_defaults, validate
 
 GUEST_LIB = Path(__file__).resolve().parents[2] / "overlay/usr/lib/ca-appliance"
-
-from ca_appliance import answers  # noqa: E402
-from ca_appliance.answers import AnswersError, load_defaults, validate  # noqa: E402
 
 ED25519_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF2pOt2K2QRFWGUOR45v0pfO5z0KpWOzxkTWPjkXuPOl admin@laptop"
 ECDSA_KEY = (

@@ -5,12 +5,11 @@ import os
 from pathlib import Path
 
 import pytest
+from ca_appliance import answers, apply, cajson, staging
+from ca_appliance.errors import StepFailed, UserError
+from ca_appliance.layout import Layout
 
 GUEST_LIB = Path(__file__).resolve().parents[2] / "overlay/usr/lib/ca-appliance"
-
-from ca_appliance import answers, apply, cajson, staging  # noqa: E402
-from ca_appliance.errors import StepFailed, UserError  # noqa: E402
-from ca_appliance.layout import Layout  # noqa: E402
 
 
 def validated(**ca):

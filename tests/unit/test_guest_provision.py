@@ -20,7 +20,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from ca_appliance import provision  # noqa: E402
+from ca_appliance import provision
 
 from image.config import PROJECT_ROOT, load_config
 from image.payload import PAYLOAD_TAR_OPTIONS, write_payload_tarball

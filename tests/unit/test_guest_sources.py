@@ -5,13 +5,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from ca_appliance.answers import AnswersError
+from ca_appliance.sources import SourceError, find_unattended, parse_ovf_env
+
+from tests.helpers.volumes import ext4_volume, iso_volume
 
 GUEST_LIB = Path(__file__).resolve().parents[2] / "overlay/usr/lib/ca-appliance"
-
-from ca_appliance.answers import AnswersError  # noqa: E402
-from ca_appliance.sources import SourceError, find_unattended, parse_ovf_env  # noqa: E402
-
-from tests.helpers.volumes import ext4_volume, iso_volume  # noqa: E402
 
 needs_loop_devices = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("losetup"),

@@ -6,7 +6,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from ca_appliance import system  # noqa: E402
+from ca_appliance import system
 
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF2pOt2K2QRFWGUOR45v0pfO5z0KpWOzxkTWPjkXuPOl a@laptop"
 KEY_B = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBbQ3oVxjA5bKXqXm5N9Jh3vCw8kq3uX0h1d2s4d5f6g b@laptop"

@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from ca_appliance.answers import validate
+from ca_appliance.sources import parse_ovf_env
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
@@ -22,9 +24,6 @@ from image.payload import guest_defaults
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = REPO / ".." / "shared" / "ovf-schema"
 GUEST_LIB = REPO / "overlay/usr/lib/ca-appliance"
-
-from ca_appliance.answers import validate  # noqa: E402
-from ca_appliance.sources import parse_ovf_env  # noqa: E402
 
 NS = {"ovf": ova.OVF_NS, "rasd": ova.RASD_NS, "vssd": ova.VSSD_NS, "vmw": ova.VMW_NS}
 OVF = f"{{{ova.OVF_NS}}}"

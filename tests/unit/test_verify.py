@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 import yaml
-from ca_appliance import answers as guest_answers  # noqa: E402
+from ca_appliance import answers as guest_answers
 
 from image.errors import UserError
 from image.verify import (
