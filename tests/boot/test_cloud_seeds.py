@@ -31,11 +31,9 @@ from boot_helpers import (
     MEMORY_MB,
     acme_ready,
     boot_answers,
-    overlay,
     record_boot,
     wait_until,
 )
-from image_fixture import PROJECT_ROOT
 
 from image.build import write_format
 from image.qemu import OVMF_CODE, OVMF_VARS, free_port, machine_args, qemu_opt, resolve_accel
@@ -44,8 +42,6 @@ from tests.helpers.volumes import cloud_localds_image
 
 pytestmark = pytest.mark.slow
 
-# Not under boot_helpers.WORK: another boot session's end removes that directory, VMs running or not.
-SEEDS = PROJECT_ROOT / "build" / "boot-cloud-seeds"
 MAC = "bc:24:11:5e:ed:01"      # Proxmox VE's own OUI (BC:24:11), as qm create assigns
 GUEST = {"address": "10.0.2.15", "prefix": 24, "gateway": "10.0.2.2", "dns": "10.0.2.3"}   # QEMU user net
 # What PVE::QemuServer::Cloudinit::nocloud_network writes for
@@ -150,7 +146,13 @@ def qemu_command(row: Row, disk: Path, disk_format: str, seed: Path, work: Path,
     return cmd
 
 
-def ssh_facts(port: int, key: Path, timeout: float = 300) -> dict:
+def serial_notes(serial_log: Path) -> str:
+    """What setup and sshd said on the console (for a failure message)."""
+    lines = serial_log.read_text(errors="replace").replace("\r", "").splitlines()
+    return "\n".join(line for line in lines if any(word in line for word in ("ca-appliance", "ssh", "note:")))[-3000:]
+
+
+def ssh_facts(port: int, key: Path, timeout: float = 300, serial_log: Path | None = None) -> dict:
     """One login as the seed's admin: what setup recorded, the host name, the IPv4 address line."""
     import paramiko
     deadline = time.monotonic() + timeout
@@ -164,7 +166,8 @@ def ssh_facts(port: int, key: Path, timeout: float = 300) -> dict:
         except (OSError, paramiko.SSHException, EOFError):
             client.close()
             if time.monotonic() > deadline:
-                pytest.fail(f"no SSH login as admin on 127.0.0.1:{port} within {timeout:.0f} s")
+                notes = serial_notes(serial_log) if serial_log else ""
+                pytest.fail(f"no SSH login as admin on 127.0.0.1:{port} within {timeout:.0f} s; console:\n{notes}")
             time.sleep(3)
     try:
         def run(command):
@@ -177,12 +180,6 @@ def ssh_facts(port: int, key: Path, timeout: float = 300) -> dict:
         client.close()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def seeds_work():
-    yield
-    shutil.rmtree(SEEDS, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def tcg_ready():
     if not shutil.which("cloud-localds"):
@@ -192,16 +189,16 @@ def tcg_ready():
 
 
 @pytest.mark.parametrize("row_name", list(ROWS))
-def test_first_boot_from_a_cidata_seed_reaches_acme(debian_image, tcg_ready, row_name):
+def test_first_boot_from_a_cidata_seed_reaches_acme(debian_image, tcg_ready, row_name, tmp_path):
     row = ROWS[row_name]
-    work = SEEDS / row_name
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = tmp_path   # private: other test sessions clean build/ and replace the test image under it
     seed = seed_for(row_name, row, work)
     if row_name.startswith("hyperv"):
         disk, disk_format = vhdx_of(debian_image, work), "vhdx"      # the VHDX itself, read and written
     else:
-        disk, disk_format = overlay(debian_image, work / "scsi0.qcow2"), "qcow2"   # qm disk import's qcow2
+        disk, disk_format = work / "scsi0.qcow2", "qcow2"   # qm disk import copies the disk, so does this
+        subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "qcow2", str(debian_image), str(disk)],
+                       check=True)
     ports = {443: free_port()}
     ports[22] = free_port(taken=ports.values())
     cmd = qemu_command(row, disk, disk_format, seed, work, ports)
@@ -219,7 +216,7 @@ def test_first_boot_from_a_cidata_seed_reaches_acme(debian_image, tcg_ready, row
         fingerprint = wait_until(f"{row.label}: first boot from the cidata seed, the ACME directory",
                                  lambda: acme_ready(ports[443]), FIRST_BOOT_TIMEOUT, alive, serial_log)
         seconds = time.monotonic() - start
-        facts = ssh_facts(ports[22], work / "keys" / "admin_ed25519")
+        facts = ssh_facts(ports[22], work / "keys" / "admin_ed25519", serial_log=serial_log)
     finally:
         proc.kill()
         proc.wait(timeout=30)
