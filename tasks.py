@@ -9,6 +9,7 @@ import sys
 
 from invoke import task
 
+from image import formats
 from image.bases import base_names
 from image.errors import ApplianceError
 
@@ -78,7 +79,7 @@ def step_from_source(c, config=None, out=None, force=False):
     print(snippet, end="")
 
 
-@task(help={"format": "qcow2, raw, vmdk, vhdx (Hyper-V) or ova; repeat or comma-separate for several "
+@task(help={"format": f"{formats.help_text()}; repeat or comma-separate for several "
                       "(default: image.formats from the config)",
             "base": BASE_HELP,
             "config": "YAML file merged over appliance.yaml",

@@ -16,10 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from image.bases import BaseResult, get_base
-from image.config import FORMATS, PROJECT_ROOT, Config
+from image.config import PROJECT_ROOT, Config
 from image.disk import remove_tree
 from image.errors import ApplianceError, UserError
 from image.files import sha256_file
+from image.formats import converter, output_format
+from image.ova import write_ova, write_vmdk
 from image.payload import write_payload_tarball
 from image.runner import Runner, probe, require_root, require_tools
 from image.stepca_version import assess_configured, assess_step_ca
@@ -39,9 +41,9 @@ def output_stem(cfg: Config, test_only: bool | None = None) -> str:
 
 
 def check_formats(formats: list[str] | tuple[str, ...]) -> list[str]:
+    """The formats asked for, each a row of image/formats.py's table (UserError naming them all)."""
     for fmt in formats:
-        if fmt not in FORMATS:
-            raise UserError(f"--format: {fmt!r} is not one of: {', '.join(FORMATS)}")
+        output_format(fmt)
     return list(dict.fromkeys(formats))
 
 
@@ -75,31 +77,40 @@ def check_signing(formats: list[str], sign_key, sign_cert) -> None:
 
 def write_format(fmt: str, cfg: Config, raw: Path, out: Path, runner: Runner, signing: dict,
                  test_reason: str | None = None) -> None:
-    """Write the raw disk as `fmt` to out (raw itself is written last, by the caller, as a move)."""
-    if fmt == "qcow2":
-        # zstd: as small as zlib and ten times faster to write; read by every QEMU since 5.1 (2020).
-        # -W: clusters are written out of order, so both cores compress.
-        runner.run(["qemu-img", "convert", "-c", "-W", "-o", "compression_type=zstd",
-                    "-f", "raw", "-O", "qcow2", raw, out])
-        runner.run(["qemu-img", "check", "-f", "qcow2", out])
-    elif fmt == "vmdk":
-        from image.ova import write_vmdk
-        write_vmdk(raw, out, runner)
-    elif fmt == "vhdx":
-        write_vhdx(raw, out, runner)
-    elif fmt == "ova":
-        from image.ova import write_ova
-        write_ova(cfg, raw, out, runner, **signing, test_reason=test_reason)
-    else:
-        raise ValueError(fmt)
+    """Write the raw disk as `fmt` to out: the converter its row of image/formats.py names."""
+    converter(fmt)(cfg, raw, out, runner, signing, test_reason)
 
 
-def write_vhdx(raw: Path, out: Path, runner: Runner) -> None:
+# --- the converters image/formats.py names: converter(cfg, raw, out, runner, signing, test_reason)
+
+
+def write_qcow2(cfg, raw: Path, out: Path, runner: Runner, signing=None, test_reason=None) -> None:
+    # zstd: as small as zlib and ten times faster to write; read by every QEMU since 5.1 (2020).
+    # -W: clusters are written out of order, so both cores compress.
+    runner.run(["qemu-img", "convert", "-c", "-W", "-o", "compression_type=zstd",
+                "-f", "raw", "-O", "qcow2", raw, out])
+    runner.run(["qemu-img", "check", "-f", "qcow2", out])
+
+
+def write_vmdk_format(cfg, raw: Path, out: Path, runner: Runner, signing=None, test_reason=None) -> None:
+    write_vmdk(raw, out, runner)
+
+
+def write_vhdx(cfg, raw: Path, out: Path, runner: Runner, signing=None, test_reason=None) -> None:
     """Hyper-V's disk: a dynamic VHDX (what New-VHD -Dynamic makes) with 1 MiB blocks, the block size
     Microsoft recommends for Linux guests (ext4 spreads its writes; bigger blocks grow the file)."""
     runner.run(["qemu-img", "convert", "-f", "raw", "-O", "vhdx", "-o", "subformat=dynamic,block_size=1M",
                 raw, out])
     runner.run(["qemu-img", "check", "-f", "vhdx", out])
+
+
+def write_ova_format(cfg, raw: Path, out: Path, runner: Runner, signing=None, test_reason=None) -> None:
+    write_ova(cfg, raw, out, runner, **(signing or {}), test_reason=test_reason)
+
+
+def move_raw_format(cfg, raw: Path, out: Path, runner: Runner, signing=None, test_reason=None) -> None:
+    """The raw disk itself, moved (so written last: formats.OutputFormat.moves_raw)."""
+    move_raw(raw, out, runner)
 
 
 def move_raw(raw: Path, out: Path, runner: Runner) -> None:
@@ -120,7 +131,8 @@ def artifact_record(art) -> dict:
 
 
 def manifest(cfg: Config, result: BaseResult, artifacts: list, payload: Path,
-             outputs: dict[str, str], seconds: float, steps: dict | None = None) -> dict:
+             outputs: dict[str, str], seconds: float, steps: dict | None = None,
+             formats: dict[str, str] | None = None) -> dict:
     by_name = {a.name: artifact_record(a) for a in artifacts}
     return {
         "name": cfg.image.name,
@@ -137,6 +149,9 @@ def manifest(cfg: Config, result: BaseResult, artifacts: list, payload: Path,
         **_test_only_record(artifacts),
         "step_cli": by_name.get("step-cli"),
         "outputs": outputs,
+        # each output's format and what its row of image/formats.py says it is
+        "output_formats": {name: {"format": fmt, "is": output_format(fmt).manifest}
+                           for name, fmt in (formats or {}).items()},
         "packages": result.packages,
     }
 
@@ -201,19 +216,19 @@ def build_appliance(cfg: Config, formats=None, verbose: bool = False, *, sign_ke
         result = base.build_raw(cfg, workdir=workdir / "base", runner=runner, artifacts=artifacts,
                                 payload=payload, use_cache=use_cache)
         written: dict[str, Path] = {}
-        for fmt in sorted(formats, key=lambda f: f == "raw"):   # raw last: it is moved, not copied
-            target = staging / f"{dist_stem}.{fmt}"   # each format's name is its file extension
+        kinds: dict[str, str] = {}
+        for fmt in sorted(formats, key=lambda f: output_format(f).moves_raw):   # a move comes last
+            target = staging / f"{dist_stem}.{output_format(fmt).extension}"
             with runner.step(f"{fmt}: {target.name}"):
-                if fmt == "raw":
-                    move_raw(result.raw, target, runner)
-                else:
-                    write_format(fmt, cfg, result.raw, target, runner, signing, assessment.reason)
+                write_format(fmt, cfg, result.raw, target, runner, signing, assessment.reason)
             written[target.name] = target
+            kinds[target.name] = fmt
         with runner.step("checksums and manifest"):
             digests = {name: sha256_file(path) for name, path in written.items()}
             manifest_path = staging / f"{dist_stem}.manifest.json"
             manifest_path.write_text(json.dumps(
-                manifest(cfg, result, artifacts, payload, digests, time.monotonic() - start, runner.durations),
+                manifest(cfg, result, artifacts, payload, digests, time.monotonic() - start, runner.durations,
+                         kinds),
                 indent=2) + "\n")
             digests[manifest_path.name] = sha256_file(manifest_path)
             written[manifest_path.name] = manifest_path

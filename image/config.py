@@ -24,6 +24,7 @@ import yaml
 
 from image.bases import base_names
 from image.errors import StepFailed, UserError
+from image.formats import format_names
 from image.runner import probe
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +36,7 @@ GUEST_LIB = PROJECT_ROOT / "overlay/usr/lib/ca-appliance"
 ANSWERS_SCHEMA_FILE = GUEST_LIB / "schema.yaml"
 
 BASES = base_names()   # image/bases/__init__.py's REGISTRY; image.base's check asks it at each load
-FORMATS = ("qcow2", "raw", "vmdk", "ova")
+FORMATS = format_names()   # image/formats.py's table (vhdx: Hyper-V, docs/importing.md)
 
 # The strict loader's limits, the same as the guest's safeyaml (a test feeds both the same documents).
 MAX_YAML_BYTES = 256 * 1024
