@@ -272,6 +272,8 @@ def wizard_script(answers: dict, wrong_hostname: str = "not a host name!") -> li
         (hostname_prompt, wrong_hostname),
         (r"Not accepted: [^\n]*" + re.escape(repr(wrong_hostname)) + r".*" + hostname_prompt, answers["hostname"]),
         (r"Network: dhcp or static\?" + BRACKET, "dhcp"),
+        (r"Time servers \(NTP[^)\n]*\)" + BRACKET,
+         ", ".join((answers.get("network") or {}).get("ntp") or []) or "pool"),
         (r"name your new PKI\? \(e\.g\. Lab CA\)" + BRACKET, ca["name"]),
         (r"DNS names and IP addresses for your new CA \(comma-separated\)" + BRACKET, ", ".join(ca["dns_names"])),
         (r"What address will your new CA listen at\? \(e\.g\. :443\)" + BRACKET, ca["address"]),

@@ -30,7 +30,7 @@ def test_same_inputs_same_key_whatever_the_cache_location(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("change", [
-    {"suite": "trixie"},
+    {"suite": "bookworm"},
     {"mirror": "http://mirror.lab.example/debian"},
 ])
 def test_suite_and_mirror_are_in_the_key(change):
