@@ -3,8 +3,18 @@
 cloud-localds as Proxmox VE users make them, attached as loop devices (the way a hypervisor's extra
 disk or CD-ROM appears), always detached."""
 import contextlib
+import os
+import shutil
 import subprocess
 from pathlib import Path
+
+import pytest
+
+# the hostile-seed tests run the real guest CLI under Debian's python3 and read a marked secret
+SECRET = "Hunter2-never-shown-anywhere"
+needs_loop_devices = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("losetup"),
+    reason="seed volumes are attached as loop devices, which needs root and losetup")
 
 
 def run(*command):

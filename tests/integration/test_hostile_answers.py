@@ -11,17 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers.wizard import CLI, GUEST_PYTHON
 
-from tests.helpers.volumes import ext4_volume, iso_volume
+from tests.helpers.volumes import SECRET, ext4_volume, iso_volume, needs_loop_devices
 
-ROOT = Path(__file__).resolve().parents[2]
-CLI = ROOT / "overlay/usr/bin/ca-appliance"
-GUEST_PYTHON = "/usr/bin/python3"
-SECRET = "Hunter2-never-shown-anywhere"
-
-needs_loop_devices = pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("losetup"),
-    reason="seed volumes are attached as loop devices, which needs root and losetup")
 needs_xorriso = pytest.mark.skipif(not shutil.which("xorriso"), reason="xorriso (host-packages.txt) builds the ISOs")
 
 # A 534-byte "billion laughs": with aliases allowed it expands to gigabytes.

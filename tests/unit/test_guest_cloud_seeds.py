@@ -15,17 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 from ca_appliance.sources import SourceError, find_unattended, network_from_config, parse_user_data
+from helpers.wizard import CLI, GUEST_PYTHON
 
-from tests.helpers.volumes import cloud_localds_volume, ext4_volume, iso_volume
+from tests.helpers.volumes import SECRET, cloud_localds_volume, ext4_volume, iso_volume, needs_loop_devices
 
-ROOT = Path(__file__).resolve().parents[2]
-CLI = ROOT / "overlay/usr/bin/ca-appliance"
-GUEST_PYTHON = "/usr/bin/python3"
-SECRET = "Hunter2-never-shown-anywhere"
-
-needs_loop_devices = pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("losetup"),
-    reason="seed volumes are attached as loop devices, which needs root and losetup")
 needs_cloud_localds = pytest.mark.skipif(
     not shutil.which("cloud-localds") or not shutil.which("xorriso"),
     reason="cloud-localds (cloud-image-utils) and xorriso write the seeds")
