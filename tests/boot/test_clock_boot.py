@@ -73,6 +73,7 @@ def test_first_boot_with_a_2015_clock_and_unreachable_ntp_creates_no_pki(debian_
         [line] = [line for line in text.splitlines() if REFUSED in line]
         assert line[line.index(REFUSED):].startswith(REFUSED) and CLOCK_LINE in line
         assert "earlier than this image's build" in line, line
+        print(f"\nthe console said: {line[line.index(REFUSED):]}")   # shown with -s: what the docs quote
         # the bounded wait happened: chronyd answered, with the answers' server, and never synchronised
         assert "waiting up to 60 s for chrony to synchronise it" in text
         assert acme_ready(port) is None, "step-ca answers ACME although setup refused to create a CA"
