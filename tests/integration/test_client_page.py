@@ -11,6 +11,7 @@ import pytest
 from ca_helpers import CA, CA_APPLIANCE, GUEST_PYTHON, answers_for, free_port, run_cli
 
 from image.config import PROJECT_ROOT
+from image.runner import stop_process
 from tests.helpers.clientpage import browser_load, check_page, chromium, fetch, parse
 
 SCREENSHOT = PROJECT_ROOT / "build" / "client-page.png"
@@ -53,12 +54,7 @@ def page_server(tmp_path):
 
     yield start
     for process, log in running:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, grace=10)
         log.close()
 
 

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 from ca_appliance import clientpage  # its limits, read by the tests
 from ca_helpers import CA, CA_APPLIANCE, GUEST_PYTHON, answers_for, free_port
+from test_client_page import wait_for_port
+
+from image.runner import stop_process
 
 IDLE = 1000
 SYSTEMD_NOFILE = 1024  # a service's soft LimitNOFILE under systemd: what the appliance's server gets
@@ -33,22 +36,12 @@ def server(tmp_path):
         ["systemd-socket-activate", "--listen", f"0.0.0.0:{page_port}",
          GUEST_PYTHON, str(CA_APPLIANCE), "serve-page", "--prefix", str(ca.prefix)],
         stdout=log, stderr=subprocess.STDOUT, preexec_fn=as_a_service)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", page_port), timeout=1):
-                break
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, "the page server did not start"
-            time.sleep(0.1)
-    yield page_port, process, log_path
-    process.terminate()
     try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    log.close()
+        wait_for_port(page_port, process)
+        yield page_port, process, log_path
+    finally:
+        stop_process(process, grace=10)
+        log.close()
 
 
 def get(port, path="/", source="127.0.0.2", timeout=10):
