@@ -312,7 +312,7 @@ def publish(layout):
         write_file(staged / "root.pem", values["root_pem"], 0o644)
         write_file(staged / "root.crt", values["root_der"], 0o644)
         root_crl = layout.certs_dir / cajson.ROOT_CRL_FILE
-        if root_crl.exists():
+        if root_crl.is_file():
             write_file(staged / "root.crl", root_crl.read_bytes(), 0o644)
         host, port = stepca.local_endpoint(json.loads(layout.ca_json.read_text(encoding="utf-8"))["address"])
         write_file(staged / CRL_SOURCE, json.dumps({"host": host, "port": port}).encode(), 0o644)

@@ -125,7 +125,7 @@ def renew_intermediate(layout, *, root_key_file=None, root_key_passphrase=None, 
         write_file(secrets / f"{INTERMEDIATE_KEY}.previous", (layout.secrets_dir / INTERMEDIATE_KEY).read_bytes(),
                    0o600)
         write_file(certs / "intermediate_ca.crt", cert_pem, 0o644)
-        if (certs / cajson.ROOT_CRL_FILE).exists():   # the root's CRL must cover the new intermediate's life
+        if (certs / cajson.ROOT_CRL_FILE).is_file():   # the root's CRL must cover the new intermediate's life
             write_file(certs / cajson.ROOT_CRL_FILE, pki.root_crl(root_cert, root_key, pki.not_after(cert)), 0o644)
         write_file(secrets / INTERMEDIATE_KEY, key_pem, 0o600)
         current = "set owners and modes"
