@@ -118,7 +118,7 @@ def clean(c, cache=False):
 def verify(c, image, answers=None, interactive=False, accel="auto", keep=False, config=None):
     """Boot an image, let it configure itself, and check it over SSH with testinfra."""
     cfg = _config(config)
-    from image.verify import verify_image
+    from image.vm.verify import verify_image
     ok = verify_image(cfg, image=image, answers=answers, interactive=interactive,
                       accel=accel, keep=keep)
     sys.exit(0 if ok else 1)
@@ -133,5 +133,5 @@ def verify(c, image, answers=None, interactive=False, accel="auto", keep=False, 
 @reports_errors
 def bench(c, image=None, accel="auto", out="build/bench.json", clients="4", seconds="30", quick=False):
     """Measure builds, image size, boot-to-ready (against a plain Debian boot) and issuance against native step-ca."""
-    from image.bench import run_benchmarks
+    from image.bench.bench import run_benchmarks
     run_benchmarks(image=image, accel=accel, out=out, clients=clients, seconds=seconds, quick=quick)

@@ -34,7 +34,7 @@ from image.files import sha256_file
 VMWARE_TOOLS_VERSION = "2147483647"
 NETWORK_NAME = "VM Network"
 # The boot disk's controller (ResourceType, ResourceSubType) and the NIC: drivers the boot matrix proves
-# (image.qemu.HARDWARE "virtualbox": AHCI SATA and e1000). VirtualBox, vSphere and virt-v2v all read
+# (image.vm.qemu.HARDWARE "virtualbox": AHCI SATA and e1000). VirtualBox, vSphere and virt-v2v all read
 # vmware.sata.ahci; vSphere's E1000 (82545EM) and VirtualBox's (82540EM) both run on Linux's e1000.
 DISK_CONTROLLER = (20, "vmware.sata.ahci")
 NIC = "E1000"
@@ -388,29 +388,3 @@ def write_ova(cfg, disk: Path, out: Path, runner, sign_key=None, sign_cert=None,
         with _atomic_path(out) as tmp, open(tmp, "wb") as f:
             write_tar(f, [(names[k], paths[k]) for k in order], mtime=int(time.time()))
     return out
-
-
-# ---- the OVF environment vSphere hands the guest
-
-
-def make_ovf_env(ovf_xml_text: str, values: dict[str, str]) -> str:
-    """The OVF environment document vSphere would give a VM deployed from this descriptor: every
-    ProductSection property, with `values` (keyed like the properties) over their defaults."""
-    descriptor = ET.fromstring(ovf_xml_text)
-    props = {p.get(_o("key")): p.get(_o("value"), "") for p in descriptor.iter(_o("Property"))}
-    unknown = sorted(set(values) - set(props))
-    if unknown:
-        raise ValueError(f"not properties of this descriptor: {', '.join(unknown)}")
-    e = f"{{{OVF_ENV_NS}}}"
-    env = ET.Element(f"{e}Environment", {f"{e}id": "", f"{{{VMW_ENV_NS}}}vCenterId": "vm-1"})
-    platform = _sub(env, f"{e}PlatformSection")
-    _sub(platform, f"{e}Kind", "VMware ESXi")
-    _sub(platform, f"{e}Version", "8.0.0")
-    _sub(platform, f"{e}Vendor", "VMware, Inc.")
-    _sub(platform, f"{e}Locale", "en")
-    section = _sub(env, f"{e}PropertySection")
-    for key, default in props.items():
-        _sub(section, f"{e}Property", **{f"{e}key": key, f"{e}value": values.get(key, default)})
-    ET.indent(env, "   ")
-    text = ET.tostring(env, encoding="unicode")
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + text + "\n"

@@ -27,8 +27,8 @@ import yaml
 from image_fixture import PROJECT_ROOT
 
 from image import markers
-from image.qemu import HARDWARE, VM, resolve_accel
-from image.verify import CREDENTIAL_NAME, default_answers, ensure_admin_key
+from image.vm.qemu import HARDWARE, VM, resolve_accel
+from image.vm.verify import CREDENTIAL_NAME, default_answers, ensure_admin_key
 
 # libvirt's QEMU runs as libvirt-qemu: everything it opens must be below world-traversable
 # directories (pytest's tmp dirs are 0700), so the boot tests work under build/.
@@ -69,7 +69,7 @@ def banner_in(log: Path) -> re.Match | None:
 
 def acme_ready(port: int) -> str | None:
     """The root fingerprint once the ACME directory answers on the forwarded port, else None."""
-    from image.jwk_client import fetch_root, root_fingerprint
+    from image.bench.jwk_client import fetch_root, root_fingerprint
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE

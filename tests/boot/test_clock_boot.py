@@ -18,8 +18,8 @@ import yaml
 from boot_helpers import FIRST_BOOT_TIMEOUT, MEMORY_MB, acme_ready, boot_answers, overlay, record_boot, wait_until
 from image_fixture import PROJECT_ROOT
 
-from image.qemu import free_port, machine_args, qemu_opt, resolve_accel, write_credential_files
-from image.verify import CREDENTIAL_NAME
+from image.vm.qemu import free_port, machine_args, qemu_opt, resolve_accel, write_credential_files
+from image.vm.verify import CREDENTIAL_NAME
 
 pytestmark = pytest.mark.slow
 

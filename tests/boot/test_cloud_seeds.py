@@ -36,8 +36,8 @@ from boot_helpers import (
 )
 
 from image.build import write_format
-from image.qemu import OVMF_CODE, OVMF_VARS, free_port, machine_args, qemu_opt, resolve_accel
 from image.runner import Runner
+from image.vm.qemu import OVMF_CODE, OVMF_VARS, free_port, machine_args, qemu_opt, resolve_accel
 from tests.helpers.volumes import cloud_localds_image
 
 pytestmark = pytest.mark.slow

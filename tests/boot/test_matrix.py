@@ -1,6 +1,6 @@
 """Each import target's virtual hardware boots the first-booted appliance and serves its CA.
 
-Rows (image.qemu.HARDWARE): VirtualBox's defaults (AHCI SATA, e1000), vSphere's paravirtual
+Rows (image.vm.qemu.HARDWARE): VirtualBox's defaults (AHCI SATA, e1000), vSphere's paravirtual
 devices (PVSCSI, VMXNET3), the parallel-SCSI LSI 53C895A (sym53c8xx), and UEFI under OVMF on
 libvirt's q35/virtio. The libvirt row itself is the shared first boot (conftest.first_boot).
 Each boots a copy-on-write overlay of the first-booted disk and must answer ACME on the
@@ -13,7 +13,7 @@ import time
 import pytest
 from boot_helpers import LATER_BOOT_TIMEOUT, MEMORY_MB, WORK, acme_ready, record_boot, wait_until
 
-from image.qemu import HARDWARE, OVMF_CODE, OVMF_VARS, VM, resolve_accel
+from image.vm.qemu import HARDWARE, OVMF_CODE, OVMF_VARS, VM, resolve_accel
 
 pytestmark = pytest.mark.slow
 

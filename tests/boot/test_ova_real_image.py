@@ -11,9 +11,9 @@ import pytest
 from helpers.archives import members
 
 from image import ova
-from image.accel import choose_accel
 from image.config import load_config
 from image.runner import Runner
+from image.vm.accel import choose_accel
 
 needs_virt_v2v = pytest.mark.skipif(not shutil.which("virt-v2v"),
                                     reason="virt-v2v (host-packages.txt) is the libvirt-side OVA importer under test")

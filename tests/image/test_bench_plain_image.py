@@ -4,7 +4,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from image.bench import APPLIANCE_UNITS, plain_image
+from image.bench.bench import APPLIANCE_UNITS, plain_image
 from image.disk import loops_backed_by, mounts_under
 
 

@@ -223,9 +223,9 @@ def test_firewalld_and_name_resolution_have_their_base_files(image_root):
 
 
 def test_initramfs_has_the_matrix_drivers_and_the_lsi_ones_qemu_cannot_boot(image_root):
-    """tests/boot boots each row of image.qemu.HARDWARE; VMware's LSI Logic (mptspi) and LSI SAS
+    """tests/boot boots each row of image.vm.qemu.HARDWARE; VMware's LSI Logic (mptspi) and LSI SAS
     (mptsas) have no QEMU model, so their modules must at least be in the initramfs."""
-    from image.qemu import HARDWARE
+    from image.vm.qemu import HARDWARE
     (initrd,) = (image_root / "boot").glob("initrd.img-*")
     listing = subprocess.run(["lsinitramfs", str(initrd)], capture_output=True, text=True, check=True).stdout
     modules = {re.sub(r"\.ko(\.(xz|zst|gz))?$", "", Path(p).name) for p in listing.split() if ".ko" in p}

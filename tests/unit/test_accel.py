@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from image.accel import choose_accel, kvm_problem
 from image.errors import UserError
+from image.vm.accel import choose_accel, kvm_problem
 
 WITH_VMX = "processor\t: 0\nflags\t\t: fpu vme de pse vmx sse2\n"
 WITHOUT = "processor\t: 0\nflags\t\t: fpu vme de pse hypervisor sse2\n"

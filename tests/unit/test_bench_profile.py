@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from image import bench
+from image.bench import bench
 from image.errors import UserError
 
 GUEST_LIB = Path(__file__).resolve().parents[2] / "overlay/usr/lib/ca-appliance"

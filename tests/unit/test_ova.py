@@ -20,6 +20,7 @@ from image import ova
 from image.config import load_config
 from image.errors import UserError
 from image.payload import guest_defaults
+from tests.helpers.ovfenv import make_ovf_env
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = REPO / ".." / "shared" / "ovf-schema"
@@ -147,8 +148,8 @@ def test_firmware_comes_from_ova_firmware():
 
 
 def test_boot_disk_controller_and_nic_are_ones_the_boot_matrix_boots():
-    """tests/boot boots image.qemu.HARDWARE for real: the OVA's choices must be among its rows."""
-    from image.qemu import HARDWARE
+    """tests/boot boots image.vm.qemu.HARDWARE for real: the OVA's choices must be among its rows."""
+    from image.vm.qemu import HARDWARE
     proven = {"vmware.sata.ahci": "ahci", "E1000": "e1000"}   # OVF ResourceSubType -> QEMU model in a row
     hw = items(ET.fromstring(descriptor()))
     disk_parent = hw[17].findtext("rasd:Parent", namespaces=NS)
@@ -207,12 +208,12 @@ def ovf_values(answers: dict) -> dict[str, str]:
 
 
 def test_ovf_environment_validates_against_the_dmtf_schema(env_schema):
-    assert_valid(env_schema, ova.make_ovf_env(descriptor(), {"ca-appliance.hostname": "ca.lab.example"}))
+    assert_valid(env_schema, make_ovf_env(descriptor(), {"ca-appliance.hostname": "ca.lab.example"}))
 
 
 def test_ovf_environment_refuses_unknown_properties():
     with pytest.raises(ValueError, match="ca-appliance.ca.nmae"):
-        ova.make_ovf_env(descriptor(), {"ca-appliance.ca.nmae": "x"})
+        make_ovf_env(descriptor(), {"ca-appliance.ca.nmae": "x"})
 
 
 def test_vapp_properties_round_trip_into_the_same_answers_as_an_answers_file():
@@ -226,7 +227,7 @@ def test_vapp_properties_round_trip_into_the_same_answers_as_an_answers_file():
                "provisioner": "admin@lab.example", "password": "correct horse battery staple", "ssh": False},
         "admin": {"ssh_authorized_keys": [ssh_key(), ssh_key()]},
     }
-    env = ova.make_ovf_env(descriptor(cfg), ovf_values(answers))
+    env = make_ovf_env(descriptor(cfg), ovf_values(answers))
     from_ovf = validate(parse_ovf_env(env), defaults)
     assert from_ovf == validate(answers, defaults)
     assert from_ovf["ca"]["password"] == "correct horse battery staple"
@@ -236,7 +237,7 @@ def test_vapp_properties_round_trip_into_the_same_answers_as_an_answers_file():
 def test_vapp_defaults_mean_the_same_as_the_shipped_defaults():
     cfg = config()
     defaults = guest_defaults(cfg)
-    env = ova.make_ovf_env(descriptor(cfg), {"ca-appliance.hostname": "ca.lab.example"})
+    env = make_ovf_env(descriptor(cfg), {"ca-appliance.hostname": "ca.lab.example"})
     answers = {"hostname": "ca.lab.example"}
     assert validate(parse_ovf_env(env), defaults) == validate(answers, defaults)
     assert validate(parse_ovf_env(env), defaults)["ca"]["password"] is None  # generated on the appliance

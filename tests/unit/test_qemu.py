@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from image.errors import UserError
-from image.qemu import (
+from image.vm.qemu import (
     HARDWARE,
     VM,
     Hardware,

@@ -10,7 +10,7 @@ import yaml
 from ca_appliance import answers as guest_answers
 
 from image.errors import UserError
-from image.verify import (
+from image.vm.verify import (
     CheckResult,
     all_passed,
     ca_port_of,
@@ -134,7 +134,7 @@ def test_the_wizard_script_answers_the_real_wizard_including_one_refused_reply(t
     prompt matched, the wrong host name is refused and asked again, and the result is our answers."""
     from ca_appliance.wizard import run_wizard
 
-    from image.verify import wizard_script
+    from image.vm.verify import wizard_script
     public = ensure_admin_key(tmp_path).with_suffix(".pub").read_text().strip()
     answers = default_answers(public, "a long enough password for the test 123")
     offer, *script = wizard_script(answers)

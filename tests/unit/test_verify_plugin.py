@@ -5,14 +5,14 @@ import subprocess
 import sys
 
 from image.config import PROJECT_ROOT
-from image.verify import TargetPlugin, target_key
+from image.vm.verify import TargetPlugin, target_key
 
 
 def test_the_plugin_hands_the_target_to_the_session(tmp_path):
     import pytest
 
     (tmp_path / "test_sample.py").write_text(
-        "from image.verify import target_key\n\n"
+        "from image.vm.verify import target_key\n\n"
         "def test_sees_the_target(request):\n"
         "    assert request.config.stash[target_key()] == 'the booted appliance'\n")
     code = pytest.main([str(tmp_path / "test_sample.py"), "-q", "-p", "no:cacheprovider", f"--rootdir={tmp_path}"],

@@ -1,8 +1,8 @@
 """Checks of a booted appliance. They run inside `invoke verify`, which boots the VM and hands it
-over with its pytest plugin (image.verify.TargetPlugin, through the config's stash); run on their
+over with its pytest plugin (image.vm.verify.TargetPlugin, through the config's stash); run on their
 own, they skip and say so.
 
-Fixtures: `target` (image.verify.Target: the VM, its ports, the answers it was set up with),
+Fixtures: `target` (image.vm.verify.Target: the VM, its ports, the answers it was set up with),
 `host` (testinfra over SSH with sudo, renewed after a reboot), `root_pem` (the root fetched from
 the appliance through the forwarded CA port), `status_fingerprint`, `jwk` (issue certificates
 with the JWK provisioner from the host), `certbot` (run certbot against the appliance).
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from vm_helpers import CHALLENGE_NAME, fetch_root, fingerprint_in, status_text
 
-from image.jwk_client import JWKClient
-from image.verify import target_key
+from image.bench.jwk_client import JWKClient
+from image.vm.verify import target_key
 
 CERTBOT = Path(sys.executable).parent / "certbot"
 
@@ -74,7 +74,7 @@ def jwk(target, ca_url, guest_ca_url, root_pem):
 @pytest.fixture(scope="session")
 def challenge_name_resolves(target):
     """The guest resolves CHALLENGE_NAME to QEMU's guestfwd address (relayed to certbot on the host)."""
-    from image.verify import CHALLENGE_IP
+    from image.vm.verify import CHALLENGE_IP
     line = f"{CHALLENGE_IP} {CHALLENGE_NAME}"
     target.host().run(f"grep -qxF '{line}' /etc/hosts || echo '{line}' >> /etc/hosts")
     return CHALLENGE_NAME

@@ -4,7 +4,7 @@ root is downloaded through the page's own links and checked against the fingerpr
 `ca-appliance status` show, and every ACME snippet carries the appliance's real ACME URL."""
 import pytest
 
-from image.verify import BUILD_DIR
+from image.vm.verify import BUILD_DIR
 from tests.helpers.clientpage import browser_load, check_page, chromium, fetch
 
 SCREENSHOT = BUILD_DIR / "client-page-appliance.png"

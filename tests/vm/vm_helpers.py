@@ -4,7 +4,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from image.jwk_client import fetch_root  # noqa: F401  (re-exported for the checks)
+from image.bench.jwk_client import fetch_root  # noqa: F401  (re-exported for the checks)
 
 # The name certbot asks a certificate for; the guest resolves it to QEMU's guestfwd address.
 CHALLENGE_NAME = "client.verify.test"

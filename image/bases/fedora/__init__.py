@@ -51,8 +51,8 @@ from image.disk import protective_mbr_boot_flag
 from image.download import USER_AGENT, download_verified
 from image.errors import StepFailed, UserError
 from image.files import sha256_file
-from image.qemu import machine_args, qemu_opt
 from image.runner import Runner, stop_process, tail
+from image.vm.qemu import machine_args, qemu_opt
 
 REQUIRED_TOOLS = {"qemu-system-x86_64": ("qemu-system-x86", "qemu-system-x86"),
                   "qemu-img": ("qemu-utils", "qemu-img")}
@@ -467,8 +467,8 @@ def build_raw(cfg: Config, *, workdir: Path, runner: Runner, artifacts: list, pa
               use_cache: bool = True):
     """Install Fedora Server with Anaconda onto workdir/fedora-<release>.raw. Nothing of the base is
     cached between builds (Anaconda installs from the mirror each time), so use_cache changes nothing."""
-    from image.accel import choose_accel
     from image.bases import BaseResult
+    from image.vm.accel import choose_accel
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

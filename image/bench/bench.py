@@ -201,18 +201,18 @@ class SigningLoad:
 
 
 def jwk_client(ca_url: str, root: Path, audience_base: str):
-    from image.jwk_client import JWKClient
+    from image.bench.jwk_client import JWKClient
     return JWKClient(ca_url, root, BENCH_PASSWORD, audience_base=audience_base)
 
 
 def fetch_root(ca_url: str, dest: Path) -> Path:
-    from image.jwk_client import fetch_root as download_root
+    from image.bench.jwk_client import fetch_root as download_root
     dest.write_bytes(download_root(ca_url))
     return dest
 
 
 def bench_answers(public_key: str, address: str) -> dict:
-    from image.verify import GUEST_IP
+    from image.vm.verify import GUEST_IP
     return {"hostname": "ca.verify.test", "network": {"mode": "dhcp"},
             "ca": {"name": "Bench CA", "dns_names": ["ca.verify.test", "localhost", "127.0.0.1", GUEST_IP],
                    "address": address, "provisioner": "bench@ca.verify.test", "password": BENCH_PASSWORD,
@@ -226,7 +226,7 @@ def bench_answers(public_key: str, address: str) -> dict:
 @contextmanager
 def native_step_ca(step_ca: Path, answers: dict, workdir: Path):
     """The same `ca-appliance setup` and the same step-ca binary, on the host (loopback)."""
-    from image.qemu import free_port
+    from image.vm.qemu import free_port
     port = free_port()
     answers = json.loads(json.dumps(answers))
     answers["ca"]["address"] = f"127.0.0.1:{port}"
@@ -312,8 +312,8 @@ def guest_profile(guest) -> dict:
 def measure_appliance(cfg, image: Path, accel: str, answers: dict, key_file: Path, clients: int,
                       seconds: float, say, quick: bool = False, checkpoint=lambda partial: None) -> dict:
     """checkpoint(results so far) is called after each measure, so a run cut short still leaves figures."""
-    from image.qemu import VM, free_port
-    from image.verify import CHALLENGE_IP, CREDENTIAL_NAME
+    from image.vm.qemu import VM, free_port
+    from image.vm.verify import CHALLENGE_IP, CREDENTIAL_NAME
     results: dict = {}
     challenge_port = free_port()
     workdir = BENCH_DIR / "vm"
@@ -426,7 +426,7 @@ def plain_image(image: Path, workdir: Path, say) -> Path:
 
 
 def measure_plain_boot(cfg, image: Path, accel: str, say) -> dict:
-    from image.qemu import VM
+    from image.vm.qemu import VM
     workdir = BENCH_DIR / "plain"
     shutil.rmtree(workdir, ignore_errors=True)
     raw = plain_image(image, workdir, say)
@@ -527,9 +527,9 @@ def run_benchmarks(image=None, accel="auto", out="build/bench.json", clients=4, 
                    quick: bool = False, say=print) -> dict:
     """quick: no cold build, no OVA export and no JWK load (native and appliance): under 15 minutes."""
     from image.config import deep_merge
-    from image.qemu import resolve_accel
     from image.stepbuild import pinned_binaries
-    from image.verify import ensure_admin_key
+    from image.vm.qemu import resolve_accel
+    from image.vm.verify import ensure_admin_key
     clients = parse_count("--clients", clients)
     seconds = parse_seconds("--seconds", seconds)
     if image is not None and not Path(image).is_file():

@@ -29,7 +29,7 @@ import yaml
 from image import markers, settings
 from image.config import PROJECT_ROOT, Config, read_yaml
 from image.errors import StepFailed, UserError
-from image.qemu import VM, resolve_accel
+from image.vm.qemu import VM, resolve_accel
 
 BUILD_DIR = PROJECT_ROOT / "build"
 VERIFY_DIR = BUILD_DIR / "verify"
@@ -440,7 +440,7 @@ def verify_image(cfg: Config, *, image, answers=None, interactive=False, accel="
     first_boot = load_answers(answers, public_key)
     mode = "interactive" if interactive else "unattended"
     workdir = VERIFY_DIR / f"vm-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    from image.qemu import free_port
+    from image.vm.qemu import free_port
     challenge_port = free_port()
     vm = VM(image, workdir, cpus=cfg.image.cpus, memory_mb=cfg.image.memory_mb, accel=choice.accel,
             ports={"ssh": 22, "ca": ca_port_of(first_boot), **({"page": PAGE_PORT} if cfg.page.enabled else {})},
@@ -483,6 +483,6 @@ def verify_image(cfg: Config, *, image, answers=None, interactive=False, accel="
 
 
 
-if __name__ == "__main__":  # pragma: no cover - handy while developing: python -m image.verify IMAGE
+if __name__ == "__main__":  # pragma: no cover - handy while developing: python -m image.vm.verify IMAGE
     from image.config import load_config
     sys.exit(0 if verify_image(load_config(), image=sys.argv[1], accel="tcg") else 1)

@@ -36,8 +36,8 @@ OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 
 
 def resolve_accel(requested: str):
-    """The accelerator for 'auto'|'kvm'|'tcg' and why (an image.accel.AccelChoice: .accel, .reason)."""
-    from image.accel import choose_accel  # lazily: only booting needs it
+    """The accelerator for 'auto'|'kvm'|'tcg' and why (an image.vm.accel.AccelChoice: .accel, .reason)."""
+    from image.vm.accel import choose_accel  # lazily: only booting needs it
     return choose_accel(requested)
 
 
