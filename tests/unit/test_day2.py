@@ -140,3 +140,16 @@ def test_watch_units_run_the_launcher_daily():
     timer.read(units / "ca-appliance-watch.timer")
     assert timer["Timer"]["OnCalendar"] == "daily"
     assert timer["Install"]["WantedBy"] == "timers.target"
+
+
+def test_the_watch_unit_may_write_every_banner_it_refreshes():
+    """ProtectSystem=full leaves /etc read-only: each file banner.write() refreshes must be under
+    one of the unit's ReadWritePaths, or the daily watch fails (as it did when the SSH motd came)."""
+    from ca_appliance import banner
+    from helpers.units import directives
+
+    unit = directives(ROOT / "overlay/etc/systemd/system/ca-appliance-watch.service")
+    assert unit[("Service", "ProtectSystem")] == ["full"]
+    writable = [p.lstrip("-") for line in unit[("Service", "ReadWritePaths")] for p in line.split()]
+    for written in ("/etc/issue.d/ca-appliance.issue", banner.MOTD_FILE):
+        assert any(written.startswith(directory.rstrip("/") + "/") for directory in writable), written

@@ -11,8 +11,6 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-import pycdlib
-
 from image.errors import StepFailed
 
 
@@ -36,6 +34,7 @@ def write_volume_iso(dest: Path, files: Mapping[str, Path], label: str) -> Path:
             raise StepFailed("write OEMDRV volume", f"{name!r} is not a file name for the volume's root")
         if not Path(source).is_file():
             raise StepFailed("write OEMDRV volume", f"{source} (for {name}) does not exist")
+    import pycdlib  # here, not at import: the base's facts are read where pycdlib is not installed
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=1, vol_ident=label, rock_ridge="1.09", joliet=3,
             app_ident_str="ca-appliance builder")

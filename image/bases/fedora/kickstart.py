@@ -26,11 +26,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import jinja2
-from pykickstart.errors import KickstartError, KickstartParseWarning
-from pykickstart.parser import KickstartParser
-from pykickstart.version import makeVersion, versionMap
-
+# jinja2 and pykickstart are imported where the kickstart is rendered or parsed: the base's facts
+# (packages, units) are read where they are not installed (the newest-userland tier's chroot)
 from image.config import PROJECT_ROOT, Config
 from image.errors import StepFailed
 from image.files import sha256_file
@@ -128,6 +125,7 @@ def listen_port(address: str) -> int:
 def kickstart_syntax(release: int) -> str:
     """pykickstart's handler for a Fedora release: its own, else the newest this pykickstart knows
     that is not newer than the release."""
+    from pykickstart.version import versionMap
     known = sorted(int(k[1:]) for k in versionMap if re.fullmatch(r"F\d+", k))
     usable = [v for v in known if v <= release]
     return f"F{usable[-1] if usable else known[0]}"
@@ -174,7 +172,8 @@ def planned_artifacts(cfg: Config) -> list[VolumeFile]:
     return planned
 
 
-def template_environment(template_dir: Path = KICKSTART_DIR) -> jinja2.Environment:
+def template_environment(template_dir: Path = KICKSTART_DIR):
+    import jinja2
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir)), undefined=jinja2.StrictUndefined,
                              autoescape=False, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     env.filters["shquote"] = shquote
@@ -209,6 +208,7 @@ def kickstart_context(cfg: Config, artifacts: Sequence[VolumeFile], mirror: str 
 
 
 def _render(template_dir: Path, name: str, context: dict) -> str:
+    import jinja2
     try:
         return template_environment(template_dir).get_template(name).render(context)
     except jinja2.TemplateSyntaxError as e:
@@ -222,6 +222,9 @@ def _render(template_dir: Path, name: str, context: dict) -> str:
 def validate_kickstart(text: str, syntax: str, source: str = KICKSTART_NAME):
     """Parse with pykickstart as `ksvalidator -v SYNTAX` would (warnings are errors too);
     returns the handler, whose attributes tests read back."""
+    from pykickstart.errors import KickstartError, KickstartParseWarning
+    from pykickstart.parser import KickstartParser
+    from pykickstart.version import makeVersion
     handler = makeVersion(syntax)
     parser = KickstartParser(handler, followIncludes=False, errorsAreFatal=True)
     with warnings.catch_warnings():
