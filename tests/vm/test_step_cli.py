@@ -16,13 +16,18 @@ WORK = "/home/{user}/step-verify"
 
 
 @pytest.fixture(scope="module")
-def guest_step(target, host, status_fingerprint):
+def guest_step(target, status_fingerprint):
     """run(args) -> the image's /usr/bin/step in the guest, bootstrapped to its own CA as the admin."""
     if not target.password:
         pytest.skip("the answers let the appliance generate its CA password, so the JWK key cannot be opened")
-    if not host.file("/usr/bin/step").exists:
+    if not target.host().file("/usr/bin/step").exists:
         pytest.fail("the image has no /usr/bin/step (artifacts.step_cli.enabled is true in CI's build)")
     work = WORK.format(user=target.user)
+
+    def host_now():   # the testinfra host of the running boot (a reboot in another module renews it)
+        return target.host()
+
+    host = host_now()
     name = target.ca_name
     if not name.replace(".", "").isdigit() and ":" not in name:   # the guest resolves its CA's name to itself
         host.run(f"grep -q ' {name}$' /etc/hosts || echo '127.0.0.1 {name}' >> /etc/hosts")
@@ -39,7 +44,7 @@ def guest_step(target, host, status_fingerprint):
 
     def run(*args, check=True):
         line = " ".join(shlex.quote(str(a)) for a in args)
-        result = host.run(f"cd {work} && sudo -u {target.user} env STEPPATH={work}/step HOME={work} step {line}")
+        result = host_now().run(f"cd {work} && sudo -u {target.user} env STEPPATH={work}/step HOME={work} step {line}")
         if check:
             assert result.rc == 0, f"step {line}: {result.stdout}{result.stderr}"
         return result
