@@ -129,11 +129,6 @@ def rows(info, layout):
     return result
 
 
-def collect(layout, use_system=True):
-    """The status as an ordered list of (label, value) (kept for callers of the first version)."""
-    return rows(facts(layout, use_system), layout)
-
-
 def database_status(config):
     """The database step-ca uses and, for a shared one, whether it takes our credentials now."""
     db = database.from_ca_json(config)
