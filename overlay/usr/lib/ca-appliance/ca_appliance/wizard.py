@@ -10,7 +10,7 @@ import ipaddress
 import socket
 import sys
 
-from . import database, x5c
+from . import database, schema, x5c
 from .answers import (
     AnswersError,
     check_bool,
@@ -118,22 +118,22 @@ def run_wizard(defaults, *, error=None, preset=None, input=input, output=sys.std
 def _ask_everything(console, current, ask_admin_key):
     ca = current.get("ca") or {}
     console.say("")
-    hostname = console.ask("Host name of this appliance (fully qualified)", current.get("hostname"), check_fqdn)
+    hostname = console.ask(schema.prompt("hostname"), current.get("hostname"), check_fqdn)
     network = _ask_network(console, current.get("network") or {})
     console.say("")
-    name = console.ask("What would you like to name your new PKI? (e.g. Lab CA)", ca.get("name"), check_ca_name)
+    name = console.ask(schema.prompt("ca.name"), ca.get("name"), check_ca_name)
     default_names = ca.get("dns_names") or [hostname] + _current_ipv4(network)
     dns_names = console.ask(
-        "DNS names and IP addresses for your new CA (comma-separated)",
+        schema.prompt("ca.dns_names"),
         _joined(default_names),
         check_dns_names,
     )
-    address = console.ask("What address will your new CA listen at? (e.g. :443)", ca.get("address"),
+    address = console.ask(schema.prompt("ca.address"), ca.get("address"),
                           check_listen_address)
-    provisioner = console.ask("What would you like to name the CA's first provisioner? (an email)",
+    provisioner = console.ask(schema.prompt("ca.provisioner"),
                               ca.get("provisioner"), check_email)
     password = _ask_password(console, ca.get("password"))
-    ssh = console.ask_yes_no("Should the CA also sign SSH host and user certificates?", _as_bool(ca.get("ssh")))
+    ssh = console.ask_yes_no(schema.prompt("ca.ssh"), _as_bool(ca.get("ssh")))
     asked = {
         "hostname": hostname,
         "network": network,
@@ -152,17 +152,17 @@ def _ask_network(console, network):
                 return mode
         raise AnswersError("network.mode", reply, "must be dhcp or static")
 
-    mode = console.ask("Network: dhcp or static?", network.get("mode", "dhcp"), check_mode)
+    mode = console.ask(schema.prompt("network.mode"), network.get("mode", "dhcp"), check_mode)
     ntp = network.get("ntp")
     if mode == "dhcp":
         return {"mode": "dhcp", "ntp": _ask_ntp(console, ntp)}
     while True:
-        address = console.ask("  IPv4 address with prefix length (e.g. 192.168.70.10/24)", network.get("address"),
+        address = console.ask("  " + schema.prompt("network.address"), network.get("address"),
                               check_ipv4_cidr)
         subnet_gateway = str(next(ipaddress.IPv4Interface(address).network.hosts(), ""))
-        gateway = console.ask("  Gateway", network.get("gateway") or subnet_gateway,
+        gateway = console.ask("  " + schema.prompt("network.gateway"), network.get("gateway") or subnet_gateway,
                               lambda reply, address=address: _check_gateway(reply, address))
-        servers = console.ask("  DNS servers (comma-separated)", _joined(network.get("dns") or [gateway]),
+        servers = console.ask("  " + schema.prompt("network.dns"), _joined(network.get("dns") or [gateway]),
                               check_dns_servers)
         network = {"mode": "static", "address": address, "gateway": gateway, "dns": servers}
         try:
@@ -185,7 +185,7 @@ def _ask_ntp(console, current):
         return check_ntp(reply)
 
     default = NTP_POOL_REPLY if current is None else _joined(current) or current
-    return console.ask("Time servers (NTP, comma-separated; 'pool' for the distribution's)", default, check)
+    return console.ask(schema.prompt("network.ntp"), default, check)
 
 
 def _check_gateway(reply, address):
@@ -238,7 +238,7 @@ def _ask_admin_key(console, admin):
         return [check_ssh_key(reply)]
 
     console.say("The admin logs in over SSH with a public key (one line, e.g. 'ssh-ed25519 AAAA... you@laptop').")
-    return console.ask("  Admin's SSH public key ('none' for console login only)", "keep" if keys else "none",
+    return console.ask("  " + schema.prompt("admin.ssh_authorized_keys"), "keep" if keys else "none",
                        check, shown=_short_key(keys[0]) if keys else "none")
 
 
