@@ -66,7 +66,12 @@ class Property:
     category: str
     qualifiers: str = ""
     type: str = "string"
-    password: bool = False
+
+    @property
+    def password(self) -> bool:
+        """Entered as a password (vSphere hides it) when the one answers schema calls the key secret."""
+        from image.config import ANSWERS_SCHEMA
+        return ANSWERS_SCHEMA["keys"][self.key].get("secret") is True
 
 
 def _choices(*values: str) -> str:
@@ -84,6 +89,8 @@ PROPERTIES = (
     Property("network.gateway", "Static gateway", "IPv4 address of the default gateway.", "Network", "MaxLen(15)"),
     Property("network.dns", "DNS servers", "Comma-separated IPv4 addresses of DNS servers.", "Network",
              "MaxLen(255)"),
+    Property("network.ntp", "Time servers", "Comma-separated NTP servers (names or IPs). Empty: the "
+             "distribution's pool.", "Network", "MaxLen(2048)"),
     # MaxLen is the guest's own limit (answers.MAX_CA_NAME), filled in by build_descriptor.
     Property("ca.name", "CA name", "PKI name, in the root and intermediate certificate subjects.",
              "Certificate authority", "MinLen(1) MaxLen({ca_name_max})"),
@@ -96,7 +103,7 @@ PROPERTIES = (
     Property("ca.ssh", "SSH CA", "Also sign SSH user and host certificates.", "Certificate authority",
              type="boolean"),
     Property("ca.password", "CA password", "Password of the CA keys. Empty: generate one and show it once "
-             "on the console.", "Certificate authority", "MaxLen(256)", password=True),
+             "on the console.", "Certificate authority", "MaxLen(256)"),
     Property("admin.ssh_authorized_keys", "Admin SSH keys", "Comma-separated SSH public keys allowed to log in "
              "as the admin.", "Administration", "MaxLen(65535)"),
 )
@@ -111,6 +118,7 @@ def _property_defaults(cfg) -> dict[str, str]:
         "network.address": "",
         "network.gateway": "",
         "network.dns": "",
+        "network.ntp": "",
         "ca.name": cfg.ca.name,
         "ca.dns_names": ",".join(cfg.ca.dns_names),
         "ca.address": cfg.ca.address,

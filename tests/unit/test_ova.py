@@ -166,7 +166,7 @@ def test_product_section_offers_every_first_boot_answer_with_config_defaults():
     assert product.findtext("ovf:Version", namespaces=NS) == "1.0.0"
     props = {p.get(f"{OVF}key"): p for p in product.iterfind("ovf:Property", NS)}
     assert set(props) == {f"ca-appliance.{k}" for k in (
-        "hostname", "network.mode", "network.address", "network.gateway", "network.dns", "ca.name",
+        "hostname", "network.mode", "network.address", "network.gateway", "network.dns", "network.ntp", "ca.name",
         "ca.dns_names", "ca.address", "ca.provisioner", "ca.password", "ca.ssh", "admin.ssh_authorized_keys")}
     assert all(p.get(f"{OVF}userConfigurable") == "true" for p in props.values())
     assert props["ca-appliance.ca.name"].get(f"{OVF}value") == "Lab CA"
@@ -176,6 +176,11 @@ def test_product_section_offers_every_first_boot_answer_with_config_defaults():
     assert props["ca-appliance.network.mode"].get(f"{OVF}qualifiers") == 'ValueMap{"dhcp","static"}'
     assert props["ca-appliance.ca.password"].get(f"{OVF}password") == "true"
     assert [k for k, p in props.items() if p.get(f"{OVF}password") == "true"] == ["ca-appliance.ca.password"]
+    # every property is an answers key of the one schema, and hidden exactly when the schema says secret
+    from image.config import ANSWERS_SCHEMA
+    for key, prop in props.items():
+        entry = ANSWERS_SCHEMA["keys"][key.removeprefix("ca-appliance.")]
+        assert (prop.get(f"{OVF}password") == "true") is (entry.get("secret") is True), key
     # The guest's own limit (answers.MAX_CA_NAME: a CN of 64 minus " Intermediate CA"), read by running it.
     assert props["ca-appliance.ca.name"].get(f"{OVF}qualifiers") == "MinLen(1) MaxLen(48)"
     # ValueMap with the quotes escaped, as vSphere writes it.
@@ -222,7 +227,7 @@ def test_vapp_properties_round_trip_into_the_same_answers_as_an_answers_file():
     answers = {
         "hostname": "ca.lab.example",
         "network": {"mode": "static", "address": "192.168.70.10/24", "gateway": "192.168.70.1",
-                    "dns": ["192.168.70.1", "1.1.1.1"]},
+                    "dns": ["192.168.70.1", "1.1.1.1"], "ntp": ["ntp1.lab.example", "192.168.70.2"]},
         "ca": {"name": "Lab CA", "dns_names": ["ca.lab.example", "192.168.70.10"], "address": ":8443",
                "provisioner": "admin@lab.example", "password": "correct horse battery staple", "ssh": False},
         "admin": {"ssh_authorized_keys": [ssh_key(), ssh_key()]},
@@ -232,6 +237,7 @@ def test_vapp_properties_round_trip_into_the_same_answers_as_an_answers_file():
     assert from_ovf == validate(answers, defaults)
     assert from_ovf["ca"]["password"] == "correct horse battery staple"
     assert from_ovf["network"]["dns"] == ["192.168.70.1", "1.1.1.1"]
+    assert from_ovf["network"]["ntp"] == ["ntp1.lab.example", "192.168.70.2"]
 
 
 def test_vapp_defaults_mean_the_same_as_the_shipped_defaults():

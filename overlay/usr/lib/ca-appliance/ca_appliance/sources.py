@@ -56,6 +56,7 @@ OVF_LIST_KEYS = {
     "ca.name_constraints.dns",
     "ca.name_constraints.ip",
     "network.dns",
+    "network.ntp",
     "admin.ssh_authorized_keys",
 }
 OVF_BOOLEAN_KEYS = {"ca.ssh"}
