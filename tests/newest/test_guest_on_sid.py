@@ -6,7 +6,7 @@ The sid root comes from mmdebstrap once and then from its cache (tests/helpers/s
 run unpacks a fresh copy, copies the working tree in and runs pytest there through chroot, in its
 own mount and network namespaces (no mount outlives the run, no port clashes with the host's).
 The inner run imports nothing from the host's .venv: only modules whose imports sid's packages
-provide (INNER_TESTS), with the real step-ca built by `invoke step-ca-from-source` copied in.
+provide (INNER_TESTS), with the real step-ca built by `invoke step-from-source` mounted in.
 """
 import os
 import re
