@@ -411,3 +411,21 @@ def test_mutated_real_archives_are_refused_or_install_what_they_report(ca, tmp_p
     assert not list(ca.prefix.glob("etc/.step-ca.*")) and not list(ca.prefix.glob("var/lib/.step-ca.*"))
     # the next example starts from a CA like the first
     backup.restore(ca, Path(str(ca.prefix) + "-plain.tar.gz"), use_system=False)
+
+
+@pytest.mark.parametrize("how", ["a directory", "a file below it"])
+def test_a_directory_where_the_root_key_belongs_is_refused(ca, tmp_path, how):
+    """Found by the fuzzer (1000 examples): an archive whose secrets/root_ca_key is a directory (or holds
+    a file, so it becomes one) was restored, and the directory took the secrets tree's owner, step."""
+    members = []
+    for info, data in members_of(ca):
+        if info.name == "etc/step-ca/secrets/root_ca_key":
+            if how == "a directory":
+                info.type, data = tarfile.DIRTYPE, None
+            else:
+                members.append((file_info("etc/step-ca/secrets/root_ca_key/inside"), b"x"))
+                continue
+        members.append((info, data))
+    path = tmp_path / "odd.tar.gz"
+    path.write_bytes(tar_gz(members))
+    refused(ca, path, expect="etc/step-ca/secrets/root_ca_key")

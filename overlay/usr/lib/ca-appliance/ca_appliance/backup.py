@@ -33,6 +33,7 @@ from cryptography.x509 import load_pem_x509_certificate
 from . import archive, clientpage, database, pki, replace, system
 from .archive import MAGIC, SCRYPT
 from .errors import UserError
+from .layout import OWNERSHIP
 from .staging import write_file
 
 MANIFEST = "ca-appliance-backup.json"
@@ -223,6 +224,15 @@ def _checked_database(config, archive_path, command):
         raise UserError(f"{command}: {archive_path}: its ca.json {error.key}{value} {error.message}") from None
 
 
+# The CA's files by name: what an archive holds at these paths must be a file, never a directory (a
+# directory there would take the tree's owner: step, for secrets/root_ca_key; found by the fuzzer).
+MUST_BE_FILES = frozenset(
+    [entry.path for entry in OWNERSHIP if not entry.tree and entry.dir_mode is None]
+    + [PurePosixPath("etc/step-ca") / name for name in (
+        "certs/root_ca.crt", "certs/intermediate_ca.crt", "certs/root_ca.crl", "config/defaults.json",
+        "secrets/intermediate_ca_key", "secrets/ssh_host_ca_key", "secrets/ssh_user_ca_key")])
+
+
 def restore(layout, archive_path, use_system=True, out=None, passphrase=None, allow_unencrypted=False,
             before_commit=None, command="restore"):
     """Replace the CA on disk with the archive's, all or nothing; returns the restored root's fingerprint,
@@ -244,6 +254,10 @@ def restore(layout, archive_path, use_system=True, out=None, passphrase=None, al
             if name in (MANIFEST, state_name):
                 return "it must be a file" if is_dir else None
             relative = PurePosixPath(name)
+            if is_dir and relative in MUST_BE_FILES:   # a directory where the CA keeps a file (the root key...)
+                return "it must be a file"
+            if any(parent in MUST_BE_FILES for parent in relative.parents):
+                return "its parent must be a file"
             for root in staged:
                 if relative == root:
                     return None if is_dir else "it must be a directory"
