@@ -28,7 +28,7 @@ from pathlib import Path
 
 from image.cache import cache_dir
 from image.errors import StepFailed, UserError
-from image.runner import Runner, probe
+from image.runner import Runner, probe, tail
 
 GO_DIR = Path(__file__).parent / "go"
 # where a Go newer than the distribution's usually lives (the upstream tarball, Debian's backports)
@@ -145,7 +145,6 @@ def _fetch_modules(runner: Runner, go: str, tool: GoTool, env: dict) -> None:
                       env=env, cwd=tool.module_dir, capture=True, check=False)
     if proc.returncode == 0:
         return
-    from image.runner import tail
     said = tail(runner.log_path, 30)
     if UNREACHABLE.search(said):
         proxy = os.environ.get("GOPROXY") or "the default, proxy.golang.org"
@@ -157,13 +156,17 @@ def _fetch_modules(runner: Runner, go: str, tool: GoTool, env: dict) -> None:
                      runner.log_path)
 
 
+def _toolchain_and_target(tool: GoTool, version: str) -> tuple[str, Path]:
+    """(the Go that builds `tool`, where its binary at `version` is cached for that Go)."""
+    go = find_go(required_go(tool))
+    return go, binary_path(tool, version, build_key(tool, _go_version(go)))
+
+
 def build_tool(tool: GoTool, version: str, *, force: bool = False, log=None) -> Path:
     """The cached binary of `tool` at `version` (the pinned one), built when missing."""
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     check_pin(tool, version)
-    go = find_go(required_go(tool))
-    go_version = _go_version(go)
-    target = binary_path(tool, version, build_key(tool, go_version))
+    go, target = _toolchain_and_target(tool, version)
     if target.exists() and not force:
         if reports_version(target, version):
             log(f"{tool.binary} {version}: cached ({target})")
@@ -224,6 +227,5 @@ def cached_pinned_binary(key: str) -> Path | None:
     """The pinned binary of artifacts.<key> when already built and cached (never builds); else None."""
     from image.config import load_config
     tool = next(t for t in TOOLS if t.key == key)
-    go = find_go(required_go(tool))
-    target = binary_path(tool, load_config().artifacts[key].version, build_key(tool, _go_version(go)))
+    _, target = _toolchain_and_target(tool, load_config().artifacts[key].version)
     return target if target.exists() else None
