@@ -135,3 +135,25 @@ def bench(c, image=None, accel="auto", out="build/bench.json", clients="4", seco
     """Measure builds, image size, boot-to-ready (against a plain Debian boot) and issuance against native step-ca."""
     from image.bench.bench import run_benchmarks
     run_benchmarks(image=image, accel=accel, out=out, clients=clients, seconds=seconds, quick=quick)
+
+
+@task(help={"image": "a built Debian qcow2 to soak (default: build one into build/soak/dist)",
+            "accel": "auto, kvm or tcg (auto: KVM only when it really works)",
+            "out": "JSON file for the results, rewritten after every result (default: build/soak.json)",
+            "power-cuts": "first boots to cut at random moments, then one cut each during backup, restore and "
+                          "renew-intermediate (default 20; 0: none)",
+            "disk-full": "fill the appliance's disk: backup, renew-intermediate and restore must fail with one line "
+                         "and leave the CA serving, then succeed once space is freed",
+            "failover": "two step-ca nodes on MariaDB and on PostgreSQL behind a round-robin proxy, ACME clients "
+                        "issuing while one node is killed and restarted",
+            "seconds": "how long the failover clients issue, per database (default 300)",
+            "seed": "the random seed (default: from the clock; printed and stored, to replay a run)"})
+@reports_errors
+def soak(c, image=None, accel="auto", out="build/soak.json", power_cuts=None, disk_full=False, failover=False,
+         seconds="300", seed=None):
+    """Power cuts, a full disk and node failover against the appliance; prints a table, writes build/soak.json.
+    With no campaign named, all run (20 power cuts)."""
+    from image.soak.soak import run_soak
+    ok = run_soak(image=image, accel=accel, out=out, power_cuts=power_cuts, disk_full=disk_full, failover=failover,
+                  seconds=seconds, seed=seed)
+    sys.exit(0 if ok else 1)

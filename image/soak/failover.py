@@ -1,0 +1,178 @@
+"""The failover soak: two CA nodes (the guest CLI's `setup` and `join` under --prefix, each served
+by the pinned step-ca as a host process) on one MariaDB, then on one PostgreSQL, behind a
+round-robin proxy; certbot and acme-tiny issue without pause for --seconds while one node at a time
+is SIGKILLed and restarted. Counted: issued, failed, retried; checked: no serial twice, both ACME
+accounts still there and usable, every failed client issuing again afterwards.
+
+It runs in a network namespace of its own (`unshare -n`, root): http-01 needs 127.0.0.1:80, and
+this way nothing else on the machine (a test run binding port 80) is disturbed, nor disturbs it."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from image.config import PROJECT_ROOT
+from image.errors import StepFailed
+from image.soak.appliance import SOAK_DIR
+from image.soak.clients import AcmeTiny, Certbot, ChallengeServer, Tally, issue_until
+from image.soak.cluster import RoundRobinProxy, database_server
+from image.soak.nodes import Node
+from image.vm.qemu import free_port
+
+KINDS = ("mysql", "postgresql")
+DB_USER, DB_PASSWORD, DB_NAME = "stepca_soak", "soak-db-password-not-secret-42", "stepca"
+
+
+def kill_plan(seconds: float, rng: random.Random, nodes: int = 2) -> list[dict]:
+    """When to kill which node and for how long: at least two kills, one per ~20 s, spread over the run
+    (each in its own slice, at a random point of the slice's middle half)."""
+    count = max(2, int(seconds // 20))
+    slice_s = seconds / count
+    plan = []
+    for i in range(count):
+        at = round(slice_s * (i + rng.uniform(0.25, 0.75)), 2)
+        plan.append({"at_s": at, "node": i % nodes, "down_s": round(rng.uniform(1.0, min(8.0, slice_s / 3)), 2)})
+    return plan
+
+
+def duplicates(serials: list[int]) -> list[int]:
+    seen, twice = set(), set()
+    for serial in serials:
+        (twice if serial in seen else seen).add(serial)
+    return sorted(twice)
+
+
+def _killer(nodes: list[Node], plan: list[dict], started: float, stop: threading.Event, events: list) -> None:
+    for kill in plan:
+        while time.monotonic() - started < kill["at_s"]:
+            if stop.wait(0.1):
+                return
+        node = nodes[kill["node"]]
+        node.kill()
+        stop.wait(kill["down_s"])
+        back = time.monotonic()
+        try:
+            node.start()
+            events.append({**kill, "restart_s": round(time.monotonic() - back, 2)})
+        except StepFailed as e:
+            events.append({**kill, "restart_error": str(e)[:200]})
+
+
+def one_database(kind: str, seconds: float, rng: random.Random, say=print) -> dict:
+    workdir = SOAK_DIR / "failover" / kind
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    entry: dict = {"database": kind, "seconds": seconds}
+    with database_server(kind, workdir / "db") as server:
+        server.add_step_user(DB_USER, DB_PASSWORD)
+        shared = {"type": server.kind, "dsn": server.dsn(DB_USER, DB_PASSWORD), "database": DB_NAME}
+        nodes = [Node(workdir / "node1", free_port()), Node(workdir / "node2", free_port())]
+        nodes[0].setup(workdir, shared)
+        nodes[0].start()
+        nodes[1].join(workdir, nodes[0])
+        nodes[1].start()
+        proxy = RoundRobinProxy([n.port for n in nodes]).start()
+        webroot = workdir / "webroot"
+        challenges = webroot / ".well-known" / "acme-challenge"
+        challenges.mkdir(parents=True)
+        url, root = f"https://localhost:{proxy.port}", nodes[0].root
+        try:
+            with ChallengeServer(webroot):
+                bot = Certbot(url, root, workdir / "certbot", webroot)
+                tiny = AcmeTiny(url, root, workdir / "acme-tiny", challenges)
+                registered = bot.register()
+                if registered.returncode != 0:
+                    raise StepFailed("certbot register", registered.stderr.strip()[-300:])
+                tallies = [Tally("certbot"), Tally("acme-tiny")]
+                plan = kill_plan(seconds, rng)
+                stop, events = threading.Event(), []
+                started = time.monotonic()
+                deadline = started + seconds
+                threads = [threading.Thread(target=issue_until, args=(c, t, deadline, stop))
+                           for c, t in zip((bot, tiny), tallies, strict=True)]
+                threads.append(threading.Thread(target=_killer, args=(nodes, plan, started, stop, events)))
+                for t in threads:
+                    t.start()
+                for t in threads[:2]:
+                    t.join()
+                stop.set()
+                threads[2].join()
+                for node in nodes:   # both up for the last word
+                    if node.process is None:
+                        node.start()
+                # after the storm each client orders again with the account it had: nothing lost
+                final = []
+                for client, tally in zip((bot, tiny), tallies, strict=True):
+                    for _ in range(3):
+                        serial, error = client.order()
+                        tally.record(serial, error)
+                        if serial is not None:
+                            break
+                    final.append(tally.last_ok)
+        finally:
+            proxy.stop()
+            for node in nodes:
+                node.stop()
+        accounts = server.count_rows(DB_NAME, "acme_accounts")
+        stored = server.count_rows(DB_NAME, "x509_certs")
+    serials = [s for t in tallies for s in t.serials]
+    twice = duplicates(serials)
+    entry.update(issued=sum(t.issued for t in tallies), failed=sum(t.failed for t in tallies),
+                 retried=sum(t.retried for t in tallies), kills=len(events), kill_events=events,
+                 clients=[t.as_dict() for t in tallies], duplicate_serials=[str(s) for s in twice],
+                 acme_accounts=accounts, x509_certs_stored=stored)
+    problems = []
+    if twice:
+        problems.append(f"{len(twice)} serials issued twice")
+    if accounts != 2:
+        problems.append(f"{accounts} ACME accounts in the database, not 2")
+    if not all(final):
+        problems.append("a client could not issue again after the kills: "
+                        + "; ".join(t.last_error for t in tallies if not t.last_ok))
+    if stored < len(serials):
+        problems.append(f"the database holds {stored} certificates, the clients got {len(serials)}")
+    if any("restart_error" in e for e in events):
+        problems.append("a node did not come back")
+    entry["ok"], entry["error"] = not problems, "; ".join(problems) or None
+    say(f"  failover on {kind}: issued {entry['issued']}, failed {entry['failed']}, retried {entry['retried']}, "
+        f"{entry['kills']} kills: {'ok' if entry['ok'] else 'FAILED: ' + entry['error']}")
+    return entry
+
+
+def run_inside(seconds: float, seed: int, out: Path) -> None:
+    rng = random.Random(seed)
+    results = []
+    for kind in KINDS:
+        try:
+            results.append(one_database(kind, seconds, rng))
+        except Exception as e:  # noqa: BLE001 - recorded; the other database still runs
+            results.append({"database": kind, "ok": False, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+        out.write_text(json.dumps(results))
+
+
+def run_failover(seconds: float, rng: random.Random, report, say=print) -> None:
+    """Both databases, each in turn, in a private network namespace; results into `report`."""
+    seed = rng.randrange(2**32)
+    out = SOAK_DIR / "failover" / "results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    say(f"failover: {seconds:g} s per database ({', '.join(KINDS)}), in a private network namespace")
+    script = ("ip link set lo up && exec \"$0\" -m image.soak.failover \"$1\" \"$2\" \"$3\"")
+    result = subprocess.run(["unshare", "--net", "sh", "-c", script, sys.executable, str(seconds), str(seed), str(out)],
+                            cwd=PROJECT_ROOT)
+    entries = json.loads(out.read_text()) if out.exists() else []
+    if result.returncode != 0 and not entries:
+        entries = [{"database": "both", "ok": False, "error": f"the namespace's run exited {result.returncode}"}]
+    for entry in entries:
+        report.add("failover", entry)
+    report.set("failover_survived", f"{sum(1 for e in entries if e.get('ok'))}/{len(entries)}")
+
+
+if __name__ == "__main__":
+    run_inside(float(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]))

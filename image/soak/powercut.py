@@ -1,0 +1,186 @@
+"""The power-cut campaign: SIGKILL QEMU at planned moments of a fresh first boot, boot the same disk
+again, check the appliance; then cut a running appliance during backup, restore and
+renew-intermediate. Each result goes into the report as soon as it is known."""
+from __future__ import annotations
+
+import random
+import re
+import time
+from pathlib import Path
+
+from image.errors import StepFailed
+from image.soak import appliance, plan
+
+SERIAL_FINGERPRINT = re.compile(r"Root fingerprint:\s+([0-9A-Fa-f:]{64,95})")
+PASSPHRASE_FILE = "/root/soak-passphrase"
+GOOD_ARCHIVE = "/var/backups/ca-appliance/soak-good.tar.gz"
+CUT_ARCHIVE = "/var/backups/ca-appliance/soak-cut.tar.gz"
+OPS = {
+    "backup": f"ca-appliance backup --out {CUT_ARCHIVE} --passphrase-file {PASSPHRASE_FILE}",
+    "restore": f"ca-appliance restore {GOOD_ARCHIVE} --passphrase-file {PASSPHRASE_FILE}",
+    "renew-intermediate": "ca-appliance renew-intermediate",
+}
+
+
+def printed_fingerprints(console_text: str) -> set[str]:
+    """Every root fingerprint the appliance printed on its console (setup's summary, the banner)."""
+    return {m.replace(":", "").lower() for m in SERIAL_FINGERPRINT.findall(plan.clean(console_text))}
+
+
+def what_the_rerun_did(console_after_cut: str) -> str:
+    text = plan.clean(console_after_cut)
+    if "finishing its system steps" in text:
+        return "finished the committed CA's system steps"
+    if "Generating root and intermediate certificates" in text:
+        return "created the CA (nothing had been committed)"
+    return "nothing left to do (setup had finished)"
+
+
+def _wait_for_stage(target, stage: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not plan.stage_seen(target.vm.serial_log.read_text(errors="replace"), stage):
+        target.vm.check_alive(f"first boot (waiting for {stage!r} on the console)")
+        if time.monotonic() > deadline:
+            raise StepFailed("first boot", f"no {stage!r} line on the console within {timeout:.0f}s",
+                             target.vm.serial_log)
+        time.sleep(0.05)   # the last stages are a second apart
+
+
+def _sleep_alive(target, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        target.vm.check_alive("first boot (before the cut)")
+        time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+
+
+def cut_one(target, moment: plan.Moment, say=print) -> dict:
+    """Boot fresh, cut at `moment`, boot again, check. The entry for the report (ok, where it landed)."""
+    entry = moment.as_dict()
+    started = time.monotonic()
+    target.vm.start()
+    _wait_for_stage(target, moment.anchor, target.ssh_timeout + target.ready_timeout)
+    _sleep_alive(target, moment.delay_s)
+    console = target.vm.serial_log.read_text(errors="replace")
+    entry["cut_in"] = plan.reached(console)
+    entry["cut_at_s"] = round(time.monotonic() - started, 1)
+    target.forget_connection()
+    target.vm.kill()
+    target.first_boot_cut = True
+    say(f"  cut {moment.index}: {entry['cut_at_s']} s into the first boot, in {entry['cut_in']!r}; booting again")
+    offset = len(console)
+    target.vm.start()
+    target.wait_ready("after the cut")
+    entry["ready_after_cut_s"] = round(target.boot_times["after the cut"][1], 1)
+    after = target.vm.serial_log.read_text(errors="replace")[offset:]
+    entry["rerun"] = what_the_rerun_did(after)
+    fingerprint, problems = appliance.check_after_cut(target, target.workdir / "junit.xml")
+    entry["root_fingerprint"] = fingerprint
+    others = printed_fingerprints(target.vm.serial_log.read_text(errors="replace")) - {fingerprint}
+    if others:
+        problems.append("the console printed another root: " + ", ".join(sorted(others)))
+    entry["ok"], entry["error"] = not problems, "; ".join(problems) or None
+    return entry
+
+
+def _start_in_background(target, command: str) -> None:
+    """Run `command` as root in the guest, detached; its output and exit status go to /root/soak-op.*."""
+    inner = f"{command} </dev/null >/root/soak-op.log 2>&1; echo $? >/root/soak-op.rc"
+    rc, out, err = appliance.run(target, f"rm -f /root/soak-op.rc; setsid nohup sh -c '{inner}' "
+                                         ">/dev/null 2>&1 </dev/null &")
+    if rc != 0:
+        raise StepFailed("start the command in the guest", (err or out).strip()[:300])
+
+
+def _timed_run(target, command: str) -> tuple[int, float, str]:
+    start = time.monotonic()
+    rc, out, err = appliance.run(target, f"{command} </dev/null")
+    return rc, time.monotonic() - start, (err or out).strip()
+
+
+def cut_op(target, op: str, rng: random.Random, root: str, say=print) -> dict:
+    """Run `op` whole once (timed), then again and cut the power 0..that long into it; boot and check."""
+    entry: dict = {"op": op}
+    rc, duration, said = _timed_run(target, OPS[op])
+    entry["uncut_run"] = {"exit": rc, "seconds": round(duration, 1)}
+    if rc != 0:
+        entry.update(ok=False, error=f"{op} failed before any cut (exit {rc}): {said.splitlines()[-1:]}")
+        return entry
+    if op == "backup":
+        appliance.run(target, f"rm -f {CUT_ARCHIVE}")
+    entry["delay_s"] = plan.op_delay(rng, duration)
+    _start_in_background(target, OPS[op])
+    time.sleep(entry["delay_s"])
+    target.forget_connection()
+    target.vm.kill()
+    say(f"  cut during {op}, {entry['delay_s']} s in (it takes {duration:.0f} s uncut); booting again")
+    target.vm.start()
+    target.wait_ready(f"after a cut during {op}")
+    entry["finished_before_cut"] = appliance.run(target, "cat /root/soak-op.rc 2>/dev/null")[1].strip() or None
+    fingerprint, problems = appliance.check_after_cut(target, target.workdir / "junit.xml", expect_root=root)
+    if op == "backup":
+        exists = appliance.run(target, f"test -e {CUT_ARCHIVE}")[0] == 0
+        entry["archive_after_cut"] = "present" if exists else "absent"
+        if exists:
+            rc, out, err = appliance.run(target, f"ca-appliance backup --verify {CUT_ARCHIVE} "
+                                                 f"--passphrase-file {PASSPHRASE_FILE}")
+            if rc != 0:
+                problems.append(f"the archive left by the cut backup does not verify: {(err or out).strip()[:200]}")
+        appliance.run(target, f"rm -f {CUT_ARCHIVE}")
+    rc, _, said = _timed_run(target, OPS[op])
+    entry["rerun_exit"] = rc
+    if rc != 0:
+        problems.append(f"{op} fails after the cut (exit {rc}): {said.splitlines()[-1:] }")
+    entry["ok"], entry["error"] = not problems, "; ".join(problems) or None
+    return entry
+
+
+def run_power_cuts(image: Path, cfg, accel: str, count: int, rng: random.Random, report, say=print):
+    """The whole campaign; returns nothing, everything goes to `report`."""
+    moments = plan.plan_cuts(count, rng)
+    report.set("power_cuts_planned", count)
+    say(f"power cuts: {count} planned: " + ", ".join(f"{m.index}: {m.phase} +{m.delay_s}s" for m in moments))
+    survivor = None
+    for moment in moments:
+        target = appliance.new_target(image, appliance.SOAK_DIR / f"cut-{moment.index}", cfg, accel, say)
+        try:
+            entry = cut_one(target, moment, say)
+        except Exception as e:  # noqa: BLE001 - one cut's failure is a result, the campaign goes on
+            entry = {**moment.as_dict(), "ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
+        say(f"  cut {moment.index}: {'survived' if entry['ok'] else 'FAILED: ' + str(entry['error'])}")
+        if not entry["ok"]:
+            entry["kept"] = str(appliance.keep_for_inspection(target, f"cut-{moment.index}", say))
+        elif survivor is None and moment.index == len(moments):
+            survivor = target
+        else:
+            appliance.discard(target)
+        report.add("cuts", entry)
+    if survivor is None:
+        if count:
+            say("  the cuts during backup, restore and renew-intermediate need a surviving appliance: none")
+        return
+    try:
+        run_op_cuts(survivor, rng, report, say)
+    finally:
+        appliance.discard(survivor)
+
+
+def run_op_cuts(target, rng: random.Random, report, say=print) -> None:
+    root = appliance.root_fingerprint(target)
+    appliance.run(target, f"umask 077; echo soak-passphrase-not-secret-0123456789 > {PASSPHRASE_FILE}")
+    rc, duration, said = _timed_run(target, f"ca-appliance backup --out {GOOD_ARCHIVE} "
+                                            f"--passphrase-file {PASSPHRASE_FILE}")
+    if rc != 0:
+        report.add("op_cuts", {"op": "backup (the archive restore uses)", "ok": False,
+                               "error": f"exit {rc}: {said[-300:]}"})
+        return
+    for op in OPS:
+        try:
+            entry = cut_op(target, op, rng, root, say)
+        except Exception as e:  # noqa: BLE001 - recorded; the VM may be unusable for the next op
+            entry = {"op": op, "ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
+        say(f"  cut during {op}: {'survived' if entry['ok'] else 'FAILED: ' + str(entry['error'])}")
+        report.add("op_cuts", entry)
+        if not entry["ok"]:
+            entry["kept"] = str(appliance.keep_for_inspection(target, f"cut-during-{op}", say))
+            report.refresh()
+            return

@@ -1,0 +1,102 @@
+"""`invoke soak`: the campaigns, the seed, the report and the table."""
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+from image.bench.bench import parse_count, parse_seconds
+from image.config import load_config
+from image.errors import UserError
+from image.soak import appliance
+from image.soak.report import SoakReport, render_table
+
+DEFAULT_CUTS = 20
+
+
+def parse_seed(value) -> int:
+    if value is None or str(value).strip() == "":
+        return time.time_ns() % 2**32
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise UserError(f"--seed: {value!r} is not a whole number") from None
+
+
+def campaigns(power_cuts, disk_full: bool, failover: bool) -> dict:
+    """What runs: the campaigns named; none named: all of them (power cuts: DEFAULT_CUTS)."""
+    if power_cuts is None and not disk_full and not failover:
+        return {"power_cuts": DEFAULT_CUTS, "disk_full": True, "failover": True}
+    cuts = 0 if power_cuts is None else parse_count("--power-cuts", power_cuts, minimum=0)
+    return {"power_cuts": cuts, "disk_full": bool(disk_full), "failover": bool(failover)}
+
+
+def _image(image) -> Path:
+    if image:
+        path = Path(image)
+        if not path.is_file():
+            raise UserError(f"--image: {str(path)!r} does not exist (give a built .qcow2 image)")
+        return path.resolve()
+    from image.build import build_appliance, output_stem
+    cfg = load_config(overrides={"image": {"base": "debian", "formats": ["qcow2"]}})
+    dist = appliance.SOAK_DIR / "dist"
+    build_appliance(cfg, formats=["qcow2"], dist_dir=dist, build_dir=appliance.SOAK_DIR / "work")
+    return dist / f"{output_stem(cfg)}.qcow2"
+
+
+def run_soak(image=None, accel="auto", out="build/soak.json", power_cuts=None, disk_full=False, failover=False,
+             seconds="300", seed=None, say=print) -> bool:
+    chosen = campaigns(power_cuts, disk_full, failover)
+    seed_value = parse_seed(seed)
+    run_seconds = parse_seconds("--seconds", seconds)
+    needs_vm = chosen["power_cuts"] or chosen["disk_full"]
+    accel_name = "none"
+    if needs_vm:
+        from image.vm.qemu import resolve_accel
+        choice = resolve_accel(accel)
+        accel_name = choice.accel
+        say(f"accelerator: {choice.accel} ({choice.reason})")
+    image_path = _image(image) if needs_vm else None
+    say(f"seed: {seed_value} (replay with --seed {seed_value})")
+    report = SoakReport(out, seed_value, accel_name, str(image_path) if image_path else None)
+    report.set("campaigns", chosen)
+    rng = random.Random(seed_value)
+    cfg = load_config()
+    started = time.monotonic()
+    try:
+        if chosen["power_cuts"]:
+            from image.soak.powercut import run_power_cuts
+            run_power_cuts(image_path, cfg, accel_name, chosen["power_cuts"], rng, report, say)
+        if chosen["disk_full"]:
+            _disk_full(image_path, cfg, accel_name, report, say)
+        if chosen["failover"]:
+            from image.soak.failover import run_failover
+            run_failover(run_seconds, rng, report, say)
+    finally:
+        report.set("duration_s", round(time.monotonic() - started, 1))
+        say("\n" + render_table(report.data))
+        say(f"results: {report.path}")
+    return _all_ok(report.data)
+
+
+def _disk_full(image_path, cfg, accel, report, say) -> None:
+    from image.soak.diskfull import run_disk_full
+    target = appliance.new_target(image_path, appliance.SOAK_DIR / "disk-full", cfg, accel, say)
+    failed = True
+    try:
+        target.vm.start()
+        target.wait_ready("first boot")
+        run_disk_full(target, report, say)
+        failed = not all(step.get("ok") for step in report.data.get("disk_full", []))
+    except Exception as e:  # noqa: BLE001 - recorded, the VM kept
+        report.add("disk_full", {"op": "boot and fill", "ok": False, "error": f"{type(e).__name__}: {e}"[:400]})
+    finally:
+        if failed:
+            appliance.keep_for_inspection(target, "disk-full", say)
+        else:
+            appliance.discard(target)
+
+
+def _all_ok(data: dict) -> bool:
+    entries = [*data.get("cuts", []), *data.get("op_cuts", []), *data.get("disk_full", []), *data.get("failover", [])]
+    return bool(entries) and all(e.get("ok") for e in entries)

@@ -1,0 +1,160 @@
+"""`invoke soak`'s pure parts: where the power cuts land (the plan, what the console says was
+reached), the report and its table, the failover's kill plan and client tallies, and the options."""
+import json
+import random
+
+import pytest
+
+from image import markers
+from image.errors import UserError
+from image.soak import diskfull, failover, plan, powercut, report, soak
+from image.soak.clients import Tally
+
+# what a first boot prints on the serial console, in order (a real TCG boot's lines, shortened)
+CONSOLE = [
+    "[    0.000000] Linux version 6.12.118+deb13-amd64 (debian-kernel@lists.debian.org)",
+    "         Starting \x1b[0;1;39mca-appliance-firstboot.se…\x1b[0m - CA appliance first-boot setup...",
+    "[   54.425927] ca-appliance[529]: Generating root and intermediate certificates...",
+    f"[   77.512379] ca-appliance[529]: {markers.COMMITTED} (hostname, network, admin keys, sshd, firewall).",
+    "         Starting \x1b[0;1;39mstep-ca.service\x1b[0m - step-ca… authority (ACME, JWK, X5C, SSH)...",
+    "[\x1b[0;32m  OK  \x1b[0m] Started \x1b[0;1;39mstep-ca.service\x1b[0m - step-ca… authority (ACME, JWK, X5C, SSH).",
+    "[   98.167372] ca-appliance[529]: Your CA is ready.",
+]
+
+
+def test_a_plan_is_the_same_for_the_same_seed_and_differs_for_another():
+    assert plan.plan_cuts(20, random.Random(7)) == plan.plan_cuts(20, random.Random(7))
+    assert plan.plan_cuts(20, random.Random(7)) != plan.plan_cuts(20, random.Random(8))
+
+
+def test_a_plan_spreads_over_every_phase_of_the_first_boot():
+    moments = plan.plan_cuts(20, random.Random(1))
+    assert [m.index for m in moments] == list(range(1, 21))
+    # every phase comes once in each round of len(PHASES): 20 cuts, 6 phases -> each 3 or 4 times
+    counts = {p.name: sum(m.phase == p.name for m in moments) for p in plan.PHASES}
+    assert set(counts.values()) <= {3, 4}, counts
+    # even two cuts land in two different phases
+    assert len({m.phase for m in plan.plan_cuts(2, random.Random(3))}) == 2
+    for m in moments:
+        phase = next(p for p in plan.PHASES if p.name == m.phase)
+        assert phase.low <= m.delay_s <= phase.high and m.anchor in plan.STAGE_NAMES
+
+
+def test_a_plan_of_none_is_empty_and_a_negative_count_is_refused():
+    assert plan.plan_cuts(0, random.Random(1)) == []
+    with pytest.raises(ValueError):
+        plan.plan_cuts(-1, random.Random(1))
+
+
+def test_every_phase_anchors_on_a_line_the_console_really_shows():
+    shown = "\n".join(CONSOLE)
+    for phase in plan.PHASES:
+        assert plan.stage_seen(shown, phase.anchor), phase
+
+
+@pytest.mark.parametrize("lines, stage", [(0, None), (1, "kernel"), (2, "setup started"), (3, "key generation"),
+                                          (4, "committed"), (5, "step-ca starting"), (6, "step-ca started"),
+                                          (7, "setup finished")])
+def test_reached_names_the_last_stage_on_the_console(lines, stage):
+    assert plan.reached("\n".join(CONSOLE[:lines])) == stage
+
+
+def test_a_stage_counts_as_seen_once_a_later_one_is_on_the_console():
+    # a quick boot may print past the anchor before the host looks: the cut must not wait forever
+    shown = "\n".join(CONSOLE[:4])
+    assert plan.stage_seen(shown, "key generation") and plan.stage_seen(shown, "committed")
+    assert not plan.stage_seen(shown, "step-ca started")
+
+
+def test_the_console_fingerprints_and_what_the_rerun_did():
+    fp = "AB:" * 31 + "CD"
+    assert powercut.printed_fingerprints(f"  Root fingerprint:  {fp}\n") == {fp.replace(":", "").lower()}
+    assert powercut.what_the_rerun_did("setup: the CA was created but setup did not finish; finishing its "
+                                       "system steps") == "finished the committed CA's system steps"
+    assert powercut.what_the_rerun_did(CONSOLE[2]).startswith("created the CA")
+    assert powercut.what_the_rerun_did("login:").startswith("nothing left")
+
+
+def test_the_report_is_written_after_every_result_with_the_counts(tmp_path):
+    out = tmp_path / "soak.json"
+    rep = report.SoakReport(out, seed=42, accel="tcg", image="x.qcow2")
+    rep.set("power_cuts_planned", 3)
+    rep.add("cuts", {"index": 1, "ok": True})
+    assert json.loads(out.read_text())["power_cuts_survived"] == "1/3"   # partial: written as it goes
+    rep.add("cuts", {"index": 2, "ok": False, "error": "boom"})
+    rep.add("op_cuts", {"op": "backup", "ok": True})
+    data = json.loads(out.read_text())
+    assert data["seed"] == 42 and data["power_cuts_survived"] == "1/3" and data["op_cuts_survived"] == "1/1"
+    assert [c["index"] for c in data["cuts"]] == [1, 2]
+
+
+def test_the_table_has_a_line_per_result_the_totals_and_the_seed():
+    data = {"seed": 9, "power_cuts_survived": "1/2", "failover_survived": "2/2",
+            "cuts": [{"index": 1, "ok": True, "phase": "key generation", "delay_s": 1.5, "anchor": "key generation",
+                      "cut_in": "key generation"},
+                     {"index": 2, "ok": False, "phase": "system steps", "delay_s": 3, "anchor": "committed",
+                      "cut_in": "committed", "error": "step-ca's /health does not answer " + "x" * 200}],
+            "op_cuts": [{"op": "restore", "ok": True, "delay_s": 2.0}],
+            "disk_full": [{"op": "backup", "ok": True, "full_says": "error: no space left on device"}],
+            "failover": [{"database": "mysql", "ok": True, "issued": 30, "failed": 2, "retried": 2, "kills": 3}]}
+    table = report.render_table(data, width=100)
+    lines = table.splitlines()
+    assert all(len(line) <= 100 for line in lines)
+    assert any(line.startswith("power cut 1") and " ok " in line for line in lines)
+    assert any(line.startswith("power cut 2") and "FAIL" in line and "/health" in line for line in lines)
+    assert any("cut during restore" in line for line in lines)
+    assert any("disk full: backup" in line and "no space" in line for line in lines)
+    assert any("failover on mysql" in line and "issued 30, failed 2, retried 2" in line for line in lines)
+    assert "power_cuts_survived: 1/2" in lines[-2] and "failover_survived: 2/2" in lines[-2]
+    assert lines[-1] == "seed: 9 (replay with --seed 9)"
+
+
+def test_the_kill_plan_kills_several_times_spread_over_the_run():
+    kills = failover.kill_plan(60, random.Random(5))
+    assert len(kills) == 3 and [k["node"] for k in kills] == [0, 1, 0]
+    assert all(20 * i <= k["at_s"] <= 20 * (i + 1) for i, k in enumerate(kills))
+    assert all(1.0 <= k["down_s"] <= 8.0 for k in kills)
+    assert len(failover.kill_plan(10, random.Random(5))) == 2   # never fewer than two
+    assert failover.kill_plan(60, random.Random(5)) == kills
+
+
+def test_duplicate_serials_are_found():
+    assert failover.duplicates([1, 2, 3, 2, 5, 1]) == [1, 2] and failover.duplicates([4, 5]) == []
+
+
+def test_a_tally_counts_failures_and_the_retries_after_them():
+    tally = Tally("certbot")
+    tally.record(11)
+    tally.record(None, "connection reset")
+    tally.record(None, "connection refused")
+    tally.record(12)
+    tally.record(13)
+    assert (tally.attempts, tally.issued, tally.failed, tally.retried) == (5, 3, 2, 2)
+    assert tally.serials == [11, 12, 13] and tally.last_ok
+
+
+def test_which_campaigns_run():
+    assert soak.campaigns(None, False, False) == {"power_cuts": 20, "disk_full": True, "failover": True}
+    assert soak.campaigns("2", False, False) == {"power_cuts": 2, "disk_full": False, "failover": False}
+    assert soak.campaigns(None, True, False) == {"power_cuts": 0, "disk_full": True, "failover": False}
+
+
+@pytest.mark.parametrize("value, message", [("many", "--power-cuts: 'many' is not a whole number"),
+                                            ("-1", "--power-cuts: -1 is less than 0")])
+def test_a_bad_count_is_one_line_naming_the_option(value, message):
+    with pytest.raises(UserError) as raised:
+        soak.campaigns(value, False, False)
+    assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
+
+
+def test_the_seed_is_taken_or_drawn():
+    assert soak.parse_seed("123") == 123
+    assert isinstance(soak.parse_seed(None), int)
+    with pytest.raises(UserError, match="--seed: 'x1' is not a whole number"):
+        soak.parse_seed("x1")
+
+
+def test_a_refusal_is_judged_one_line():
+    assert diskfull.one_line("error: backup: no space left on device\n")
+    assert not diskfull.one_line("Traceback (most recent call last):\n  File ...\nOSError: [Errno 28]\n")
+    assert not diskfull.one_line("")
