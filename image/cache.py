@@ -6,6 +6,7 @@ tarball's SHA-256: the tarball is written to a temporary name and renamed, so a 
 half-way leaves no entry, and a lookup re-hashes the tarball and drops any entry whose digest,
 size or metadata is wrong. The cache keeps the `keep` most recently used entries, and an entry
 older than `max_age_days` is rebuilt (the mirror's security updates get in at least that often).
+The Debian base keeps its initramfs images the same way, in `trees/initramfs/` (image.bases.debian).
 """
 from __future__ import annotations
 
@@ -149,6 +150,6 @@ class TreeCache:
         """Remove every entry (invoke clean --cache); returns the bytes freed."""
         if not self.root.exists():
             return 0
-        freed = sum(p.stat().st_size for p in self.root.iterdir() if p.is_file())
+        freed = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
         shutil.rmtree(self.root)
         return freed

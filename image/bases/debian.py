@@ -9,13 +9,21 @@ bootstrapped into a directory, the payload and artifacts laid in, then the guest
 `ca-appliance provision --base debian` run inside it through chroot (users, units, initramfs,
 generalisation: the code the Fedora kickstart runs too), then turned into the disk's ext4 file
 system without mounting it (image.disk).
+
+Rebuilds cost what changed (docs/performance.md, "Rebuilds"): the bootstrapped tree comes from the
+base-tree cache, and the initramfs, the one expensive step of provision that does not depend on the
+payload, from the initramfs cache, keyed by the base tree's key and every file of the laid tree the
+initramfs is made from (`initramfs_inputs`). Both are made reproducibly (SOURCE_DATE_EPOCH, a root
+file system UUID derived from the build's inputs), so a warm build lays the same file tree as a cold one.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
 import shutil
+import tarfile
 import threading
 import uuid as uuidlib
 from collections.abc import Iterator
@@ -23,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from image.bases import BaseResult
-from image.cache import TreeCache, cache_dir, cache_key, digest_files
+from image.cache import TreeCache, cache_dir, cache_key, digest_files, trees_dir
 from image.config import PROJECT_ROOT, Config
 from image.disk import create_disk, install_grub, make_ext4_from_dir, remove_tree
 from image.errors import StepFailed, UserError
@@ -290,22 +298,152 @@ def check_artifact_kinds(artifacts: list) -> list[Path]:
 
 
 # The chroot gets /proc, /sys and /dev for update-initramfs, in a private mount namespace: the
-# mounts end with the process, so a failed or interrupted provision leaves none behind.
+# mounts end with the process, so a failed or interrupted provision leaves none behind. "$1", when
+# not empty, is bind-mounted over update-initramfs.conf in that namespace only (initramfs_conf_override):
+# the tree's own file is never changed. "$2" is the tree.
 PROVISION_SCRIPT = """set -eu
-root="$1"
+initramfs_conf="$1"
+root="$2"
 mount -t proc proc "$root/proc"
 mount -t sysfs sysfs "$root/sys"
 mount --rbind /dev "$root/dev"
+if [ -n "$initramfs_conf" ]; then
+    mount --bind "$initramfs_conf" "$root/etc/initramfs-tools/update-initramfs.conf"
+fi
 exec chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \\
     /usr/bin/ca-appliance provision --base debian
 """
 
 
-def provision_command(rootfs: Path) -> list[str]:
+def provision_command(rootfs: Path, initramfs_conf: Path | None = None) -> list[str]:
     """The guest's own provisioning (users, units, initramfs, generalisation) run inside the rootfs:
-    the same program the Fedora kickstart's %post runs."""
+    the same program the Fedora kickstart's %post runs. initramfs_conf: what update-initramfs reads
+    instead of the tree's update-initramfs.conf during this run."""
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", PROVISION_SCRIPT,
-            "provision", str(rootfs)]
+            "provision", str(initramfs_conf or ""), str(rootfs)]
+
+
+# --- the initramfs cache: provision's update-initramfs is the one step of the configure stage that
+# costs seconds and does not depend on the payload (unless the payload changes what it reads)
+
+INITRAMFS_FORMAT = 1     # bump when what an entry holds or how the initramfs is made changes
+UPDATE_INITRAMFS_CONF = "etc/initramfs-tools/update-initramfs.conf"
+# What mkinitramfs and its hooks read besides the packages' files (which the base tree's key covers):
+# the payload's files below these go into the key. The executables and libraries are there because the
+# hooks copy them (copy_exec) from the tree; usr/bin also holds the artifacts' binaries.
+INITRAMFS_PATHS = ("etc/initramfs-tools", "usr/share/initramfs-tools", "etc/modprobe.d", "usr/lib/modprobe.d",
+                   "etc/udev", "usr/lib/udev", "etc/systemd/network", "usr/lib/systemd/network",
+                   "usr/lib/systemd/systemd-udevd", "usr/lib/modules", "usr/lib/firmware", "boot",
+                   "etc/crypttab", "etc/fstab.d", "etc/ld.so.conf", "etc/ld.so.conf.d", "etc/default/keyboard",
+                   "etc/console-setup", "etc/kernel", "usr/bin", "usr/sbin", "usr/lib/x86_64-linux-gnu",
+                   "usr/lib64", "usr/lib/klibc", "usr/lib/initramfs-tools")
+# the payload's code that writes the driver hook (provision) and the list of drivers it names
+INITRAMFS_PAYLOAD_CODE = ("usr/lib/ca-appliance/ca_appliance/provision.py",
+                          "usr/lib/ca-appliance/initramfs-drivers.txt")
+MERGED_USR = ("bin", "sbin", "lib", "lib64")   # symlinks into /usr on a merged-/usr Debian
+
+
+def tree_path(member: str) -> str:
+    """A payload member's path in the tree: no ./, and /bin, /sbin, /lib, /lib64 as the /usr they link to."""
+    name = member.removeprefix("./").strip("/")
+    return f"usr/{name}" if name.split("/", 1)[0] in MERGED_USR else name
+
+
+def payload_members(payload: Path) -> dict[str, str]:
+    """{path in the tree: type, mode, owner, link target and content digest} of every payload member."""
+    members = {}
+    with tarfile.open(payload) as tar:
+        for member in tar:
+            digest = ""
+            if member.isfile():
+                digest = hashlib.sha256(tar.extractfile(member).read()).hexdigest()
+            members[tree_path(member.name)] = (f"{member.type.decode()}:{member.mode:o}:{member.uid}:{member.gid}:"
+                                               f"{member.linkname}:{digest}")
+    return members
+
+
+def _under(path: str, roots: tuple[str, ...]) -> bool:
+    return any(path == root or path.startswith(root + "/") for root in roots)
+
+
+def fstype_pinned(rootfs: Path) -> bool:
+    """Whether an initramfs-tools conf.d file sets FSTYPE: then the fsck hook never reads /etc/fstab
+    (which names the root UUID), so the fstab is no input of the initramfs."""
+    conf_d = rootfs / "etc/initramfs-tools/conf.d"
+    for conf in sorted(conf_d.glob("*")) if conf_d.is_dir() else ():
+        if conf.is_file() and re.search(r"^\s*FSTYPE=(?!auto\b)\S", conf.read_text(errors="replace"), re.M):
+            return True
+    return False
+
+
+def kernel_source_date(rootfs: Path) -> int:
+    """SOURCE_DATE_EPOCH for mkinitramfs: the kernel image's mtime (its package's date, in the base
+    tree): the initramfs is then reproducible (no build-time stamps) and independent of the payload."""
+    return int((rootfs / "boot" / f"vmlinuz-{kernel_version(rootfs)}").stat().st_mtime)
+
+
+def initramfs_inputs(base_key: str, rootfs: Path, payload: Path, artifacts: list) -> dict:
+    """Everything the initramfs is made from, once the payload, base files, binaries and boot
+    configuration are laid: the base tree (by its key: kernel, modules, initramfs-tools, every
+    package file), the payload's files where mkinitramfs and its hooks read, the code that writes
+    the driver hook and its driver list, the base's own files, the binaries, the fstab when the fsck
+    hook reads it, and the SOURCE_DATE_EPOCH it is stamped with."""
+    members = payload_members(payload)
+    return {"initramfs": INITRAMFS_FORMAT, "base_tree": base_key,
+            "payload": {path: rec for path, rec in members.items() if _under(path, INITRAMFS_PATHS)},
+            "provision_code": {path: members.get(path) for path in INITRAMFS_PAYLOAD_CODE},
+            "base_files": digest_files(FILES_DIR),
+            "binaries": {art.name: sha256_file(Path(art.path)) for art in artifacts if art.kind == "binary"},
+            "fstab": None if fstype_pinned(rootfs) else (rootfs / "etc/fstab").read_text(),
+            "conf": (rootfs / UPDATE_INITRAMFS_CONF).read_text(),
+            "source_date_epoch": kernel_source_date(rootfs)}
+
+
+def initramfs_cache() -> TreeCache:
+    """Beside the base trees (`invoke clean --cache` removes both)."""
+    return TreeCache(trees_dir() / "initramfs")
+
+
+def initramfs_files(rootfs: Path) -> list[str]:
+    """The initramfs images update-initramfs -k all writes (one per kernel), relative to the tree."""
+    return sorted(str(p.relative_to(rootfs)) for p in (rootfs / "boot").glob("initrd.img-*"))
+
+
+def initramfs_conf_override(rootfs: Path, workdir: Path, *, cached: bool) -> Path:
+    """The tree's update-initramfs.conf plus what this run needs: with the initramfs from the cache,
+    update_initramfs=no (provision's `update-initramfs -u` then changes nothing); else
+    SOURCE_DATE_EPOCH, so the image is reproducible and the cache entry equals a cold build's."""
+    text = (rootfs / UPDATE_INITRAMFS_CONF).read_text()
+    if not text.endswith("\n"):
+        text += "\n"
+    if cached:
+        text += "# the build: this tree's initramfs came from the initramfs cache\nupdate_initramfs=no\n"
+    else:
+        text += (f"# the build: a reproducible initramfs\nSOURCE_DATE_EPOCH={kernel_source_date(rootfs)}\n"
+                 "export SOURCE_DATE_EPOCH\n")
+    override = workdir / "update-initramfs.conf"
+    override.write_text(text)
+    os.chmod(override, 0o644)
+    return override
+
+
+def pack_initramfs(rootfs: Path, tarball: Path, runner: Runner) -> None:
+    files = initramfs_files(rootfs)
+    if not files:
+        raise StepFailed("debian: configure", "provision left no /boot/initrd.img-* to cache")
+    runner.run(["tar", "--create", "--file", str(tarball), "--use-compress-program=zstd -T0 -1 -q",
+                *TAR_OPTIONS, "-C", str(rootfs), *files])
+
+
+def restore_initramfs(tarball: Path, rootfs: Path, runner: Runner) -> bool:
+    """The cached initramfs images into the tree (replacing the base tree's); False when the entry
+    does not hold exactly the images this tree's kernels need (nothing is changed then)."""
+    listed = runner.output(["tar", "--list", "--file", str(tarball), "--use-compress-program=zstd -q"])
+    if sorted(name.removeprefix("./") for name in listed.split()) != initramfs_files(rootfs):
+        return False
+    runner.run(["tar", "--extract", "--file", str(tarball), "--use-compress-program=zstd -q",
+                *TAR_OPTIONS, "--same-permissions", "-C", str(rootfs)])
+    return True
 
 
 def kernel_version(rootfs: Path) -> str:
@@ -396,9 +534,9 @@ def unpack_tree(tarball: Path, rootfs: Path, runner: Runner) -> None:
 
 
 def bootstrap_rootfs(cfg: Config, rootfs: Path, debs: list[Path], workdir: Path, runner: Runner,
-                     use_cache: bool = True) -> bool:
+                     use_cache: bool = True) -> str:
     """The bootstrapped, slimmed tree in rootfs: from the base-tree cache when an entry matches
-    (and use_cache), else by mmdebstrap, then stored. True when it came from the cache."""
+    (and use_cache), else by mmdebstrap, then stored. Returns the tree's cache key."""
     remove_tree(rootfs, runner)   # mmdebstrap wants an empty target
     version = runner.output(["mmdebstrap", "--version"]).strip()
     inputs = base_tree_inputs(cfg, debs, version)
@@ -409,7 +547,7 @@ def bootstrap_rootfs(cfg: Config, rootfs: Path, debs: list[Path], workdir: Path,
         runner.say(f"    base tree from the cache ({key[:12]}; `invoke build --no-cache` bootstraps afresh)")
         try:
             unpack_tree(tarball, rootfs, runner)
-            return True
+            return key
         except StepFailed:
             runner.say("    cached base tree could not be unpacked: bootstrapping afresh")
             remove_tree(rootfs, runner)
@@ -419,7 +557,7 @@ def bootstrap_rootfs(cfg: Config, rootfs: Path, debs: list[Path], workdir: Path,
     prune_apt_cache(cfg, used_debs_list)
     check_required_modules(rootfs)
     cache.store(key, lambda path: pack_tree(rootfs, path, runner), inputs)
-    return False
+    return key
 
 
 def lay_payload(rootfs: Path, payload: Path, runner: Runner) -> None:
@@ -429,15 +567,42 @@ def lay_payload(rootfs: Path, payload: Path, runner: Runner) -> None:
 
 
 def configure_rootfs(cfg: Config, rootfs: Path, payload: Path, artifacts: list, root_uuid: str,
-                     runner: Runner) -> None:
+                     runner: Runner, *, base_key: str, workdir: Path, use_cache: bool = True) -> bool:
     """Everything after the packages: the payload and artifacts laid in, the boot configuration,
-    then the guest's `ca-appliance provision --base debian` in the rootfs does the rest."""
+    then the guest's `ca-appliance provision --base debian` in the rootfs does the rest; its
+    initramfs comes from the initramfs cache when an entry matches (and use_cache), else it is made
+    and stored. True when the initramfs came from the cache."""
     lay_payload(rootfs, payload, runner)
     lay_base_files(rootfs)
     install_binaries(rootfs, artifacts)
     write_boot_config(cfg, rootfs, root_uuid)
-    runner.say("    chroot: ca-appliance provision --base debian")
-    runner.run(provision_command(rootfs))
+    inputs = initramfs_inputs(base_key, rootfs, payload, artifacts)
+    key = cache_key(inputs)
+    cache = initramfs_cache()
+    tarball = cache.lookup(key) if use_cache else None
+    cached = tarball is not None and restore_initramfs(tarball, rootfs, runner)
+    if cached:
+        runner.say(f"    initramfs from the cache ({key[:12]}; `invoke build --no-cache` makes it afresh)")
+    override = initramfs_conf_override(rootfs, workdir, cached=cached)
+    runner.say("    chroot: ca-appliance provision --base debian"
+               + (" (its update-initramfs skipped: the cached initramfs is in place)" if cached else ""))
+    runner.run(provision_command(rootfs, override))
+    override.unlink()
+    if not cached:
+        cache.store(key, lambda path: pack_initramfs(rootfs, path, runner), inputs)
+    return cached
+
+
+def root_fs_uuid(base_key: str, cfg: Config, payload: Path, artifacts: list) -> str:
+    """The root file system's UUID, derived from everything the image is made of (the base tree, the
+    config, the payload, the artifacts): the same inputs give the same tree, /etc/fstab and grub.cfg
+    included, and two different images never share it."""
+    inputs = {"base_tree": base_key, "config": cfg.digest(), "payload": sha256_file(payload),
+              "artifacts": sorted(f"{a.name}:{sha256_file(Path(a.path))}" for a in artifacts)}
+    return str(uuidlib.uuid5(ROOT_UUID_NAMESPACE, cache_key(inputs)))
+
+
+ROOT_UUID_NAMESPACE = uuidlib.UUID("6d1f8a52-3c1e-5b7e-9a41-ca0a991a7ce0")
 
 
 def build_raw(cfg: Config, *, workdir: Path, runner: Runner, artifacts: list, payload: Path,
@@ -446,11 +611,12 @@ def build_raw(cfg: Config, *, workdir: Path, runner: Runner, artifacts: list, pa
     workdir.mkdir(parents=True, exist_ok=True)
     rootfs = workdir / "rootfs"
     debs = check_artifact_kinds(artifacts)
-    root_uuid = str(uuidlib.uuid4())
     with runner.step(f"debian: bootstrap {cfg.debian.suite} rootfs (mmdebstrap, or the base-tree cache)"):
-        bootstrap_rootfs(cfg, rootfs, debs, workdir, runner, use_cache=use_cache)
+        base_key = bootstrap_rootfs(cfg, rootfs, debs, workdir, runner, use_cache=use_cache)
+    root_uuid = root_fs_uuid(base_key, cfg, payload, artifacts)
     with runner.step("debian: configure rootfs (payload, artifacts; chroot: ca-appliance provision --base debian)"):
-        configure_rootfs(cfg, rootfs, payload, artifacts, root_uuid, runner)
+        configure_rootfs(cfg, rootfs, payload, artifacts, root_uuid, runner, base_key=base_key, workdir=workdir,
+                         use_cache=use_cache)
         packages = installed_packages(rootfs, runner)
         release = release_name(cfg, rootfs)
     raw = workdir / "disk.raw"
