@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,8 +77,9 @@ class TreeCache:
         for path in (entry.meta, entry.tarball):   # metadata first: no entry without it
             path.unlink(missing_ok=True)
 
-    def lookup(self, key: str) -> Path | None:
-        """The verified tarball for `key`, or None (a broken, partial or stale entry is deleted)."""
+    def _complete(self, key: str) -> tuple[Entry, dict] | None:
+        """The entry and its metadata when both are there, its size is right and it is not stale
+        (everything but the digest); else None (a broken, partial or stale entry is deleted)."""
         entry = self.entry(key)
         try:
             meta = json.loads(entry.meta.read_text())
@@ -88,15 +90,58 @@ class TreeCache:
         try:
             ok = (isinstance(meta, dict) and meta.get("key") == key
                   and entry.tarball.stat().st_size == meta.get("size")
-                  and time.time() - float(meta.get("created", 0)) <= self.max_age
-                  and sha256_file(entry.tarball) == meta.get("sha256"))
+                  and time.time() - float(meta.get("created", 0)) <= self.max_age)
         except (OSError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            self._discard(entry)
+            return None
+        return entry, meta
+
+    def lookup(self, key: str) -> Path | None:
+        """The verified tarball for `key`, or None (a broken, partial or stale entry is deleted)."""
+        found = self._complete(key)
+        if found is None:
+            return None
+        entry, meta = found
+        try:
+            ok = sha256_file(entry.tarball) == meta.get("sha256")
+        except OSError:
             ok = False
         if not ok:
             self._discard(entry)
             return None
         os.utime(entry.meta)                 # most recently used: kept longest
         return entry.tarball
+
+    def use(self, key: str, consume) -> bool:
+        """consume(tarball) the entry for `key` while its digest is checked alongside (another core),
+        and whether it was good: False when there is no complete entry (consume is not called) or
+        its digest is wrong (the entry is deleted, and the caller must throw away what consume made
+        before anything reads it). An exception from consume propagates."""
+        found = self._complete(key)
+        if found is None:
+            return False
+        entry, meta = found
+        digest: list[str] = []
+
+        def check():
+            try:
+                digest.append(sha256_file(entry.tarball))
+            except OSError:
+                pass
+
+        checker = threading.Thread(target=check, daemon=True)
+        checker.start()
+        try:
+            consume(entry.tarball)
+        finally:
+            checker.join()
+        if digest != [meta.get("sha256")]:
+            self._discard(entry)
+            return False
+        os.utime(entry.meta)
+        return True
 
     def store(self, key: str, write_tarball, inputs: dict | None = None) -> Path:
         """write_tarball(path) writes the tarball; it becomes an entry only once complete."""

@@ -542,15 +542,17 @@ def bootstrap_rootfs(cfg: Config, rootfs: Path, debs: list[Path], workdir: Path,
     inputs = base_tree_inputs(cfg, debs, version)
     key = cache_key(inputs)
     cache = TreeCache()
-    tarball = cache.lookup(key) if use_cache else None
-    if tarball is not None:
-        runner.say(f"    base tree from the cache ({key[:12]}; `invoke build --no-cache` bootstraps afresh)")
+    if use_cache:
+        # unpacked while its digest is checked on the other core; used only once that matched
         try:
-            unpack_tree(tarball, rootfs, runner)
-            return key
+            if cache.use(key, lambda tarball: unpack_tree(tarball, rootfs, runner)):
+                runner.say(f"    base tree from the cache ({key[:12]}; `invoke build --no-cache` bootstraps afresh)")
+                return key
+            if rootfs.exists():
+                runner.say("    cached base tree failed its digest check (deleted): bootstrapping afresh")
         except StepFailed:
             runner.say("    cached base tree could not be unpacked: bootstrapping afresh")
-            remove_tree(rootfs, runner)
+        remove_tree(rootfs, runner)
     used_debs_list = workdir / "debs-used.txt"
     with echo_progress(runner):
         runner.run(mmdebstrap_command(cfg, rootfs, debs, used_debs_list))
@@ -579,8 +581,17 @@ def configure_rootfs(cfg: Config, rootfs: Path, payload: Path, artifacts: list, 
     inputs = initramfs_inputs(base_key, rootfs, payload, artifacts)
     key = cache_key(inputs)
     cache = initramfs_cache()
-    tarball = cache.lookup(key) if use_cache else None
-    cached = tarball is not None and restore_initramfs(tarball, rootfs, runner)
+    cached = False
+    if use_cache:
+        # a restored image whose entry then fails its digest check is made afresh below (update-initramfs
+        # -u -k all rewrites every image the entry could hold: restore_initramfs takes only those)
+        restored: list[bool] = []
+        try:
+            verified = cache.use(key, lambda tarball: restored.append(restore_initramfs(tarball, rootfs, runner)))
+        except StepFailed:
+            verified = False
+            runner.say("    cached initramfs could not be unpacked: making it afresh")
+        cached = verified and restored == [True]
     if cached:
         runner.say(f"    initramfs from the cache ({key[:12]}; `invoke build --no-cache` makes it afresh)")
     override = initramfs_conf_override(rootfs, workdir, cached=cached)

@@ -172,3 +172,21 @@ def test_the_root_uuid_follows_the_inputs_of_the_image(tmp_path, step_ca):
     step_ca_v2 = tmp_path / "step-ca-2"
     step_ca_v2.write_bytes(b"step-ca 0.30.3")
     assert debian.root_fs_uuid("b" * 64, cfg, payload, [Binary("step-ca", str(step_ca_v2))]) != first
+
+
+def test_an_entry_is_used_while_its_digest_is_checked_and_a_wrong_one_is_refused_and_deleted(tmp_path):
+    from image.cache import TreeCache
+    cache = TreeCache(tmp_path / "cache")
+    cache.store("k" * 64, lambda path: path.write_bytes(b"a tree" * 1000))
+    seen = []
+    assert cache.use("k" * 64, lambda tarball: seen.append(tarball.read_bytes()))
+    assert seen == [b"a tree" * 1000]
+
+    entry = cache.entry("k" * 64)
+    entry.tarball.write_bytes(b"b tree" * 1000)   # same size, other bytes: only the digest tells
+    seen.clear()
+    assert not cache.use("k" * 64, lambda tarball: seen.append(tarball.read_bytes()))
+    assert seen == [b"b tree" * 1000], "consumed before the check ended: the caller must throw it away"
+    assert not entry.tarball.exists() and not entry.meta.exists(), "a wrong entry is deleted"
+
+    assert not cache.use("k" * 64, seen.append) and len(seen) == 1, "no entry: nothing consumed"
