@@ -91,7 +91,8 @@ def vm_checks(target: Target, junit: Path, checks=CUT_CHECKS) -> list[str]:
     junit.unlink(missing_ok=True)
     target.forget_connection()
     pytest.main([*(str(VM_TESTS / c) for c in checks), f"--junitxml={junit}", "-q", "-p", "no:cacheprovider",
-                 "-o", "junit_family=xunit1", f"--rootdir={PROJECT_ROOT}"], plugins=[TargetPlugin(target)])
+                 "-p", "no:warnings", "-o", "junit_family=xunit1", f"--rootdir={PROJECT_ROOT}"],
+                plugins=[TargetPlugin(target)])
     target.forget_connection()
     if not junit.exists():
         return ["the tests/vm checks did not run (no JUnit file)"]

@@ -28,6 +28,8 @@ def campaigns(power_cuts, disk_full: bool, failover: bool) -> dict:
     if power_cuts is None and not disk_full and not failover:
         return {"power_cuts": DEFAULT_CUTS, "disk_full": True, "failover": True}
     cuts = 0 if power_cuts is None else parse_count("--power-cuts", power_cuts, minimum=0)
+    if not cuts and not disk_full and not failover:
+        raise UserError("--power-cuts: 0 and neither --disk-full nor --failover: nothing to run")
     return {"power_cuts": cuts, "disk_full": bool(disk_full), "failover": bool(failover)}
 
 

@@ -137,6 +137,8 @@ def test_which_campaigns_run():
     assert soak.campaigns(None, False, False) == {"power_cuts": 20, "disk_full": True, "failover": True}
     assert soak.campaigns("2", False, False) == {"power_cuts": 2, "disk_full": False, "failover": False}
     assert soak.campaigns(None, True, False) == {"power_cuts": 0, "disk_full": True, "failover": False}
+    with pytest.raises(UserError, match="nothing to run"):
+        soak.campaigns("0", False, False)
 
 
 @pytest.mark.parametrize("value, message", [("many", "--power-cuts: 'many' is not a whole number"),
