@@ -33,7 +33,7 @@ from pathlib import Path
 from image.bases import BaseResult
 from image.cache import TreeCache, cache_dir, cache_key, digest_files, trees_dir
 from image.config import PROJECT_ROOT, Config
-from image.disk import create_disk, install_grub, make_ext4_from_dir, remove_tree
+from image.disk import create_disk, install_grub, make_ext4_from_dir, remove_tree, unmount
 from image.errors import StepFailed, UserError
 from image.files import sha256_file
 from image.runner import Runner
@@ -528,9 +528,44 @@ def pack_tree(rootfs: Path, tarball: Path, runner: Runner) -> None:
 
 
 def unpack_tree(tarball: Path, rootfs: Path, runner: Runner) -> None:
-    rootfs.mkdir(parents=True)
+    rootfs.mkdir(parents=True, exist_ok=True)   # empty (or an empty work tree: make_work_tree)
     runner.run(["tar", "--extract", "--file", str(tarball), f"--use-compress-program={TAR_COMPRESSOR}",
                 *TAR_OPTIONS, "--same-permissions", "-C", str(rootfs)])
+
+
+# The work tree lives in RAM (tmpfs) when the machine has it to spare: creating a file cost 0.6 ms on
+# the build host's ext4 under load and 13,500 of them made the cached tree's unpacking 8 s of sys
+# time; in tmpfs the whole unpack takes about a second. Bootstrapping holds at most ~1.3 GB there
+# (the tree and the .debs it installs); with less memory available the tree is a plain directory.
+TMPFS_MIN_AVAILABLE = 4 << 30
+
+
+def mem_available() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def make_work_tree(rootfs: Path, runner: Runner) -> bool:
+    """An empty rootfs directory: a tmpfs mounted there when memory allows (True), else on disk.
+    remove_tree unmounts it, on success and after a failure alike."""
+    rootfs.mkdir(parents=True)
+    if mem_available() < TMPFS_MIN_AVAILABLE:
+        return False
+    runner.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "ca-appliance-tree", str(rootfs)])
+    return True
+
+
+def drop_work_tree(rootfs: Path, runner: Runner) -> None:
+    """The work tree gone: its tmpfs unmounted (so remove_tree does not report it as left over)."""
+    if os.path.ismount(rootfs):
+        unmount(rootfs, runner)
+    remove_tree(rootfs, runner)
 
 
 def bootstrap_rootfs(cfg: Config, rootfs: Path, debs: list[Path], workdir: Path, runner: Runner,
@@ -542,17 +577,27 @@ def bootstrap_rootfs(cfg: Config, rootfs: Path, debs: list[Path], workdir: Path,
     inputs = base_tree_inputs(cfg, debs, version)
     key = cache_key(inputs)
     cache = TreeCache()
+    in_ram = make_work_tree(rootfs, runner)
+    runner.say("    work tree in RAM (tmpfs)" if in_ram else "    work tree on disk (less than "
+               f"{TMPFS_MIN_AVAILABLE >> 30} GiB of memory available)")
     if use_cache:
         # unpacked while its digest is checked on the other core; used only once that matched
+        unpacked: list[bool] = []
+
+        def unpack(tarball: Path) -> None:
+            unpacked.append(True)
+            unpack_tree(tarball, rootfs, runner)
         try:
-            if cache.use(key, lambda tarball: unpack_tree(tarball, rootfs, runner)):
+            if cache.use(key, unpack):
                 runner.say(f"    base tree from the cache ({key[:12]}; `invoke build --no-cache` bootstraps afresh)")
                 return key
-            if rootfs.exists():
+            if unpacked:
                 runner.say("    cached base tree failed its digest check (deleted): bootstrapping afresh")
         except StepFailed:
             runner.say("    cached base tree could not be unpacked: bootstrapping afresh")
-        remove_tree(rootfs, runner)
+        if unpacked:
+            drop_work_tree(rootfs, runner)
+            make_work_tree(rootfs, runner)
     used_debs_list = workdir / "debs-used.txt"
     with echo_progress(runner):
         runner.run(mmdebstrap_command(cfg, rootfs, debs, used_debs_list))
@@ -636,5 +681,5 @@ def build_raw(cfg: Config, *, workdir: Path, runner: Runner, artifacts: list, pa
         layout = create_disk(raw, cfg.image.disk_gb << 30, runner)
         make_ext4_from_dir(raw, layout.root, rootfs, uuid=root_uuid, label=ROOT_LABEL, runner=runner)
         install_grub(raw, layout, workdir, runner)
-        remove_tree(rootfs, runner)   # the disk holds it now; a gigabyte less in build/
+        drop_work_tree(rootfs, runner)   # the disk holds it now; a gigabyte less in build/ (or RAM)
     return BaseResult(raw=raw, release=release, packages=packages)

@@ -190,3 +190,26 @@ def test_an_entry_is_used_while_its_digest_is_checked_and_a_wrong_one_is_refused
     assert not entry.tarball.exists() and not entry.meta.exists(), "a wrong entry is deleted"
 
     assert not cache.use("k" * 64, seen.append) and len(seen) == 1, "no entry: nothing consumed"
+
+
+def test_the_work_tree_is_a_tmpfs_when_memory_allows_and_always_goes_away(tmp_path, monkeypatch):
+    from image import disk
+    runner = Runner(tmp_path / "log")
+    monkeypatch.setattr(debian, "mem_available", lambda: debian.TMPFS_MIN_AVAILABLE - 1)
+    on_disk = tmp_path / "on-disk"
+    assert not debian.make_work_tree(on_disk, runner)
+    assert on_disk.is_dir() and not os.path.ismount(on_disk)
+    debian.drop_work_tree(on_disk, runner)
+    assert not on_disk.exists()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    monkeypatch.setattr(debian, "mem_available", lambda: debian.TMPFS_MIN_AVAILABLE)
+    in_ram = tmp_path / "in-ram"
+    assert debian.make_work_tree(in_ram, runner)
+    try:
+        assert os.path.ismount(in_ram) and os.listdir(in_ram) == []   # mmdebstrap wants it empty
+        (in_ram / "etc").mkdir()
+    finally:
+        debian.drop_work_tree(in_ram, runner)
+    assert not in_ram.exists() and disk.mounts_under(tmp_path) == []
+    assert "left over" not in (tmp_path / "log").read_text()
