@@ -1,5 +1,6 @@
 """Day two in the built Debian image (read-only): security updates on by default and wired to
 restart step-ca, the daily watch units in place, the guest modules the CLI needs."""
+import os
 import subprocess
 
 import pytest
@@ -31,3 +32,14 @@ def test_watch_units_and_guest_modules_are_in_the_image(image_root):
     lib = image_root / "usr/lib/ca-appliance/ca_appliance"
     for module in ("renew.py", "watch.py", "banner.py", "status.py", "stepca.py", "updates.py"):
         assert (lib / module).is_file(), module
+
+
+def test_the_guest_program_is_byte_compiled_for_the_images_own_python(image_root):
+    """No boot compiles the guest program: every module has a checked-hash .pyc for the python3 the
+    image runs it with (provision compiles in the chroot, under that python)."""
+    python = os.readlink(image_root / "usr/bin/python3")            # e.g. python3.13
+    tag = "cpython-" + python.removeprefix("python").replace(".", "")
+    lib = image_root / "usr/lib/ca-appliance/ca_appliance"
+    for module in lib.glob("*.py"):
+        pyc = (lib / "__pycache__" / f"{module.stem}.{tag}.pyc").read_bytes()
+        assert int.from_bytes(pyc[4:8], "little") == 0b11, module.name

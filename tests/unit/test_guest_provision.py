@@ -293,6 +293,27 @@ def test_debian_layout_root_provisions_with_sudo_and_initramfs_tools_recorded(tm
     assert "vmxnet3" in line and "hv_storvsc" in line and "sym53c8xx" not in line
     assert not (root / "etc/resolv.conf").exists() and not list((root / "var/cache/apt/archives").glob("*.deb"))
     assert list((root / "etc/ssh").glob("ssh_host_*")) == [] and (root / "etc/machine-id").read_text() == ""
+    check_guest_compiled(root, argv_result.stdout)
+
+
+def check_guest_compiled(root: Path, out: str) -> None:
+    """Every module of the guest package has a checked-hash .pyc of the python3 provision ran under
+    (in a build: the image's own), naming the module's path in the image, so no boot compiles it."""
+    tag = subprocess.run([GUEST_PYTHON, "-c", "import sys; print(sys.implementation.cache_tag)"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert f"guest program byte-compiled ({tag}, checked-hash)" in out
+    package = root / "usr/lib/ca-appliance/ca_appliance"
+    modules = sorted(package.glob("*.py"))
+    assert len(modules) > 20
+    for module in modules:
+        pyc = (package / "__pycache__" / f"{module.stem}.{tag}.pyc").read_bytes()
+        assert int.from_bytes(pyc[4:8], "little") == 0b11, module.name   # hash-based, checked against the source
+        assert f"/usr/lib/ca-appliance/ca_appliance/{module.name}".encode() in pyc
+    # a source changed after the build is run from the source, never from its stale .pyc
+    (package / "timing.py").write_text((package / "timing.py").read_text() + "\nCOMPILED_CHECK = 1\n")
+    probe = subprocess.run([GUEST_PYTHON, "-c", "import ca_appliance.timing as t; print(t.COMPILED_CHECK)"],
+                           capture_output=True, text=True, cwd=package.parent, env={"PYTHONDONTWRITEBYTECODE": "1"})
+    assert probe.stdout.strip() == "1", probe.stderr
 
 
 def test_step_cli_enabled_without_usr_bin_step_fails(tmp_path):
