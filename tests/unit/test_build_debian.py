@@ -65,6 +65,9 @@ def test_base_files_are_laid_root_owned_with_only_the_executable_bit_from_the_ch
     fstype = tmp_path / "etc/initramfs-tools/conf.d/ca-appliance-fstype"
     assert stat.S_IMODE(os.stat(fstype).st_mode) == 0o644 and "FSTYPE=ext4" in fstype.read_text()
     assert (tmp_path / "etc/default/grub.d/ca-appliance.cfg").is_file()
+    # the resume hook would otherwise bake the build host's swap device into the image's initramfs
+    resume = (tmp_path / "etc/initramfs-tools/conf.d/ca-appliance-resume").read_text()
+    assert "RESUME=none" in resume.splitlines()
     # users, units, drivers and growroot are the guest's provision's now, not the host's
     assert not (tmp_path / "etc/systemd").exists() and not (tmp_path / "etc/initramfs-tools/hooks").exists()
 
