@@ -47,6 +47,9 @@ STRAY_COMMAND = ("find /etc /var/lib /var/backups -xdev -maxdepth 4 \\( -name '.
                  "-o -name '.*.new' \\) -print 2>/dev/null; "
                  "ls /etc/ca-appliance/replace-journal.json 2>/dev/null; true")
 
+JOURNALS = {"journal.txt": "journalctl -b --no-pager", "step-ca.log": "journalctl -b -u step-ca --no-pager",
+            "failed-units.txt": "systemctl --failed --no-pager"}
+
 
 def new_target(image: Path, workdir: Path, cfg, accel: str, say=print) -> Target:
     """A Target for a fresh overlay of `image` (not started), with verify's default answers."""
@@ -118,11 +121,18 @@ def check_after_cut(target: Target, junit: Path, expect_root: str | None = None)
 
 
 def keep_for_inspection(target: Target, label: str, say=print) -> Path:
-    """Stop the VM and move its serial log and overlay disk to build/soak/failures/LABEL-<time>/."""
-    target.forget_connection()
-    target.vm.kill()
+    """Stop the VM and move its serial log and overlay disk to build/soak/failures/LABEL-<time>/
+    (with the journal and step-ca's log first, when the guest still answers over SSH)."""
     out = SOAK_DIR / "failures" / f"{label}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)
+    if target.vm.is_running() and target.ssh_reached:
+        for name, command in JOURNALS.items():
+            try:
+                (out / name).write_text(run(target, command)[1])
+            except Exception as e:  # noqa: BLE001 - keep what we have; say why the rest is missing
+                (out / name).write_text(f"could not fetch: {e}\n")
+    target.forget_connection()
+    target.vm.kill()
     for src in (target.vm.serial_log, target.vm.qemu_log, target.vm.spec.disk):
         if src.exists():
             shutil.move(str(src), out / src.name)

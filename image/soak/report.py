@@ -59,8 +59,9 @@ def render_table(data: dict, width: int = 110) -> str:
         rows.append((f"cut during {cut.get('op')}", "ok" if cut.get("ok") else "FAIL",
                      f"+{cut.get('delay_s')} s" + ("" if cut.get("ok") else f": {cut.get('error')}")))
     for step in data.get("disk_full", []):
+        said = step.get("full_says") or ""
         rows.append((f"disk full: {step.get('op')}", "ok" if step.get("ok") else "FAIL",
-                     step.get("full_says") or step.get("error") or ""))
+                     said if step.get("ok") else f"{step.get('error')} [it said: {said}]"))
     for run in data.get("failover", []):
         rows.append((f"failover on {run.get('database')}", "ok" if run.get("ok") else "FAIL",
                      f"issued {run.get('issued')}, failed {run.get('failed')}, retried {run.get('retried')}, "

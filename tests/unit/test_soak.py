@@ -95,7 +95,8 @@ def test_the_table_has_a_line_per_result_the_totals_and_the_seed():
                      {"index": 2, "ok": False, "phase": "system steps", "delay_s": 3, "anchor": "committed",
                       "cut_in": "committed", "error": "step-ca's /health does not answer " + "x" * 200}],
             "op_cuts": [{"op": "restore", "ok": True, "delay_s": 2.0}],
-            "disk_full": [{"op": "backup", "ok": True, "full_says": "error: no space left on device"}],
+            "disk_full": [{"op": "backup", "ok": True, "full_says": "error: no space left on device"},
+                          {"op": "restore", "ok": False, "full_says": "x" * 300, "error": "step-ca stopped"}],
             "failover": [{"database": "mysql", "ok": True, "issued": 30, "failed": 2, "retried": 2, "kills": 3}]}
     table = report.render_table(data, width=100)
     lines = table.splitlines()
@@ -104,6 +105,7 @@ def test_the_table_has_a_line_per_result_the_totals_and_the_seed():
     assert any(line.startswith("power cut 2") and "FAIL" in line and "/health" in line for line in lines)
     assert any("cut during restore" in line for line in lines)
     assert any("disk full: backup" in line and "no space" in line for line in lines)
+    assert any("disk full: restore" in line and "FAIL" in line and "step-ca stopped" in line for line in lines)
     assert any("failover on mysql" in line and "issued 30, failed 2, retried 2" in line for line in lines)
     assert "power_cuts_survived: 1/2" in lines[-2] and "failover_survived: 2/2" in lines[-2]
     assert lines[-1] == "seed: 9 (replay with --seed 9)"
