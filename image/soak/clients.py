@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import os
 import subprocess
 import sys
 import threading
@@ -14,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
+
+from image.runner import checked_output, probe
 
 VENV_BIN = Path(sys.executable).parent
 NAME = "localhost"
@@ -75,12 +76,12 @@ class Certbot:
         self.url, self.root, self.workdir, self.webroot = url, root, workdir, webroot
 
     def _run(self, *args) -> subprocess.CompletedProcess:
-        env = dict(os.environ, REQUESTS_CA_BUNDLE=str(self.root))
+        """certbot's finished process; exit 124 (as timeout(1) says) when it could not run or hung."""
         dirs = ["--config-dir", self.workdir / "config", "--work-dir", self.workdir / "work",
                 "--logs-dir", self.workdir / "logs"]
-        return subprocess.run([str(VENV_BIN / "certbot"), *args, "-n", *map(str, dirs),
-                               "--server", f"{self.url}/acme/acme/directory"],
-                              capture_output=True, text=True, env=env, timeout=180)
+        cmd = [VENV_BIN / "certbot", *args, "-n", *dirs, "--server", f"{self.url}/acme/acme/directory"]
+        done = probe(cmd, timeout=180, env={"REQUESTS_CA_BUNDLE": str(self.root)})
+        return done or subprocess.CompletedProcess(cmd, 124, "", "certbot did not run or finish within 180 s")
 
     def register(self) -> subprocess.CompletedProcess:
         return self._run("register", "--agree-tos", "--register-unsafely-without-email")
@@ -100,18 +101,18 @@ class AcmeTiny:
         self.url, self.root, self.workdir, self.challenges = url, root, workdir, challenges
         workdir.mkdir(parents=True, exist_ok=True)
         self.account_key, self.csr = workdir / "account.key", workdir / "domain.csr"
-        subprocess.run(["openssl", "genrsa", "-out", str(self.account_key), "2048"], check=True, capture_output=True)
-        subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                        "-keyout", str(workdir / "domain.key"), "-subj", f"/CN={NAME}",
-                        "-addext", f"subjectAltName=DNS:{NAME}", "-out", str(self.csr)],
-                       check=True, capture_output=True)
+        checked_output("acme-tiny's account key", ["openssl", "genrsa", "-out", str(self.account_key), "2048"])
+        checked_output("acme-tiny's CSR", ["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
+                                           "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(workdir / "domain.key"),
+                                           "-subj", f"/CN={NAME}", "-addext", f"subjectAltName=DNS:{NAME}",
+                                           "-out", str(self.csr)])
 
     def order(self) -> tuple[int | None, str]:
-        env = dict(os.environ, SSL_CERT_FILE=str(self.root))
-        result = subprocess.run([str(VENV_BIN / "acme-tiny"), "--account-key", str(self.account_key), "--csr",
-                                 str(self.csr), "--acme-dir", str(self.challenges), "--directory-url",
-                                 f"{self.url}/acme/acme/directory", "--disable-check"],
-                                capture_output=True, text=True, env=env, timeout=180)
+        result = probe([VENV_BIN / "acme-tiny", "--account-key", self.account_key, "--csr", self.csr,
+                        "--acme-dir", self.challenges, "--directory-url", f"{self.url}/acme/acme/directory",
+                        "--disable-check"], timeout=180, env={"SSL_CERT_FILE": str(self.root)})
+        if result is None:
+            return None, "acme-tiny did not run or finish within 180 s"
         if result.returncode != 0:
             lines = result.stderr.strip().splitlines()
             return None, lines[-1] if lines else f"exit {result.returncode}"

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from image.errors import StepFailed
-from image.runner import stop_process
+from image.runner import checked_output, probe, stop_process
 from image.vm.qemu import free_port
 
 MARIADB_START_TIMEOUT = 60
@@ -54,9 +54,10 @@ class MariaDB:
 
     def start(self):
         self.workdir.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mysql_install_db", "--no-defaults", f"--datadir={self.datadir}", "--user=root",
-                        "--auth-root-authentication-method=socket", "--skip-test-db"],
-                       check=True, capture_output=True, timeout=120)
+        checked_output("mysql_install_db", ["mysql_install_db", "--no-defaults", f"--datadir={self.datadir}",
+                                            "--user=root", "--auth-root-authentication-method=socket",
+                                            "--skip-test-db"], timeout=120)
+        # long-lived: the server runs for the campaign
         self.process = subprocess.Popen(
             [_server_binary(), "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
              f"--port={self.port}", "--bind-address=127.0.0.1", "--user=root", "--skip-log-bin",
@@ -73,8 +74,10 @@ class MariaDB:
 
     def sql(self, statement, check=True):
         """Run SQL as root over the socket; returns the CompletedProcess (tab-separated rows, no headers)."""
-        result = subprocess.run(["mariadb", "--no-defaults", f"--socket={self.socket}", "-u", "root", "-N", "-B",
-                                 "-e", statement], capture_output=True, text=True, timeout=30)
+        result = probe(["mariadb", "--no-defaults", f"--socket={self.socket}", "-u", "root", "-N", "-B",
+                        "-e", statement], timeout=30)
+        if result is None:
+            result = subprocess.CompletedProcess(["mariadb"], 124, "", "mariadb did not run or answer in 30 s")
         if check and result.returncode != 0:
             raise StepFailed("database server", f"SQL {statement!r} failed: {result.stderr}")
         return result
@@ -137,7 +140,9 @@ class PostgreSQL:
     def _as_owner(self, *command, timeout=120, check=True):
         if os.geteuid() == 0:
             command = ("runuser", "-u", "postgres", "--", *command)
-        result = subprocess.run([str(part) for part in command], capture_output=True, text=True, timeout=timeout)
+        result = probe(command, timeout=timeout)
+        if result is None:
+            result = subprocess.CompletedProcess(command, 124, "", f"{command[0]} did not run or finish in {timeout} s")
         if check and result.returncode != 0:
             raise StepFailed("database server", f"{command} failed: {result.stdout}{result.stderr}\n{self.log_text()}")
         return result

@@ -164,11 +164,13 @@ def run_failover(seconds: float, rng: random.Random, report, say=print) -> None:
     out.unlink(missing_ok=True)
     say(f"failover: {seconds:g} s per database ({', '.join(KINDS)}), in a private network namespace")
     script = ("ip link set lo up && exec \"$0\" -m image.soak.failover \"$1\" \"$2\" \"$3\"")
-    result = subprocess.run(["unshare", "--net", "sh", "-c", script, sys.executable, str(seconds), str(seed), str(out)],
-                            cwd=PROJECT_ROOT)
+    # long-lived: the whole campaign runs in this child (its output is the terminal's), waited for here
+    child = subprocess.Popen(["unshare", "--net", "sh", "-c", script, sys.executable, str(seconds), str(seed),
+                              str(out)], cwd=PROJECT_ROOT)
+    status = child.wait()
     entries = json.loads(out.read_text()) if out.exists() else []
-    if result.returncode != 0 and not entries:
-        entries = [{"database": "both", "ok": False, "error": f"the namespace's run exited {result.returncode}"}]
+    if status != 0 and not entries:
+        entries = [{"database": "both", "ok": False, "error": f"the namespace's run exited {status}"}]
     for entry in entries:
         report.add("failover", entry)
     report.set("failover_survived", f"{sum(1 for e in entries if e.get('ok'))}/{len(entries)}")

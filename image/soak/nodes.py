@@ -15,7 +15,7 @@ import yaml
 
 from image.config import PROJECT_ROOT
 from image.errors import StepFailed
-from image.runner import stop_process
+from image.runner import probe, stop_process
 
 GUEST_PYTHON = "/usr/bin/python3"
 GUEST_CLI = PROJECT_ROOT / "overlay" / "usr" / "bin" / "ca-appliance"
@@ -32,18 +32,20 @@ def step_ca_binary() -> Path:
 
 
 def guest_env(workdir: Path) -> dict:
-    """PATH with the pinned step-ca alone first (the CLI reads `step-ca version` to judge the build)."""
+    """PATH with the pinned step-ca alone first (the CLI reads `step-ca version` to judge the build);
+    the variables to add to this process's environment."""
     directory = workdir / "step-ca-on-path"
     directory.mkdir(parents=True, exist_ok=True)
     link = directory / "step-ca"
     if not link.is_symlink():
         link.symlink_to(step_ca_binary())
-    return dict(os.environ, PATH=f"{directory}:{os.environ.get('PATH', os.defpath)}")
+    return {"PATH": f"{directory}:{os.environ.get('PATH', os.defpath)}"}
 
 
 def run_cli(workdir: Path, *args) -> subprocess.CompletedProcess:
-    result = subprocess.run([GUEST_PYTHON, str(GUEST_CLI), *map(str, args)], capture_output=True, text=True,
-                            input="", env=guest_env(workdir), timeout=300)
+    result = probe([GUEST_PYTHON, GUEST_CLI, *args], timeout=300, env=guest_env(workdir), input="")
+    if result is None:
+        raise StepFailed(f"ca-appliance {args[0]}", f"{GUEST_PYTHON} did not run it or it did not finish in 300 s")
     if result.returncode != 0:
         raise StepFailed(f"ca-appliance {args[0]}", f"exit {result.returncode}: {result.stderr.strip()[-400:]}")
     return result
@@ -83,6 +85,7 @@ class Node:
 
     def start(self) -> Node:
         with open(self.log_path, "ab") as log:
+            # long-lived: the node serves until it is killed or stopped
             self.process = subprocess.Popen(
                 [str(step_ca_binary()), "--password-file", str(self.password_file), str(self.ca_json)],
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.prefix, start_new_session=True)
