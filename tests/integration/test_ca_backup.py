@@ -2,6 +2,7 @@
 import io
 import os
 import stat
+import subprocess
 import tarfile
 
 import pytest
@@ -264,3 +265,34 @@ def test_a_sealed_header_outside_the_writers_parameters_is_one_line_and_writes_n
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert expected in result.stderr and "Traceback" not in result.stderr
     assert not prefix.exists() or not any(prefix.rglob("*")), sorted(prefix.rglob("*"))
+
+
+def test_backup_onto_a_full_disk_is_refused_before_step_ca_is_stopped(make_ca, tmp_path):
+    """A real small file system (tmpfs of 8 MiB): backup refuses in one line, exit 1, naming what is
+    free and what it needs, before it would stop step-ca (soak's disk-full campaign found backup
+    stopping step-ca first, which then could not start on the full disk); nothing is written there.
+    On a file system with room the same backup succeeds."""
+    ca = make_ca()
+    small, roomy = tmp_path / "small", tmp_path / "roomy"
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text(BACKUP_PASSPHRASE + "\n")
+    mounted = []
+    try:
+        for where, size in ((small, "8m"), (roomy, "256m")):
+            where.mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)], check=True)
+            mounted.append(where)
+        result = run_cli("backup", "--out", small / "ca.tar.gz", "--prefix", ca.prefix, "--no-system",
+                         "--passphrase-file", passphrase, check=False)
+        assert result.returncode == 1, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert f"{small} has 8 MiB free; the archive needs up to" in line
+        assert "MiB must stay free for step-ca" in line and "step-ca was not stopped" in line
+        assert PASSWORD not in line
+        assert os.listdir(small) == []
+        run_cli("backup", "--out", roomy / "ca.tar.gz", "--prefix", ca.prefix, "--no-system",
+                "--passphrase-file", passphrase)
+        assert (roomy / "ca.tar.gz").stat().st_size > 0
+    finally:
+        for where in mounted:
+            subprocess.run(["umount", str(where)], check=False)

@@ -241,7 +241,17 @@ def test_a_gzip_bomb_stops_at_the_unpacked_limit(ca, tmp_path, monkeypatch):
     path = tmp_path / "bomb.tar.gz"
     path.write_bytes(tar_gz([*members_of(ca), (file_info("var/lib/step-ca/db/big"), zeros)]))
     assert path.stat().st_size < 2 ** 20
-    refused(ca, path, expect="unpacks to more than 4 MiB")
+    refused(ca, path, expect="unpacks to more than 4 MiB, the most a CA archive may")
+
+
+def test_a_restore_that_would_fill_the_disk_says_so_and_how_much_is_free(ca, tmp_path, monkeypatch):
+    """The real free space of tmp_path's file system, with a reserve larger than it: no room at all."""
+    free = archive.free_bytes(tmp_path)
+    monkeypatch.setattr(archive, "DISK_RESERVE", free + 2 ** 30)
+    path = tmp_path / "ok.tar.gz"
+    path.write_bytes(tar_gz(members_of(ca)))
+    message = refused(ca, path, expect="needs more space than")
+    assert "MiB free, of which" in message and "free space and run it again" in message
 
 
 def test_member_count_and_size_limits(ca, tmp_path, monkeypatch):

@@ -146,8 +146,8 @@ class _Decrypting:
 class _Gunzip:
     """One gzip member, inflated as it is read, at most MAX_UNPACKED_BYTES; nothing may follow it."""
 
-    def __init__(self, source, budget, fail):
-        self.source, self.budget, self.fail = source, budget, fail
+    def __init__(self, source, budget, fail, over_budget):
+        self.source, self.budget, self.fail, self.over_budget = source, budget, fail, over_budget
         self.inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
         self.count = 0
         self.pending = b""
@@ -173,8 +173,7 @@ class _Gunzip:
             if data:
                 self.count += len(data)
                 if self.count > self.budget:
-                    self.fail(f"unpacks to more than {self.budget // 2 ** 20} MiB (the limit here: "
-                              f"at most {MAX_UNPACKED_BYTES // 2 ** 20} MiB, and free space on the disk)")
+                    self.fail(self.over_budget)
                 return data
 
     def drain(self):
@@ -219,11 +218,17 @@ def normalise(name, fail):
     return "/".join(parts)
 
 
-def _free_bytes(path):
+def existing_parent(path):
+    """path, or its nearest existing parent (whose file system a new file would be on)."""
     path = Path(path)
     while not path.exists():
         path = path.parent
-    info = os.statvfs(path)
+    return path
+
+
+def free_bytes(path):
+    """Bytes an unprivileged user may still write there (step-ca runs as one): root's reserve excluded."""
+    info = os.statvfs(existing_parent(path))
     return info.f_bavail * info.f_frsize
 
 
@@ -287,9 +292,14 @@ def unpack(archive_path, *, passphrase, allow_unencrypted, accept, destination, 
                     source.finish()
             stream = _Prefixed()
         budget = MAX_UNPACKED_BYTES
-        if space_on is not None:
-            budget = max(0, min(budget, _free_bytes(space_on) - DISK_RESERVE))
-        gunzip = _Gunzip(stream, budget, fail)
+        over_budget = f"unpacks to more than {MAX_UNPACKED_BYTES // 2 ** 20} MiB, the most a CA archive may"
+        if space_on is not None and free_bytes(space_on) - DISK_RESERVE < budget:
+            free = free_bytes(space_on)
+            budget = max(0, free - DISK_RESERVE)
+            over_budget = (f"needs more space than {existing_parent(space_on)} has: {free // 2 ** 20} MiB free, "
+                           f"of which {DISK_RESERVE // 2 ** 20} MiB stay free for step-ca; free space and run it "
+                           "again")
+        gunzip = _Gunzip(stream, budget, fail, over_budget)
         try:
             kept, seen = _untar(gunzip, accept, destination, in_memory, small_limit, fail)
             gunzip.drain()

@@ -32,7 +32,7 @@ from cryptography.x509 import load_pem_x509_certificate
 
 from . import archive, clientpage, database, pki, replace, system
 from .archive import MAGIC, SCRYPT
-from .errors import UserError
+from .errors import StepFailed, UserError
 from .layout import OWNERSHIP
 from .staging import write_file
 
@@ -148,10 +148,36 @@ def database_entry(layout):
     return entry
 
 
+def archive_size_bound(layout):
+    """At most how many bytes the archive of this CA takes: its files as they are (gzip and the seal
+    add less than the tar headers and the allowance counted here)."""
+    total = 2 ** 20
+    for path, _is_tree in _tree_roots(layout):
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else []
+        total += sum(p.stat().st_size + 1024 for p in files)
+    return total
+
+
+def check_space(layout, out_path):
+    """Refuse, before step-ca is touched, a backup the disk has no room for: written anyway, it would
+    fail half-way and leave no room for step-ca's database to start again (it runs unprivileged)."""
+    needed = archive_size_bound(layout) + archive.DISK_RESERVE
+    where = archive.existing_parent(Path(out_path).parent)
+    free = archive.free_bytes(where)
+    if free < needed:
+        raise StepFailed("backup", f"{where} has {free // 2 ** 20} MiB free; the "
+                                   f"archive needs up to {(needed - archive.DISK_RESERVE) // 2 ** 20 + 1} MiB and "
+                                   f"{archive.DISK_RESERVE // 2 ** 20} MiB must stay free for step-ca: free space "
+                                   "(or write the archive elsewhere) and run it again; step-ca was not stopped")
+
+
 def backup(layout, out_path, use_system=True, passphrase=None):
     """Stop step-ca, archive (sealed under `passphrase` when given), start it again (also when archiving
-    fails). With a shared database there is no local database to quiesce: step-ca keeps serving."""
+    fails). With a shared database there is no local database to quiesce: step-ca keeps serving. A
+    disk without room for the archive is refused first, with step-ca untouched."""
     replace.recover(layout)  # never archive a swap a crash left half done
+    if layout.is_configured():
+        check_space(layout, out_path)
     if use_system and layout.is_system and database_entry(layout)["included"]:
         was_running = system.stop_service()
         try:
