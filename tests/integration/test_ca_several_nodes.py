@@ -20,6 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from helpers.wizard import answer, bake, finish, start_setup, walk
 
+from image.soak.clients import ChallengeServer
+
 VENV_BIN = Path(sys.executable).parent
 DB_PASSWORD = "db-Secret-0f-the-test-42"
 DB_USER, DB_NAME = "stepca_node", "stepca"
@@ -144,30 +146,6 @@ def challenge_dir(tmp_path, port_80_free):
     return challenges
 
 
-class ChallengeServer:
-    def __init__(self, challenges):
-        import functools
-        import http.server
-        import threading
-
-        class Quiet(http.server.SimpleHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 80), functools.partial(Quiet, directory=str(challenges.parent.parent)))
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
-
-
 @pytest.mark.slow
 def test_two_nodes_from_setup_and_join_serve_one_ca_through_a_round_robin_proxy(
         dbserver, serve, tmp_path, challenge_dir):
@@ -220,7 +198,7 @@ def test_two_nodes_from_setup_and_join_serve_one_ca_through_a_round_robin_proxy(
         # used on the other within one order.
         account_key = tmp_path / "acme-tiny-account.key"
         subprocess.run(["openssl", "genrsa", "-out", str(account_key), "2048"], check=True, capture_output=True)
-        with ChallengeServer(challenge_dir):
+        with ChallengeServer(challenge_dir.parent.parent):
             tiny_first = acme_tiny(url, root, tmp_path, account_key, challenge_dir)
         assert proxy.served[port1] > 0 and proxy.served[port2] > 0, proxy.served
 
@@ -230,7 +208,7 @@ def test_two_nodes_from_setup_and_join_serve_one_ca_through_a_round_robin_proxy(
         before = dict(proxy.served)
         certbot_certonly(url, root, bot, "--force-renewal")  # the account made before
         second = certbot_leaf(bot)
-        with ChallengeServer(challenge_dir):
+        with ChallengeServer(challenge_dir.parent.parent):
             tiny_second = acme_tiny(url, root, tmp_path, account_key, challenge_dir)
         assert proxy.served[port1] == before[port1] and proxy.served[port2] > before[port2]
 
@@ -240,7 +218,7 @@ def test_two_nodes_from_setup_and_join_serve_one_ca_through_a_round_robin_proxy(
         server2.stop()
         certbot_certonly(url, root, bot, "--force-renewal")
         third = certbot_leaf(bot)
-        with ChallengeServer(challenge_dir):
+        with ChallengeServer(challenge_dir.parent.parent):
             tiny_third = acme_tiny(url, root, tmp_path, account_key, challenge_dir)
     finally:
         proxy.stop()
