@@ -40,7 +40,11 @@ def _image(image) -> Path:
             raise UserError(f"--image: {str(path)!r} does not exist (give a built .qcow2 image)")
         return path.resolve()
     from image.build import build_appliance, output_stem
-    cfg = load_config(overrides={"image": {"base": "debian", "formats": ["qcow2"]}})
+    from image.stepbuild import pinned_binaries
+    # the pinned step-ca and step, built from their Go modules (cached), as bench and make test use:
+    # the default artifacts come from GitHub releases, which a build machine may not reach
+    artifacts = {key: {"path": str(path)} for key, path in pinned_binaries().items()}
+    cfg = load_config(overrides={"image": {"base": "debian", "formats": ["qcow2"]}, "artifacts": artifacts})
     dist = appliance.SOAK_DIR / "dist"
     build_appliance(cfg, formats=["qcow2"], dist_dir=dist, build_dir=appliance.SOAK_DIR / "work")
     return dist / f"{output_stem(cfg)}.qcow2"
