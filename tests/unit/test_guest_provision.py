@@ -273,6 +273,11 @@ def test_debian_layout_root_provisions_with_sudo_and_initramfs_tools_recorded(tm
     debian_tree(root)
     lay_payload(root, tmp_path, password_hash=None)
     record = tmp_path / "recorded.txt"
+    # in a build provision runs the tree's own copy, whose imports leave time-stamped .pyc behind first
+    writing = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([GUEST_PYTHON, "-c", "import ca_appliance.cli"], cwd=root / "usr/lib/ca-appliance", check=True,
+                   env=writing)
+    assert (root / "usr/lib/ca-appliance/ca_appliance/__pycache__").is_dir()
     argv_result = run_provision(root, "debian", ["update-initramfs"], record)
     assert argv_result.returncode == 0, argv_result.stdout + argv_result.stderr
     sudoers = (root / "etc/sudoers.d/ca-appliance-admin").read_text()

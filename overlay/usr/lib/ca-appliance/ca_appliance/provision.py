@@ -462,7 +462,9 @@ def compile_guest(tools):
     watch, whose units keep /usr read-only. Checked-hash .pyc: no time stamp (the same tree from the
     same inputs), and a changed source is never run from a stale one. Returns the cache tag."""
     package = tools.path(GUEST_PACKAGE)
-    ok = compileall.compile_dir(str(package), quiet=1, ddir="/" + GUEST_PACKAGE, workers=1,
+    # force: provision's own imports have already left time-stamped .pyc of the modules it uses,
+    # which compileall would otherwise keep as "up to date"
+    ok = compileall.compile_dir(str(package), quiet=1, ddir="/" + GUEST_PACKAGE, workers=1, force=True,
                                 invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
     if not ok:
         raise StepFailed("byte-compile", f"/{GUEST_PACKAGE} has a module python3 {sys.version.split()[0]} "
