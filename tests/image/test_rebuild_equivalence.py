@@ -11,6 +11,7 @@ The root file systems of 2 and 3 are read through a read-only loop device and mo
 on every path: its type, mode, owner, group, extended attributes, symlink target, device numbers and
 the SHA-256 of its content. A few minutes (two mmdebstrap runs).
 """
+import contextlib
 import datetime
 import io
 import os
@@ -67,9 +68,10 @@ def run(*cmd):
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=True).stdout
 
 
-def tree_of(raw: Path, mnt: Path) -> dict[str, tuple]:
-    """{path: (type, mode, uid, gid, xattrs, symlink target | content digest | device)} of the root
-    file system, mounted read-only (no journal replay); always unmounted and detached."""
+@contextlib.contextmanager
+def mounted_root(raw: Path, mnt: Path):
+    """The image's root file system mounted read-only at mnt (no journal replay); always unmounted
+    and its loop device detached."""
     part = disk.root_partition(raw)
     mnt.mkdir()
     dev = run("losetup", "--find", "--show", "--read-only", "--offset", part.offset, "--sizelimit", part.size,
@@ -77,11 +79,18 @@ def tree_of(raw: Path, mnt: Path) -> dict[str, tuple]:
     try:
         run("mount", "-o", "ro,noload", dev, mnt)
         try:
-            return walk(mnt)
+            yield mnt
         finally:
             run("umount", mnt)
     finally:
         run("losetup", "--detach", dev)
+
+
+def tree_of(raw: Path, mnt: Path) -> dict[str, tuple]:
+    """{path: (type, mode, uid, gid, xattrs, symlink target | content digest | device)} of the root
+    file system."""
+    with mounted_root(raw, mnt) as root:
+        return walk(root)
 
 
 def walk(root: Path) -> dict[str, tuple]:
@@ -106,18 +115,8 @@ def walk(root: Path) -> dict[str, tuple]:
 
 
 def shadow_without_dates(raw: Path, mnt: Path, rel: str) -> list[list[str]]:
-    part = disk.root_partition(raw)
-    mnt.mkdir()
-    dev = run("losetup", "--find", "--show", "--read-only", "--offset", part.offset, "--sizelimit", part.size,
-              raw).strip()
-    try:
-        run("mount", "-o", "ro,noload", dev, mnt)
-        try:
-            lines = (mnt / rel).read_text().splitlines()
-        finally:
-            run("umount", mnt)
-    finally:
-        run("losetup", "--detach", dev)
+    with mounted_root(raw, mnt) as root:
+        lines = (root / rel).read_text().splitlines()
     return [line.split(":")[:2] + line.split(":")[3:] for line in lines]
 
 
