@@ -244,6 +244,21 @@ def test_a_gzip_bomb_stops_at_the_unpacked_limit(ca, tmp_path, monkeypatch):
     refused(ca, path, expect="unpacks to more than 4 MiB, the most a CA archive may")
 
 
+def test_a_flipped_byte_anywhere_in_a_sealed_archive_is_one_line(ca, tmp_path):
+    """AES-GCM's tag is checked at the end, so a flipped ciphertext byte first reaches gzip and tar as a
+    flipped plaintext byte: wherever it lands, one line (a fresh-clone CI run saw zlib's `incorrect
+    data check` escape as a traceback)."""
+    sealed = backup.seal(tar_gz(members_of(ca)), PASSPHRASE)
+    body_start = sealed.index(b"\n") + 1
+    path = tmp_path / "flipped.bak"
+    for position in range(body_start, len(sealed), max(1, (len(sealed) - body_start) // 24)):
+        data = bytearray(sealed)
+        data[position] ^= 0x01
+        path.write_bytes(bytes(data))
+        message = refused(ca, path, passphrase=PASSPHRASE)
+        assert "altered" in message or "damaged" in message, (position, message)
+
+
 def test_a_restore_that_would_fill_the_disk_says_so_and_how_much_is_free(ca, tmp_path, monkeypatch):
     """The real free space of tmp_path's file system, with a reserve larger than it: no room at all."""
     free = archive.free_bytes(tmp_path)

@@ -156,8 +156,7 @@ class _Gunzip:
         size = max(1, min(size, CHUNK)) if size is not None and size >= 0 else CHUNK
         while True:
             if self.pending:
-                data = self.inflate.decompress(self.pending, size)
-                self.pending = self.inflate.unconsumed_tail
+                data = self._inflate(self.pending, size)
             elif self.inflate.eof:
                 if self.inflate.unused_data:
                     self.fail("damaged (data after the compressed archive)")
@@ -166,8 +165,7 @@ class _Gunzip:
                 raw = self.source.read(CHUNK)
                 if not raw:
                     self.fail("is truncated (the compressed stream ends early)")
-                data = self.inflate.decompress(raw, size)
-                self.pending = self.inflate.unconsumed_tail
+                data = self._inflate(raw, size)
             if self.inflate.eof and self.inflate.unused_data:
                 self.fail("damaged (data after the compressed archive)")
             if data:
@@ -175,6 +173,15 @@ class _Gunzip:
                 if self.count > self.budget:
                     self.fail(self.over_budget)
                 return data
+
+    def _inflate(self, raw, size):
+        # every reader of the stream (tar headers, member data, the drain) gets one line, not zlib's traceback
+        try:
+            data = self.inflate.decompress(raw, size)
+        except zlib.error:
+            self.fail("damaged (the compressed stream is corrupt)")
+        self.pending = self.inflate.unconsumed_tail
+        return data
 
     def drain(self):
         """What is left after tar's end: only the zero blocks of its padding may be there."""
