@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers.images import mounted_root
 
 
 @pytest.fixture(scope="session")
@@ -45,18 +46,9 @@ def root_partition(raw_image) -> dict:
 
 @pytest.fixture(scope="session")
 def image_root(raw_image, root_partition, tmp_path_factory) -> Path:
-    offset, size = root_partition["start"] * 512, root_partition["size"] * 512
     mnt = tmp_path_factory.mktemp("root")
-    dev = run("losetup", "--find", "--show", "--read-only", "--offset", offset, "--sizelimit", size,
-              raw_image).stdout.strip()
-    try:
-        run("mount", "-o", "ro,noload", dev, mnt)
-        try:
-            yield mnt
-        finally:
-            run("umount", mnt)
-    finally:
-        run("losetup", "--detach", dev)
+    with mounted_root(raw_image, root_partition["start"] * 512, root_partition["size"] * 512, mnt):
+        yield mnt
 
 
 @pytest.fixture(scope="session")

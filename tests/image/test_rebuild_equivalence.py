@@ -11,7 +11,6 @@ The root file systems of 2 and 3 are read through a read-only loop device and mo
 on every path: its type, mode, owner, group, extended attributes, symlink target, device numbers and
 the SHA-256 of its content. A few minutes (two mmdebstrap runs).
 """
-import contextlib
 import datetime
 import io
 import os
@@ -21,6 +20,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers.images import mounted_root
 from image_fixture import debian_test_config
 
 import image.payload
@@ -68,28 +68,12 @@ def run(*cmd):
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=True).stdout
 
 
-@contextlib.contextmanager
-def mounted_root(raw: Path, mnt: Path):
-    """The image's root file system mounted read-only at mnt (no journal replay); always unmounted
-    and its loop device detached."""
-    part = disk.root_partition(raw)
-    mnt.mkdir()
-    dev = run("losetup", "--find", "--show", "--read-only", "--offset", part.offset, "--sizelimit", part.size,
-              raw).strip()
-    try:
-        run("mount", "-o", "ro,noload", dev, mnt)
-        try:
-            yield mnt
-        finally:
-            run("umount", mnt)
-    finally:
-        run("losetup", "--detach", dev)
-
-
 def tree_of(raw: Path, mnt: Path) -> dict[str, tuple]:
     """{path: (type, mode, uid, gid, xattrs, symlink target | content digest | device)} of the root
     file system."""
-    with mounted_root(raw, mnt) as root:
+    part = disk.root_partition(raw)
+    mnt.mkdir()
+    with mounted_root(raw, part.offset, part.size, mnt) as root:
         return walk(root)
 
 
@@ -115,7 +99,9 @@ def walk(root: Path) -> dict[str, tuple]:
 
 
 def shadow_without_dates(raw: Path, mnt: Path, rel: str) -> list[list[str]]:
-    with mounted_root(raw, mnt) as root:
+    part = disk.root_partition(raw)
+    mnt.mkdir()
+    with mounted_root(raw, part.offset, part.size, mnt) as root:
         lines = (root / rel).read_text().splitlines()
     return [line.split(":")[:2] + line.split(":")[3:] for line in lines]
 
