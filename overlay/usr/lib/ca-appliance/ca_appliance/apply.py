@@ -308,7 +308,10 @@ def _system_steps(saved, layout, restart, out):
     system.configure_network(saved["network"])
     checkpoint("network configured")
     admin = saved["admin"]
-    for note in (system.install_admin_keys(admin["user"], admin["ssh_authorized_keys"]), system.reload_sshd(),
+    # chrony: setup configured it before the clock check already (no change, no restart); a join and a
+    # resumed setup get network.ntp here
+    for note in (system.configure_chrony(saved["network"].get("ntp")),
+                 system.install_admin_keys(admin["user"], admin["ssh_authorized_keys"]), system.reload_sshd(),
                  system.open_firewall()):
         if note:
             print(f"note: {note}", file=out)

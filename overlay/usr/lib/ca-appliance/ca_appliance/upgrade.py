@@ -150,9 +150,10 @@ def restore_at_first_boot(layout, archive, *, passphrase=None, answers=None, use
             system.set_hostname(state["hostname"])
         if answers:
             system.configure_network(answers["network"])
-            note = system.install_admin_keys(answers["admin"]["user"], answers["admin"]["ssh_authorized_keys"])
-            if note:
-                print(f"note: {note}", file=out)
+            for note in (system.configure_chrony(answers["network"].get("ntp")),   # the restored CA keeps time too
+                         system.install_admin_keys(answers["admin"]["user"], answers["admin"]["ssh_authorized_keys"])):
+                if note:
+                    print(f"note: {note}", file=out)
         apply.serve_restored_ca(layout, out)
     apply.mark_complete(layout)   # last: the first-boot unit is done once this exists
     directory = cajson.acme_directory_url({"address": config["address"], "dns_names": config["dnsNames"]})
