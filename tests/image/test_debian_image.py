@@ -203,6 +203,7 @@ def test_boots_by_uuid_on_serial_and_vga(image_root, root_blkid, raw_image):
     kernel, *args = linux.split()
     assert (image_root / kernel.lstrip("/")).is_file()
     assert f"root=UUID={uuid}" in args and args[-2:] == ["console=tty0", "console=ttyS0,115200n8"]
+    assert "panic=10" in args              # a panicked kernel reboots instead of hanging the appliance
     (initrd,) = re.findall(r"^\s*initrd\s+(\S+)$", grub_cfg, re.M)
     assert (image_root / initrd.lstrip("/")).is_file()
     assert (image_root / "boot/grub/i386-pc/normal.mod").is_file()

@@ -72,7 +72,7 @@ def test_default_config_renders_a_valid_f45_kickstart():
     assert handler.reboot.action == constants.KS_SHUTDOWN
     assert "\npoweroff\n" in text              # pykickstart reads poweroff and shutdown alike
     assert handler.firstboot.firstboot == constants.FIRSTBOOT_SKIP
-    assert handler.bootloader.appendLine == "console=tty0 console=ttyS0,115200n8"
+    assert handler.bootloader.appendLine == "panic=10 console=tty0 console=ttyS0,115200n8"
     assert handler.url.url == "https://dl.fedoraproject.org/pub/fedora/linux/releases/45/Server/x86_64/os/"
     assert [r.baseurl for r in handler.repo.repoList] == [
         "https://dl.fedoraproject.org/pub/fedora/linux/updates/45/Everything/x86_64/",

@@ -48,7 +48,9 @@ ROOT_FSTYPE = "xfs"                # Fedora Server's default; xfs_growfs grows i
 # virtio-serial port the report %post writes to; the builder's QEMU connects it to a file.
 RESULT_PORT = "org.ca-appliance.install-result.0"
 SUCCESS_MARKER = "ca-appliance-install: ok"
-KERNEL_CONSOLES = "console=tty0 console=ttyS0,115200n8"  # the last one is /dev/console: serial
+# panic=10: a panicked kernel reboots (the first boot resumes) instead of hanging; the last console is
+# /dev/console: serial.
+KERNEL_APPEND = "panic=10 console=tty0 console=ttyS0,115200n8"
 # The installer's serial console (the builder's QEMU writes it to the serial log it follows); the %post
 # scripts copy their output there (kickstart/post-console.sh.j2).
 INSTALLER_CONSOLE = "/dev/ttyS0"
@@ -196,7 +198,7 @@ def kickstart_context(cfg: Config, artifacts: Sequence[VolumeFile], mirror: str 
         "everything_url": everything_url(mirror, release),
         "updates_repo": UPDATES_REPO, "everything_repo": EVERYTHING_REPO,
         "install_disk": INSTALL_DISK, "root_fstype": ROOT_FSTYPE,
-        "kernel_append": KERNEL_CONSOLES,
+        "kernel_append": KERNEL_APPEND,
         "packages": list(EXTRA_PACKAGES) + (list(UPDATE_PACKAGES) if cfg.updates.security else []),
         "oemdrv_label": OEMDRV_LABEL, "staging_dir": STAGING_DIR, "payload_name": PAYLOAD_NAME,
         "volume_files": [PAYLOAD_NAME] + [a.name for a in artifacts],
