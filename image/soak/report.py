@@ -47,6 +47,23 @@ def _cell(value) -> str:
     return " ".join(text.split())
 
 
+def upgrade_rows(upgrade: dict | None) -> list[tuple[str, str, str]]:
+    """The upgrade's rows: which previous release, each step's time, each check, and the error if any."""
+    if not upgrade:
+        return []
+    commit = str(upgrade.get("previous_release") or "?")[:12]
+    rows = [(f"upgrade from {commit}", "", f"{upgrade.get('seconds', '?')} s in all")]
+    for step in upgrade.get("steps", []):
+        rows.append((f"upgrade: {step.get('step')}", "done", f"{step.get('seconds')} s"
+                     + (" (reused)" if step.get("reused") else "")))
+    for check in upgrade.get("checks", []):
+        rows.append((f"upgrade: {check.get('check')}", "ok" if check.get("ok") else "FAIL", check.get("detail")))
+    if upgrade.get("error"):
+        kept = f" [kept: {upgrade['kept']}]" if upgrade.get("kept") else ""
+        rows.append(("upgrade", "FAIL", upgrade["error"] + kept))
+    return rows
+
+
 def render_table(data: dict, width: int = 110) -> str:
     """One line per cut, operation, disk-full step and failover run, then the totals."""
     rows: list[tuple[str, str, str]] = []
@@ -66,6 +83,7 @@ def render_table(data: dict, width: int = 110) -> str:
         rows.append((f"failover on {run.get('database')}", "ok" if run.get("ok") else "FAIL",
                      f"issued {run.get('issued')}, failed {run.get('failed')}, retried {run.get('retried')}, "
                      f"node kills {run.get('kills')}" + ("" if run.get("ok") else f": {run.get('error')}")))
+    rows += upgrade_rows(data.get("upgrade"))
     name_width = max([len(r[0]) for r in rows] + [8])
     room = max(width - name_width - 10, 20)
     lines = [f"{'campaign':<{name_width}}  result  detail", f"{'-' * name_width}  ------  ------"]
@@ -74,7 +92,7 @@ def render_table(data: dict, width: int = 110) -> str:
         detail = detail if len(detail) <= room else detail[:room - 3] + "..."
         lines.append(f"{name:<{name_width}}  {result:<6}  {detail}".rstrip())
     totals = [f"{key}: {data[key]}" for key in ("power_cuts_survived", "op_cuts_survived", "disk_full_survived",
-                                                 "failover_survived") if key in data]
+                                                 "failover_survived", "upgrade_passed") if key in data]
     lines.append("; ".join(totals) if totals else "no campaign ran")
     lines.append(f"seed: {data.get('seed')} (replay with --seed {data.get('seed')})")
     return "\n".join(lines)

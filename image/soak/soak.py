@@ -23,14 +23,15 @@ def parse_seed(value) -> int:
         raise UserError(f"--seed: {value!r} is not a whole number") from None
 
 
-def campaigns(power_cuts, disk_full: bool, failover: bool) -> dict:
-    """What runs: the campaigns named; none named: all of them (power cuts: DEFAULT_CUTS)."""
-    if power_cuts is None and not disk_full and not failover:
-        return {"power_cuts": DEFAULT_CUTS, "disk_full": True, "failover": True}
+def campaigns(power_cuts, disk_full: bool, failover: bool, upgrade: bool = False) -> dict:
+    """What runs: the campaigns named; none named: power cuts (DEFAULT_CUTS), disk full and failover
+    (the upgrade builds a second, older image: only when asked for, with --upgrade)."""
+    if power_cuts is None and not disk_full and not failover and not upgrade:
+        return {"power_cuts": DEFAULT_CUTS, "disk_full": True, "failover": True, "upgrade": False}
     cuts = 0 if power_cuts is None else parse_count("--power-cuts", power_cuts, minimum=0)
-    if not cuts and not disk_full and not failover:
-        raise UserError("--power-cuts: 0 and neither --disk-full nor --failover: nothing to run")
-    return {"power_cuts": cuts, "disk_full": bool(disk_full), "failover": bool(failover)}
+    if not cuts and not disk_full and not failover and not upgrade:
+        raise UserError("--power-cuts: 0 and neither --disk-full, --failover nor --upgrade: nothing to run")
+    return {"power_cuts": cuts, "disk_full": bool(disk_full), "failover": bool(failover), "upgrade": bool(upgrade)}
 
 
 def _image(image) -> Path:
@@ -51,11 +52,11 @@ def _image(image) -> Path:
 
 
 def run_soak(image=None, accel="auto", out="build/soak.json", power_cuts=None, disk_full=False, failover=False,
-             seconds="300", seed=None, say=print) -> bool:
-    chosen = campaigns(power_cuts, disk_full, failover)
+             seconds="300", seed=None, upgrade=False, say=print) -> bool:
+    chosen = campaigns(power_cuts, disk_full, failover, upgrade)
     seed_value = parse_seed(seed)
     run_seconds = parse_seconds("--seconds", seconds)
-    needs_vm = chosen["power_cuts"] or chosen["disk_full"]
+    needs_vm = chosen["power_cuts"] or chosen["disk_full"] or chosen["upgrade"]
     accel_name = "none"
     if needs_vm:
         from image.vm.qemu import resolve_accel
@@ -78,6 +79,10 @@ def run_soak(image=None, accel="auto", out="build/soak.json", power_cuts=None, d
         if chosen["failover"]:
             from image.soak.failover import run_failover
             run_failover(run_seconds, rng, report, say)
+        if chosen["upgrade"]:
+            from image.soak.upgrade import Upgrade
+            say("upgrade from the previous image:")
+            Upgrade(image_path, cfg, accel_name, report, say).run()
     finally:
         report.set("duration_s", round(time.monotonic() - started, 1))
         say("\n" + render_table(report.data))
@@ -105,4 +110,7 @@ def _disk_full(image_path, cfg, accel, report, say) -> None:
 
 def _all_ok(data: dict) -> bool:
     entries = [*data.get("cuts", []), *data.get("op_cuts", []), *data.get("disk_full", []), *data.get("failover", [])]
-    return bool(entries) and all(e.get("ok") for e in entries)
+    results = [bool(e.get("ok")) for e in entries]
+    if "upgrade_passed" in data:
+        results.append(data["upgrade_passed"] is True)
+    return bool(results) and all(results)

@@ -155,6 +155,7 @@ class QemuSpec:
     credential_dir: Path | None = None                # where fw_cfg credential files go (0700, files 0600)
     uefi_vars: Path | None = None                     # a writable OVMF_VARS copy: boot UEFI; None: BIOS
     hardware: Hardware = HARDWARE["libvirt"]          # machine, disk controller and NIC
+    seed_volumes: tuple[Path, ...] = ()               # raw read-only volumes (a CASEED seed), on virtio
 
 
 _INLINE_VALUE = re.compile(r"(io\.systemd\.credential(?:\.binary)?:[^=,]*=|(?:^|,)string=)")
@@ -196,6 +197,8 @@ def qemu_command(spec: QemuSpec) -> list[str]:
         raise ValueError("credentials need a credential_dir: they go to QEMU as files, never on its command line")
     for name in spec.credentials:
         cmd += ["-fw_cfg", fw_cfg_credential(name, spec.credential_dir / name)]
+    for volume in spec.seed_volumes:
+        cmd += ["-drive", f"file={qemu_opt(volume)},format=raw,if=virtio,readonly=on"]
     return cmd
 
 

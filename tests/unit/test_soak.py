@@ -2,8 +2,12 @@
 reached), the report and its table, the failover's kill plan and client tallies, and the options."""
 import json
 import random
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
+import yaml
 
 from image import markers
 from image.errors import UserError
@@ -136,9 +140,12 @@ def test_a_tally_counts_failures_and_the_retries_after_them():
 
 
 def test_which_campaigns_run():
-    assert soak.campaigns(None, False, False) == {"power_cuts": 20, "disk_full": True, "failover": True}
-    assert soak.campaigns("2", False, False) == {"power_cuts": 2, "disk_full": False, "failover": False}
-    assert soak.campaigns(None, True, False) == {"power_cuts": 0, "disk_full": True, "failover": False}
+    assert soak.campaigns(None, False, False) == {"power_cuts": 20, "disk_full": True, "failover": True,
+                                                  "upgrade": False}
+    assert soak.campaigns("2", False, False) == {"power_cuts": 2, "disk_full": False, "failover": False,
+                                                 "upgrade": False}
+    assert soak.campaigns(None, True, False) == {"power_cuts": 0, "disk_full": True, "failover": False,
+                                                 "upgrade": False}
     with pytest.raises(UserError, match="nothing to run"):
         soak.campaigns("0", False, False)
 
@@ -162,3 +169,106 @@ def test_a_refusal_is_judged_one_line():
     assert diskfull.one_line("error: backup: no space left on device\n")
     assert not diskfull.one_line("Traceback (most recent call last):\n  File ...\nOSError: [Errno 28]\n")
     assert not diskfull.one_line("")
+
+
+# ---- the upgrade from the previous image (image/soak/upgrade.py): what can be judged without booting
+
+
+def test_the_previous_release_is_a_full_commit_of_this_repository():
+    from image.config import PROJECT_ROOT
+    from image.soak import upgrade
+    assert len(upgrade.PREVIOUS_RELEASE) == 40
+    kind = subprocess.run(["git", "-C", str(PROJECT_ROOT), "cat-file", "-t", upgrade.PREVIOUS_RELEASE],
+                          capture_output=True, text=True)
+    assert kind.stdout.strip() == "commit", kind.stderr
+    assert upgrade.resolve_commit() == upgrade.PREVIOUS_RELEASE
+    assert upgrade.resolve_commit(upgrade.PREVIOUS_RELEASE[:7]) == upgrade.PREVIOUS_RELEASE
+
+
+def test_a_commit_this_clone_lacks_is_one_line():
+    from image.soak import upgrade
+    with pytest.raises(UserError) as raised:
+        upgrade.resolve_commit("0" * 40)
+    assert "not in this clone's history" in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_the_previous_release_has_what_the_upgrade_uses():
+    """The old tree's own interfaces the run relies on: local binaries in artifacts.*.path, and a
+    backup with --passphrase-file."""
+    from image.config import PROJECT_ROOT
+    from image.soak import upgrade
+
+    def show(path):
+        return subprocess.run(["git", "-C", str(PROJECT_ROOT), "show", f"{upgrade.PREVIOUS_RELEASE}:{path}"],
+                              capture_output=True, text=True, check=True).stdout
+    cli = show("overlay/usr/lib/ca-appliance/ca_appliance/cli.py")
+    assert '"--passphrase-file"' in cli and 'add("backup"' in cli
+    defaults = yaml.safe_load(show("appliance.yaml"))
+    config = upgrade.old_build_config(Path("/x/step-ca"), Path("/x/step"))
+    for key, section in config["artifacts"].items():
+        assert "path" in defaults["artifacts"][key] and section["path"].startswith("/x/")
+    assert "debian" in show("image/bases/__init__.py")
+
+
+def test_the_upgrade_answers_are_what_docs_running_md_shows():
+    from image.soak import upgrade
+    answers = upgrade.restore_answers("ssh-ed25519 AAAA test")
+    assert answers["restore"]["archive"] == upgrade.ARCHIVE_NAME == "ca-backup.tar.gz"
+    assert set(answers) == {"restore", "network", "admin"}
+    from image.config import PROJECT_ROOT
+    assert "restore: {archive: ca-backup.tar.gz, passphrase: ...}" in (PROJECT_ROOT / "docs/running.md").read_text()
+
+
+@pytest.mark.skipif(shutil.which("mkfs.ext4") is None or shutil.which("debugfs") is None,
+                    reason="e2fsprogs (mkfs.ext4, debugfs) is not installed")
+def test_the_seed_volume_is_an_ext4_caseed_with_the_answers_beside_the_archive(tmp_path):
+    from image.soak import upgrade
+    archive = tmp_path / "made.tar.gz"
+    archive.write_bytes(b"\x1f\x8b" + bytes(range(256)) * 40)
+    volume = upgrade.make_seed(tmp_path, upgrade.restore_answers("ssh-ed25519 AAAA test"), archive)
+    label = subprocess.run(["blkid", "-o", "value", "-s", "LABEL", str(volume)], capture_output=True, text=True)
+    assert label.stdout.strip() == "CASEED"
+    listing = subprocess.run(["debugfs", "-R", "ls -p /", str(volume)], capture_output=True, text=True).stdout
+    assert "/ca-appliance.yaml/" in listing and f"/{upgrade.ARCHIVE_NAME}/" in listing
+    dumped = tmp_path / "back.tar.gz"
+    subprocess.run(["debugfs", "-R", f"dump /{upgrade.ARCHIVE_NAME} {dumped}", str(volume)], capture_output=True)
+    assert dumped.read_bytes() == archive.read_bytes()
+
+
+def test_a_seed_volume_goes_to_qemu_read_only(tmp_path):
+    from image.vm.qemu import QemuSpec, qemu_command
+    spec = QemuSpec(disk=tmp_path / "o.qcow2", cpus=1, memory_mb=512, accel="tcg", serial_socket=tmp_path / "s",
+                    serial_log=tmp_path / "l", pidfile=tmp_path / "p", seed_volumes=(tmp_path / "caseed.img",))
+    command = qemu_command(spec)
+    assert f"file={tmp_path / 'caseed.img'},format=raw,if=virtio,readonly=on" in command
+
+
+UPGRADE = {"previous_release": "689b9df0db0f0ee106d2f4808851d23e3df4f7ae", "seconds": 812.4,
+           "steps": [{"step": "previous image", "seconds": 0.1, "reused": True}],
+           "checks": [{"check": "same root", "ok": True, "detail": "ab12 (was ab12)"},
+                      {"check": "old ACME account renews", "ok": False, "detail": "certbot renew exit 1"}],
+           "error": None}
+
+
+def test_the_table_shows_the_upgrade_checks_and_its_verdict():
+    table = report.render_table({"seed": 1, "cuts": [], "op_cuts": [], "upgrade": UPGRADE, "upgrade_passed": False})
+    assert "upgrade from 689b9df0db0f" in table
+    assert "upgrade: previous image" in table and "(reused)" in table
+    assert any(line.startswith("upgrade: same root") and " ok " in line for line in table.splitlines())
+    assert any(line.startswith("upgrade: old ACME account renews") and "FAIL" in line for line in table.splitlines())
+    assert "upgrade_passed: False" in table
+
+
+def test_an_upgrade_error_is_one_row_naming_what_was_kept():
+    rows = report.upgrade_rows({**UPGRADE, "checks": [], "error": "StepFailed: first boot failed", "kept": "/k"})
+    assert rows[-1] == ("upgrade", "FAIL", "StepFailed: first boot failed [kept: /k]")
+    assert report.upgrade_rows(None) == []
+
+
+def test_the_upgrade_decides_the_exit_status():
+    assert soak.campaigns(None, False, False, True) == {"power_cuts": 0, "disk_full": False, "failover": False,
+                                                        "upgrade": True}
+    assert soak._all_ok({"upgrade_passed": True})
+    assert not soak._all_ok({"upgrade_passed": False})
+    assert not soak._all_ok({"disk_full": [{"ok": True}], "upgrade_passed": False})
+    assert not soak._all_ok({})
