@@ -145,19 +145,30 @@ class Target:
 
     def reboot(self) -> None:
         """A clean reboot from inside the guest; returns when it is up again."""
+        self._restart_from_inside("reboot", "systemctl reboot")
+
+    def kernel_panic(self) -> None:
+        """Panic the guest's kernel (sysrq 'c', as root); the appliance's panic=10 must reboot it by
+        itself (QEMU resets on a guest reboot, as libvirt, vSphere and Hyper-V do). Returns when it is up again."""
+        # detached, a second later: the SSH command returns before the kernel stops answering
+        self._restart_from_inside("kernel panic", "nohup sh -c 'sleep 1; echo c > /proc/sysrq-trigger' "
+                                                  ">/dev/null 2>&1 &", wait_for=self.ssh_timeout + 10)
+
+    def _restart_from_inside(self, what: str, command: str, wait_for: float | None = None) -> None:
         old_boot = self.host().file("/proc/sys/kernel/random/boot_id").content_string.strip()
-        self.host().run("systemctl reboot")
+        self.host().run(command)
         self.forget_connection()
-        deadline = time.monotonic() + self.ssh_timeout
+        deadline = time.monotonic() + (wait_for or self.ssh_timeout)
         while True:
             time.sleep(5)
-            self.wait_ready("reboot")
+            self.vm.check_alive(what)   # QEMU still running: the guest reset instead of halting
+            self.wait_ready(what)
             self.forget_connection()
             boot = self.host().file("/proc/sys/kernel/random/boot_id").content_string.strip()
             if boot != old_boot:
                 return
             if time.monotonic() > deadline:
-                raise StepFailed("reboot", "the guest did not reboot", self.vm.serial_log)
+                raise StepFailed(what, "the guest did not boot again", self.vm.serial_log)
 
     def power_cut(self) -> None:
         """SIGKILL QEMU (nothing flushed, nothing shut down), then boot the same disk again."""
