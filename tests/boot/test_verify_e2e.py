@@ -1,6 +1,6 @@
-"""`invoke verify` end to end on the Debian appliance (step-ca built from Debian's Go sources),
-under TCG: once with an unattended first boot, once answering the console wizard. Slow: each run
-boots the VM three times (first boot, reboot, power cut)."""
+"""`invoke verify` end to end on the Debian appliance (the pinned step-ca 0.30.2 and step 0.30.6 built
+from their Go modules), under TCG: once with an unattended first boot, once answering the console
+wizard. Slow: each run boots the VM four times (first boot, reboot, kernel panic, power cut)."""
 import os
 import re
 import subprocess
@@ -25,6 +25,7 @@ def assert_passed_with_a_table(result):
     assert result.returncode == 0, output[-6000:]
     assert re.search(r"^result\s+check\s+detail$", output, re.MULTILINE), "no summary table"
     assert re.search(r"^PASS\s+test_persistence::test_after_a_power_cut", output, re.MULTILINE)
+    assert re.search(r"^PASS\s+test_persistence::test_a_kernel_panic_reboots", output, re.MULTILINE)
     assert not re.search(r"^(FAIL|ERROR)\s", output, re.MULTILINE)
     assert (PROJECT_ROOT / "build/verify-junit.xml").is_file()
 
