@@ -195,7 +195,8 @@ class Certbot:
                               capture_output=True, text=True, env=env, timeout=600)
 
     def accounts(self) -> list[str]:
-        return sorted(p.name for p in self.config_dir.glob("accounts/*/*/*") if p.is_dir())
+        """The ids of the ACME accounts certbot holds (accounts/<server>/<path>/<id>/private_key.json)."""
+        return sorted(p.parent.name for p in self.config_dir.glob("accounts/**/private_key.json"))
 
     def leaf(self, name: str) -> Path:
         return self.config_dir / "live" / name / "cert.pem"
@@ -229,7 +230,9 @@ def _names_resolve(target: Target) -> None:
 
 def _ca_facts(status: dict) -> dict:
     return {"root_fingerprint": str(status.get("root_fingerprint", "")).replace(":", "").lower(),
-            "intermediate": status.get("intermediate"), "provisioners": status.get("provisioners"),
+            # subject and expiry (days_left moves with the clock)
+            "intermediate": {k: v for k, v in (status.get("intermediate") or {}).items() if k != "days_left"},
+            "provisioners": status.get("provisioners"),
             "appliance": status.get("appliance"), "step_ca_version": status.get("step_ca_version")}
 
 
@@ -377,7 +380,8 @@ class Upgrade:
 
         _names_resolve(new)
         started = time.monotonic()
-        renew = certbot.run("renew", "--force-renewal")
+        # as a renewal timer runs it, minus its random wait of up to 8 minutes (non-interactive renewals)
+        renew = certbot.run("renew", "--force-renewal", "--no-random-sleep-on-renew")
         renewed = {name: serial_of(certbot.leaf(name)) for name in CERT_NAMES}
         self.step("certbot renew on the current image", started, serials=renewed)
         said = " ".join((renew.stderr or renew.stdout).split())[-200:]

@@ -272,3 +272,13 @@ def test_the_upgrade_decides_the_exit_status():
     assert not soak._all_ok({"upgrade_passed": False})
     assert not soak._all_ok({"disk_full": [{"ok": True}], "upgrade_passed": False})
     assert not soak._all_ok({})
+
+
+def test_certbot_accounts_are_the_account_ids_under_the_server_path(tmp_path):
+    """certbot files an account as accounts/<host:port>/<directory path>/<id>/; the id is what is compared."""
+    from image.soak import upgrade
+    account = tmp_path / "certbot/config/accounts/127.0.0.1:50289/acme/acme/directory/1e99081c279f2694"
+    account.mkdir(parents=True)
+    (account / "private_key.json").write_text("{}")
+    (account.parent / "not-an-account").mkdir()
+    assert upgrade.Certbot(tmp_path / "certbot", 50289, tmp_path / "root.pem").accounts() == ["1e99081c279f2694"]
