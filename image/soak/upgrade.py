@@ -16,7 +16,6 @@ serial log and the disk of the VM that was up are kept under build/soak/failures
 from __future__ import annotations
 
 import base64
-import io
 import os
 import shutil
 import subprocess
@@ -30,7 +29,7 @@ import yaml
 from image.cache import cache_dir
 from image.config import PROJECT_ROOT
 from image.errors import StepFailed, UserError
-from image.runner import checked_output, tail
+from image.runner import Runner, checked_output, probe, tail
 from image.soak import appliance
 from image.vm.qemu import VM, free_port
 from image.vm.verify import (
@@ -59,9 +58,8 @@ OLD_BUILD_TIMEOUT = 3600
 
 def resolve_commit(commit: str = PREVIOUS_RELEASE, repo: Path = PROJECT_ROOT) -> str:
     """The full hash of `commit` when this clone has it; UserError (a shallow clone, say) otherwise."""
-    result = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
+    result = probe(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"])
+    if result is None or result.returncode != 0:
         raise UserError(f"soak --upgrade: the previous release {commit} is not in this clone's history "
                         "(a shallow clone? run `git fetch --unshallow`)")
     return result.stdout.strip()
@@ -106,21 +104,23 @@ def build_previous(commit: str, say=print) -> tuple[Path, float | None]:
     src = home / "src"
     shutil.rmtree(src, ignore_errors=True)
     src.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(PROJECT_ROOT), "archive", commit], capture_output=True, check=True)
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+    archive = home / "src.tar"
+    checked_output("export the previous release",
+                   ["git", "-C", str(PROJECT_ROOT), "archive", "-o", str(archive), commit])
+    with tarfile.open(archive) as tar:
         tar.extractall(src, filter="tar")
+    archive.unlink()
     config = home / "build-config.yaml"
     config.write_text(yaml.safe_dump(old_build_config(binaries["step_ca"], binaries["step_cli"])))
     own_cache = home / "cache"
     _seed_apt_cache(own_cache)
     log = home / "build.log"
-    env = dict(os.environ, CA_APPLIANCE_CACHE=str(own_cache), PYTHONPATH=str(src))
     say(f"previous image ({commit[:12]}): building with its own `invoke build` (log: {log})")
     started = time.monotonic()
-    with open(log, "w") as out:
-        result = subprocess.run([sys.executable, "-m", "invoke", "build", "--config", str(config)], cwd=src,
-                                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                timeout=OLD_BUILD_TIMEOUT)
+    log.unlink(missing_ok=True)
+    result = Runner(log).run([sys.executable, "-m", "invoke", "build", "--config", str(config)], cwd=src,
+                             env={"CA_APPLIANCE_CACHE": str(own_cache), "PYTHONPATH": str(src)}, check=False,
+                             timeout=OLD_BUILD_TIMEOUT)
     took = time.monotonic() - started
     built = sorted((src / "dist").glob("*.qcow2"))
     if result.returncode != 0 or not built:
@@ -189,10 +189,12 @@ class Certbot:
     def run(self, *args) -> subprocess.CompletedProcess:
         dirs = ["--config-dir", self.config_dir, "--work-dir", self.workdir / "work",
                 "--logs-dir", self.workdir / "logs"]
-        env = dict(os.environ, REQUESTS_CA_BUNDLE=str(self.root_pem))
-        return subprocess.run([str(CERTBOT), *args, "-n", *map(str, dirs),
-                               "--server", f"https://127.0.0.1:{self.ca_port}/acme/acme/directory"],
-                              capture_output=True, text=True, env=env, timeout=600)
+        result = probe([str(CERTBOT), *args, "-n", *map(str, dirs),
+                        "--server", f"https://127.0.0.1:{self.ca_port}/acme/acme/directory"],
+                       env={"REQUESTS_CA_BUNDLE": str(self.root_pem)}, timeout=600)
+        if result is None:
+            raise StepFailed(f"certbot {args[0] if args else ''}".strip(), "did not run or did not finish within 600 s")
+        return result
 
     def accounts(self) -> list[str]:
         """The ids of the ACME accounts certbot holds (accounts/<server>/<path>/<id>/private_key.json)."""
@@ -217,8 +219,9 @@ def serial_of(pem: Path) -> str:
 
 
 def openssl_verify(root: Path, chain: Path, leaf: Path) -> tuple[bool, str]:
-    result = subprocess.run(["openssl", "verify", "-CAfile", str(root), "-untrusted", str(chain), str(leaf)],
-                            capture_output=True, text=True)
+    result = probe(["openssl", "verify", "-CAfile", str(root), "-untrusted", str(chain), str(leaf)])
+    if result is None:
+        return False, "openssl did not run"
     return result.returncode == 0, " ".join((result.stdout + result.stderr).split())[-200:]
 
 
