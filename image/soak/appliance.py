@@ -51,15 +51,30 @@ JOURNALS = {"journal.txt": "journalctl -b --no-pager", "step-ca.log": "journalct
             "failed-units.txt": "systemctl --failed --no-pager"}
 
 
-def new_target(image: Path, workdir: Path, cfg, accel: str, say=print) -> Target:
-    """A Target for a fresh overlay of `image` (not started), with verify's default answers."""
+def new_target(image: Path, workdir: Path, cfg, accel: str, say=print, *, answers: dict | None = None,
+               credential: bool = True, seed: Path | None = None, ca_port: int | None = None,
+               challenge_port: int | None = None) -> Target:
+    """A Target for a fresh overlay of `image` (not started): verify's default answers (or `answers`) as
+    the systemd credential (unless credential=False), a read-only `seed` volume if given, and the CA and
+    challenge host ports fixed when given (an upgrade's restored appliance must answer where the old one
+    did: certbot keeps its account per server URL)."""
     key_file = ensure_admin_key(SOAK_DIR)
-    answers = load_answers(None, key_file.with_suffix(".pub").read_text().strip())
-    challenge_port = free_port()
+    if answers is None:
+        answers = load_answers(None, key_file.with_suffix(".pub").read_text().strip())
+    challenge_port = challenge_port or free_port()
     vm = VM(image, workdir, cpus=cfg.image.cpus, memory_mb=cfg.image.memory_mb, accel=accel,
             ports={"ssh": 22, "ca": ca_port_of(answers), **({"page": PAGE_PORT} if cfg.page.enabled else {})},
             guestfwds={(CHALLENGE_IP, 80): f"socat - TCP:127.0.0.1:{challenge_port}"},
-            credentials={CREDENTIAL_NAME: yaml.safe_dump(answers).encode()}, keep=True, say=say)
+            credentials={CREDENTIAL_NAME: yaml.safe_dump(answers).encode()} if credential else {},
+            keep=True, say=say)
+    if ca_port is not None:
+        for name, port in list(vm.ports.items()):
+            if name != "ca" and port == ca_port:
+                vm.ports[name] = free_port(taken=[*vm.ports.values(), ca_port])
+        vm.ports["ca"] = ca_port
+        vm.spec.hostfwds = {vm.ports[n]: p for n, p in vm.guest_ports.items()}
+    if seed is not None:
+        vm.spec.seed_volumes = (seed,)
     workdir.mkdir(parents=True, exist_ok=True)
     return Target(vm=vm, user=cfg.admin.user, key_file=key_file, answers=answers, mode="unattended",
                   workdir=workdir, challenge_port=challenge_port)

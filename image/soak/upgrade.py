@@ -31,13 +31,9 @@ from image.config import PROJECT_ROOT
 from image.errors import StepFailed, UserError
 from image.runner import Runner, checked_output, probe, tail
 from image.soak import appliance
-from image.vm.qemu import VM, free_port
 from image.vm.verify import (
     CHALLENGE_IP,
-    CREDENTIAL_NAME,
-    PAGE_PORT,
     Target,
-    ca_port_of,
     ensure_admin_key,
     load_answers,
 )
@@ -152,31 +148,6 @@ def restore_answers(public_key: str) -> dict:
     """The upgrade's answers, as docs/running.md gives them: restore, network and the admin key."""
     return {"restore": {"archive": ARCHIVE_NAME, "passphrase": PASSPHRASE},
             "network": {"mode": "dhcp"}, "admin": {"ssh_authorized_keys": [public_key]}}
-
-
-def new_target(image: Path, workdir: Path, cfg, accel: str, answers: dict, *, credential: bool = True,
-               seed: Path | None = None, ca_port: int | None = None, challenge_port: int | None = None,
-               say=print) -> Target:
-    """appliance.new_target's Target, with the CA and challenge ports chosen (the restored appliance
-    must answer where the old one did: certbot keeps its account per server URL) and a seed volume."""
-    key_file = ensure_admin_key(appliance.SOAK_DIR)
-    challenge_port = challenge_port or free_port()
-    vm = VM(image, workdir, cpus=cfg.image.cpus, memory_mb=cfg.image.memory_mb, accel=accel,
-            ports={"ssh": 22, "ca": ca_port_of(answers), **({"page": PAGE_PORT} if cfg.page.enabled else {})},
-            guestfwds={(CHALLENGE_IP, 80): f"socat - TCP:127.0.0.1:{challenge_port}"},
-            credentials={CREDENTIAL_NAME: yaml.safe_dump(answers).encode()} if credential else {},
-            keep=True, say=say)
-    if ca_port is not None:
-        for name, port in list(vm.ports.items()):
-            if name != "ca" and port == ca_port:
-                vm.ports[name] = free_port(taken=[*vm.ports.values(), ca_port])
-        vm.ports["ca"] = ca_port
-        vm.spec.hostfwds = {vm.ports[n]: p for n, p in vm.guest_ports.items()}
-    if seed is not None:
-        vm.spec.seed_volumes = (seed,)
-    workdir.mkdir(parents=True, exist_ok=True)
-    return Target(vm=vm, user=cfg.admin.user, key_file=key_file, answers=answers, mode="unattended",
-                  workdir=workdir, challenge_port=challenge_port)
 
 
 class Certbot:
@@ -321,7 +292,7 @@ class Upgrade:
         # ---- the previous appliance: first boot, an ACME account, certificates, its backup
         public_key = ensure_admin_key(appliance.SOAK_DIR).with_suffix(".pub").read_text().strip()
         answers = load_answers(None, public_key)
-        old = new_target(old_image, self.run_dir / "old-vm", self.cfg, self.accel, answers, say=say)
+        old = appliance.new_target(old_image, self.run_dir / "old-vm", self.cfg, self.accel, say, answers=answers)
         self.boot(old, "first boot of the previous image")
         old_status = appliance.status(old)
         before = _ca_facts(old_status)
@@ -365,8 +336,9 @@ class Upgrade:
 
         # ---- the current image, first boot restoring that archive from a CASEED volume
         seed = make_seed(self.run_dir, restore_answers(public_key), archive)
-        new = new_target(self.image, self.run_dir / "new-vm", self.cfg, self.accel, answers, credential=False,
-                         seed=seed, ca_port=old.ca_port, challenge_port=old.challenge_port, say=say)
+        new = appliance.new_target(self.image, self.run_dir / "new-vm", self.cfg, self.accel, say, answers=answers,
+                                   credential=False, seed=seed, ca_port=old.ca_port,
+                                   challenge_port=old.challenge_port)
         self.boot(new, "first boot of the current image (restore)")
         status = appliance.status(new)
         after = _ca_facts(status)
