@@ -150,13 +150,15 @@ def bench(c, image=None, accel="auto", out="build/bench.json", clients="4", seco
             "seed": "the random seed (default: from the clock; printed and stored, to replay a run)",
             "upgrade": "build the previous release's image (image/soak/upgrade.py: PREVIOUS_RELEASE, cached), "
                        "first-boot it, issue certificates, back it up, then first-boot this image restoring "
-                       "the backup: same root and intermediate, the old ACME account renews (not in the default run)"})
+                       "the backup: same root and intermediate, the old ACME account renews (not in the default run)",
+            "parallel": "VMs booted at a time for the power cuts and the full disk (default auto: one per host core, "
+                        "at most 4 and half the memory); the failover runs beside them"})
 @reports_errors
 def soak(c, image=None, accel="auto", out="build/soak.json", power_cuts=None, disk_full=False, failover=False,
-         seconds="300", seed=None, upgrade=False):
+         seconds="300", seed=None, upgrade=False, parallel="auto"):
     """Power cuts, a full disk, node failover and the upgrade from the previous image; prints a table, writes
     build/soak.json. With no campaign named: 20 power cuts, disk full and failover."""
     from image.soak.soak import run_soak
     ok = run_soak(image=image, accel=accel, out=out, power_cuts=power_cuts, disk_full=disk_full, failover=failover,
-                  seconds=seconds, seed=seed, upgrade=upgrade)
+                  seconds=seconds, seed=seed, upgrade=upgrade, parallel=parallel)
     sys.exit(0 if ok else 1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -103,14 +104,22 @@ def strays(target: Target) -> list[str]:
     return [line for line in out.splitlines() if line.strip()]
 
 
+# pytest runs in this process and is not thread-safe (its session, plugins, the hooks it sets): the VMs
+# of a campaign boot side by side, their checks take turns. No output capture: it would swallow what
+# the other VMs' threads print meanwhile.
+_CHECKS_LOCK = threading.Lock()
+
+
 def vm_checks(target: Target, junit: Path, checks=CUT_CHECKS) -> list[str]:
     """Run the named tests/vm checks against the target; the failures, one line each ([] = all passed)."""
     import pytest
     junit.unlink(missing_ok=True)
     target.forget_connection()
-    pytest.main([*(str(VM_TESTS / c) for c in checks), f"--junitxml={junit}", "-q", "-p", "no:cacheprovider",
-                 "-p", "no:warnings", "-o", "junit_family=xunit1", f"--rootdir={PROJECT_ROOT}"],
-                plugins=[TargetPlugin(target)])
+    with _CHECKS_LOCK:
+        pytest.main([*(str(VM_TESTS / c) for c in checks), f"--junitxml={junit}", "-q", "--capture=no",
+                     "-p", "no:cacheprovider", "-p", "no:warnings", "-o", "junit_family=xunit1",
+                     f"--rootdir={PROJECT_ROOT}"],
+                    plugins=[TargetPlugin(target)])
     target.forget_connection()
     if not junit.exists():
         return ["the tests/vm checks did not run (no JUnit file)"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -156,24 +157,46 @@ def run_inside(seconds: float, seed: int, out: Path) -> None:
         out.write_text(json.dumps(results))
 
 
-def run_failover(seconds: float, rng: random.Random, report, say=print) -> None:
-    """Both databases, each in turn, in a private network namespace; results into `report`."""
-    seed = rng.randrange(2**32)
+class Background:
+    """The failover campaign's child process (its own network namespace), running beside the VMs."""
+
+    def __init__(self, child: subprocess.Popen, out: Path):
+        self.child, self.out = child, out
+
+    def finish(self, report) -> None:
+        """Wait for it; its results into `report`."""
+        status = self.child.wait()
+        entries = json.loads(self.out.read_text()) if self.out.exists() else []
+        if status != 0 and not entries:
+            entries = [{"database": "both", "ok": False, "error": f"the namespace's run exited {status}"}]
+        for entry in entries:
+            report.add("failover", entry)
+        report.set("failover_survived", f"{sum(1 for e in entries if e.get('ok'))}/{len(entries)}")
+
+    def stop(self) -> None:
+        """The campaign was stopped: SIGINT, as a Ctrl-C would (its `finally`s stop the nodes, proxy and
+        database it started), then SIGKILL after a minute."""
+        from image.runner import stop_process
+        stop_process(self.child, grace=60, sig=signal.SIGINT)
+
+
+def start_failover(seconds: float, seed: int, say=print) -> Background:
+    """Both databases, each in turn, in a private network namespace, in a child process started now."""
     out = SOAK_DIR / "failover" / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
     say(f"failover: {seconds:g} s per database ({', '.join(KINDS)}), in a private network namespace")
     script = ("ip link set lo up && exec \"$0\" -m image.soak.failover \"$1\" \"$2\" \"$3\"")
-    # long-lived: the whole campaign runs in this child (its output is the terminal's), waited for here
+    # long-lived: the whole campaign runs in this child (its output is the terminal's, a Ctrl-C reaches
+    # it too); Background waits for it or stops it
     child = subprocess.Popen(["unshare", "--net", "sh", "-c", script, sys.executable, str(seconds), str(seed),
                               str(out)], cwd=PROJECT_ROOT)
-    status = child.wait()
-    entries = json.loads(out.read_text()) if out.exists() else []
-    if status != 0 and not entries:
-        entries = [{"database": "both", "ok": False, "error": f"the namespace's run exited {status}"}]
-    for entry in entries:
-        report.add("failover", entry)
-    report.set("failover_survived", f"{sum(1 for e in entries if e.get('ok'))}/{len(entries)}")
+    return Background(child, out)
+
+
+def run_failover(seconds: float, rng: random.Random, report, say=print) -> None:
+    """The failover campaign alone, waited for."""
+    start_failover(seconds, rng.randrange(2**32), say).finish(report)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@ again, check the appliance; then cut a running appliance during backup, restore 
 renew-intermediate. Each result goes into the report as soon as it is known."""
 from __future__ import annotations
 
+import functools
 import random
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -134,37 +136,72 @@ def cut_op(target, op: str, rng: random.Random, root: str, say=print) -> dict:
     return entry
 
 
-def run_power_cuts(image: Path, cfg, accel: str, count: int, rng: random.Random, report, say=print):
-    """The whole campaign; returns nothing, everything goes to `report`."""
-    moments = plan.plan_cuts(count, rng)
-    report.set("power_cuts_planned", count)
-    say(f"power cuts: {count} planned: " + ", ".join(f"{m.index}: {m.phase} +{m.delay_s}s" for m in moments))
-    survivor = None
-    for moment in moments:
-        target = appliance.new_target(image, appliance.SOAK_DIR / f"cut-{moment.index}", cfg, accel, say)
+class PowerCuts:
+    """The campaign as jobs for image.soak.workers: one per planned cut, each on a VM of its own. The
+    first cut that survives keeps its VM, and the command cuts (backup, restore, renew-intermediate)
+    run on it next, then `then(target)` (the full disk: the same running appliance serves it);
+    `then(None)` when no appliance is left for it. Every random choice is drawn here, up front, so
+    the same seed gives the same campaign whichever cut ends first."""
+
+    def __init__(self, image: Path, cfg, accel: str, count: int, rng: random.Random, report, workers,
+                 say=print, then=None):
+        self.image, self.cfg, self.accel, self.report, self.workers, self.say = image, cfg, accel, report, workers, say
+        self.moments = plan.plan_cuts(count, rng)
+        self.op_rng = random.Random(rng.randrange(2**32))
+        self.then = then
+        self._claimed = False
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self.report.set("power_cuts_planned", len(self.moments))
+        self.say(f"power cuts: {len(self.moments)} planned, {self.workers.workers} VM(s) at a time: "
+                 + ", ".join(f"{m.index}: {m.phase} +{m.delay_s}s" for m in self.moments))
+        for moment in self.moments:
+            self.workers.add(functools.partial(self.cut, moment))
+
+    def cut(self, moment: plan.Moment) -> None:
+        target = appliance.new_target(self.image, appliance.SOAK_DIR / f"cut-{moment.index}", self.cfg,
+                                      self.accel, self.say)
+        self.workers.live(target)
         try:
-            entry = cut_one(target, moment, say)
+            entry = cut_one(target, moment, self.say)
         except Exception as e:  # noqa: BLE001 - one cut's failure is a result, the campaign goes on
             entry = {**moment.as_dict(), "ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
-        say(f"  cut {moment.index}: {'survived' if entry['ok'] else 'FAILED: ' + str(entry['error'])}")
+        self.say(f"  cut {moment.index}: {'survived' if entry['ok'] else 'FAILED: ' + str(entry['error'])}")
+        survivor = False
         if not entry["ok"]:
-            entry["kept"] = str(appliance.keep_for_inspection(target, f"cut-{moment.index}", say))
-        elif survivor is None and moment.index == len(moments):
-            survivor = target
+            entry["kept"] = str(appliance.keep_for_inspection(target, f"cut-{moment.index}", self.say))
         else:
+            with self._lock:
+                survivor, self._claimed = not self._claimed, True
+            if survivor:
+                self.workers.add(functools.partial(self.commands, target), first=True)
+            else:
+                appliance.discard(target)
+        if not survivor:
+            self.workers.gone(target)
+        self.report.add("cuts", entry)
+
+    def commands(self, target) -> None:
+        """The command cuts on the surviving appliance, then `then` on it (or on None if it broke)."""
+        try:
+            ok = run_op_cuts(target, self.op_rng, self.report, self.say)
+            if self.then is not None:
+                self.then(target if ok else None)
+        finally:
             appliance.discard(target)
-        report.add("cuts", entry)
-    if survivor is None:
-        if count:
-            say("  the cuts during backup, restore and renew-intermediate need a surviving appliance: none")
-        return
-    try:
-        run_op_cuts(survivor, rng, report, say)
-    finally:
-        appliance.discard(survivor)
+            self.workers.gone(target)
+
+    def finish(self) -> None:
+        """After the workers: what could not run for want of a surviving appliance."""
+        if self.moments and not self._claimed:
+            self.say("  the cuts during backup, restore and renew-intermediate need a surviving appliance: none")
+            if self.then is not None:
+                self.then(None)
 
 
-def run_op_cuts(target, rng: random.Random, report, say=print) -> None:
+def run_op_cuts(target, rng: random.Random, report, say=print) -> bool:
+    """Cut the power during each command in turn; True when every one survived and the VM still serves."""
     root = appliance.root_fingerprint(target)
     appliance.run(target, f"umask 077; echo soak-passphrase-not-secret-0123456789 > {PASSPHRASE_FILE}")
     rc, duration, said = _timed_run(target, f"ca-appliance backup --out {GOOD_ARCHIVE} "
@@ -172,15 +209,16 @@ def run_op_cuts(target, rng: random.Random, report, say=print) -> None:
     if rc != 0:
         report.add("op_cuts", {"op": "backup (the archive restore uses)", "ok": False,
                                "error": f"exit {rc}: {said[-300:]}"})
-        return
+        return False
     for op in OPS:
         try:
             entry = cut_op(target, op, rng, root, say)
         except Exception as e:  # noqa: BLE001 - recorded; the VM may be unusable for the next op
             entry = {"op": op, "ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
         say(f"  cut during {op}: {'survived' if entry['ok'] else 'FAILED: ' + str(entry['error'])}")
-        report.add("op_cuts", entry)
         if not entry["ok"]:
             entry["kept"] = str(appliance.keep_for_inspection(target, f"cut-during-{op}", say))
-            report.refresh()
-            return
+        report.add("op_cuts", entry)
+        if not entry["ok"]:
+            return False
+    return True

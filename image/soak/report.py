@@ -3,6 +3,7 @@ it is known, so a campaign stopped half-way still leaves what it measured."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 from image.files import write_atomic
@@ -14,22 +15,32 @@ def survived(entries: list[dict]) -> str:
 
 
 class SoakReport:
-    """The results, written to `path` after every change (atomically: a reader never sees half)."""
+    """The results, written to `path` after every change (atomically: a reader never sees half).
+    Campaigns run side by side (image.soak.workers): every change holds one lock."""
 
     def __init__(self, path: str | Path, seed: int, accel: str, image: str | None):
         self.path = Path(path)
         self.data: dict = {"seed": seed, "accel": accel, "image": image, "cuts": [], "op_cuts": []}
+        self._lock = threading.RLock()
 
     def set(self, key: str, value) -> None:
-        self.data[key] = value
-        self.save()
+        with self._lock:
+            self.data[key] = value
+            self.save()
 
     def add(self, key: str, entry: dict) -> None:
-        self.data.setdefault(key, []).append(entry)
-        self.refresh()
+        with self._lock:
+            self.data.setdefault(key, []).append(entry)
+            self.refresh()
 
     def refresh(self) -> None:
-        """Recompute the survived counts from the entries, then save."""
+        """Recompute the survived counts from the entries (cuts in plan order, whichever ended first),
+        then save."""
+        with self._lock:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        self.data["cuts"].sort(key=lambda e: e.get("index", 0))
         if "power_cuts_planned" in self.data:
             self.data["power_cuts_survived"] = f"{survived(self.data['cuts']).split('/')[0]}/" \
                                                f"{self.data['power_cuts_planned']}"
@@ -39,7 +50,8 @@ class SoakReport:
         self.save()
 
     def save(self) -> None:
-        write_atomic(self.path, json.dumps(self.data, indent=2, sort_keys=False) + "\n")
+        with self._lock:
+            write_atomic(self.path, json.dumps(self.data, indent=2, sort_keys=False) + "\n")
 
 
 def _cell(value) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 from image.bench.bench import parse_count, parse_seconds
 from image.config import load_config
 from image.errors import UserError
-from image.soak import appliance
+from image.soak import appliance, workers
 from image.soak.report import SoakReport, render_table
 
 DEFAULT_CUTS = 20
@@ -52,10 +52,14 @@ def _image(image) -> Path:
 
 
 def run_soak(image=None, accel="auto", out="build/soak.json", power_cuts=None, disk_full=False, failover=False,
-             seconds="300", seed=None, upgrade=False, say=print) -> bool:
+             seconds="300", seed=None, upgrade=False, parallel="auto", say=print) -> bool:
+    """The campaigns chosen; the VM ones `parallel` VMs at a time, the failover (host processes in a
+    network namespace of their own) beside them from the start."""
     chosen = campaigns(power_cuts, disk_full, failover, upgrade)
     seed_value = parse_seed(seed)
     run_seconds = parse_seconds("--seconds", seconds)
+    cfg = load_config()
+    slots = workers.parse_workers(parallel, memory_mb=workers.host_memory_mb(), vm_memory_mb=cfg.image.memory_mb)
     needs_vm = chosen["power_cuts"] or chosen["disk_full"] or chosen["upgrade"]
     accel_name = "none"
     if needs_vm:
@@ -67,45 +71,69 @@ def run_soak(image=None, accel="auto", out="build/soak.json", power_cuts=None, d
     say(f"seed: {seed_value} (replay with --seed {seed_value})")
     report = SoakReport(out, seed_value, accel_name, str(image_path) if image_path else None)
     report.set("campaigns", chosen)
+    report.set("parallel_vms", slots)
     rng = random.Random(seed_value)
-    cfg = load_config()
+    # every random draw in this order, whatever runs side by side later: the same seed, the same campaign
+    failover_seed = rng.randrange(2**32)
+    pool = workers.Workers(slots)
     started = time.monotonic()
+    background = None
     try:
-        if chosen["power_cuts"]:
-            from image.soak.powercut import run_power_cuts
-            run_power_cuts(image_path, cfg, accel_name, chosen["power_cuts"], rng, report, say)
-        if chosen["disk_full"]:
-            _disk_full(image_path, cfg, accel_name, report, say)
         if chosen["failover"]:
-            from image.soak.failover import run_failover
-            run_failover(run_seconds, rng, report, say)
+            from image.soak.failover import start_failover
+            background = start_failover(run_seconds, failover_seed, say)
+        cuts = None
+        full_disk = (lambda target: _disk_full(target, image_path, cfg, accel_name, report, pool, say)) \
+            if chosen["disk_full"] else None
+        if chosen["power_cuts"]:
+            from image.soak.powercut import PowerCuts
+            cuts = PowerCuts(image_path, cfg, accel_name, chosen["power_cuts"], rng, report, pool, say,
+                             then=full_disk)
+            cuts.start()
+        elif full_disk is not None:
+            pool.add(lambda: full_disk(None))
+        pool.run()
+        if cuts is not None:
+            cuts.finish()
+        if background is not None:
+            background.finish(report)
+            background = None
         if chosen["upgrade"]:
             from image.soak.upgrade import Upgrade
             say("upgrade from the previous image:")
             Upgrade(image_path, cfg, accel_name, report, say).run()
     finally:
+        if background is not None:
+            background.stop()
         report.set("duration_s", round(time.monotonic() - started, 1))
         say("\n" + render_table(report.data))
         say(f"results: {report.path}")
     return _all_ok(report.data)
 
 
-def _disk_full(image_path, cfg, accel, report, say) -> None:
+def _disk_full(target, image_path, cfg, accel, report, pool, say) -> None:
+    """On `target` (a running appliance the power cuts leave), or on a fresh one of its own."""
     from image.soak.diskfull import run_disk_full
-    target = appliance.new_target(image_path, appliance.SOAK_DIR / "disk-full", cfg, accel, say)
+    say("full disk: on " + ("the appliance the command cuts used" if target is not None else "a fresh appliance"))
+    own = target is None
     failed = True
     try:
-        target.vm.start()
-        target.wait_ready("first boot")
+        if own:
+            target = appliance.new_target(image_path, appliance.SOAK_DIR / "disk-full", cfg, accel, say)
+            pool.live(target)
+            target.vm.start()
+            target.wait_ready("first boot")
         run_disk_full(target, report, say)
         failed = not all(step.get("ok") for step in report.data.get("disk_full", []))
     except Exception as e:  # noqa: BLE001 - recorded, the VM kept
         report.add("disk_full", {"op": "boot and fill", "ok": False, "error": f"{type(e).__name__}: {e}"[:400]})
     finally:
-        if failed:
+        if target is not None and failed:
             appliance.keep_for_inspection(target, "disk-full", say)
-        else:
+        elif own:
             appliance.discard(target)
+        if own and target is not None:
+            pool.gone(target)
 
 
 def _all_ok(data: dict) -> bool:

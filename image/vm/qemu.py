@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -41,15 +42,23 @@ def resolve_accel(requested: str):
     return choose_accel(requested)
 
 
+_HANDED_OUT: set[int] = set()
+_PORT_LOCK = threading.Lock()
+
+
 def free_port(host: str = "127.0.0.1", taken: Iterable[int] = ()) -> int:
-    """A TCP port nobody listens on right now (the kernel picks it; `taken` ones are skipped)."""
+    """A TCP port nobody listens on right now (the kernel picks it; `taken` ones are skipped), and one
+    this process never handed out before: VMs started side by side (invoke soak) each keep their ports
+    across a power cut, while QEMU is down and the port unbound, without another VM taking them."""
     taken = set(taken)
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        if port not in taken:
-            return port
+    with _PORT_LOCK:
+        for _ in range(200):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+            if port not in taken and port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
     raise StepFailed("pick free ports", f"no free TCP port on {host}")
 
 

@@ -1,0 +1,125 @@
+"""`invoke soak --parallel`: the worker threads that boot several VMs at once, the report they share,
+and the host ports they must not take from each other (real threads and sockets; no VM)."""
+import json
+import threading
+import time
+
+import pytest
+
+from image.errors import UserError
+from image.soak import report, workers
+from image.vm.qemu import free_port
+
+
+def test_every_job_runs_once_with_the_workers_side_by_side():
+    done, running, most = [], [0], [0]
+    lock = threading.Lock()
+
+    def job(i):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+            done.append(i)
+
+    pool = workers.Workers(2)
+    for i in range(6):
+        pool.add(lambda i=i: job(i))
+    pool.run()
+    assert sorted(done) == list(range(6)) and most[0] == 2
+
+
+def test_a_job_added_by_a_job_runs_next_even_when_the_queue_was_empty():
+    order = []
+    pool = workers.Workers(2)
+
+    def first():
+        order.append("cut")
+        pool.add(lambda: order.append("commands on the survivor"), first=True)
+
+    pool.add(first)
+    pool.run()
+    assert order == ["cut", "commands on the survivor"]
+
+
+class FakeVM:
+    def __init__(self):
+        self.killed = False
+
+    def kill(self):
+        self.killed = True
+
+
+class FakeTarget:   # the two calls Workers makes on a target
+    def __init__(self):
+        self.vm = FakeVM()
+
+    def forget_connection(self):
+        pass
+
+
+def test_a_bug_in_a_job_stops_the_campaign_kills_the_live_vms_and_is_raised():
+    pool = workers.Workers(2)
+    target, ran = FakeTarget(), []
+
+    def boots():
+        pool.live(target)
+        time.sleep(0.2)
+
+    def bug():
+        raise RuntimeError("a bug")
+
+    pool.add(boots)
+    pool.add(bug)
+    for i in range(5):
+        pool.add(lambda i=i: ran.append(i))
+    with pytest.raises(RuntimeError, match="a bug"):
+        pool.run()
+    assert target.vm.killed and len(ran) < 5
+
+
+def test_a_target_that_is_gone_is_not_killed_again():
+    pool, target = workers.Workers(1), FakeTarget()
+    pool.live(target)
+    pool.gone(target)
+    pool.kill_all()
+    assert not target.vm.killed
+
+
+@pytest.mark.parametrize("value, cores, expected", [
+    (None, 2, 2), ("auto", 8, 4), ("auto", 1, 1), ("3", 2, 3), (" 1 ", 2, 1)])
+def test_parallel_is_auto_or_a_count(value, cores, expected):
+    assert workers.parse_workers(value, cores=cores) == expected
+
+
+def test_auto_keeps_half_the_memory_free():
+    assert workers.parse_workers("auto", cores=4, memory_mb=16384, vm_memory_mb=4096) == 2
+
+
+@pytest.mark.parametrize("value", ["0", "17", "two", "-1", "1.5"])
+def test_a_bad_parallel_is_one_line_naming_the_option_and_what_is_allowed(value):
+    with pytest.raises(UserError) as e:
+        workers.parse_workers(value)
+    assert str(e.value).startswith("--parallel: ") and repr(value) in str(e.value) and "1 to 16" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_cuts_are_reported_in_plan_order_whichever_ends_first(tmp_path):
+    rep = report.SoakReport(tmp_path / "soak.json", seed=1, accel="tcg", image=None)
+    rep.set("power_cuts_planned", 3)
+    threads = [threading.Thread(target=rep.add, args=("cuts", {"index": i, "ok": True})) for i in (3, 1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    data = json.loads((tmp_path / "soak.json").read_text())
+    assert [c["index"] for c in data["cuts"]] == [1, 2, 3] and data["power_cuts_survived"] == "3/3"
+
+
+def test_a_port_handed_out_is_never_handed_out_again_in_this_process():
+    # a VM killed by a power cut leaves its ports unbound until it boots again: the VM beside it
+    # must not pick them meanwhile
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
