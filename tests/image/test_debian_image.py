@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 
 ENABLED_UNITS = (
     "step-ca.service", "ca-appliance-firstboot.service", "ca-appliance-growroot.service",
-    "ca-appliance-ssh-hostkeys.service", "NetworkManager.service", "firewalld.service", "ssh.service",
+    "ca-appliance-ssh-hostkeys.service", "ca-appliance-recover.service", "NetworkManager.service",
+    "firewalld.service", "ssh.service",
     "chrony.service", "serial-getty@ttyS0.service",
     "ca-appliance-page.socket",
 )

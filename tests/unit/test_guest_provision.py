@@ -220,7 +220,8 @@ def check_common(root: Path, result, sudo_group: str) -> None:
     assert check.returncode == 0, check.stdout + check.stderr
     # units: every unit the payload ships (with [Install]) and the base's
     for unit in ("step-ca.service", "ca-appliance-firstboot.service", "ca-appliance-growroot.service",
-                 "ca-appliance-ssh-hostkeys.service", "NetworkManager.service", "firewalld.service"):
+                 "ca-appliance-ssh-hostkeys.service", "ca-appliance-recover.service", "NetworkManager.service",
+                 "firewalld.service"):
         assert is_enabled(root, unit) == "enabled", unit
     # firewall: the appliance's own zone is the default: ssh and step-ca, no cockpit
     zone = (root / "etc/firewalld/zones/ca-appliance.xml").read_text()

@@ -93,6 +93,8 @@ def _parser():
     prov.add_argument("--stand-in", metavar="TOOL", action="append", default=[],
                       help="tests, with --root: record TOOL's calls to --record FILE instead of running it")
     prov.add_argument("--record", metavar="FILE", help="where --stand-in calls are written")
+    add("recover", "After a power cut: undo a change of the CA that did not finish (restore, renew-intermediate, "
+                   "setup) and remove what it staged; the boot runs it before step-ca when there is any.")
     add("publish-page", "Write the client page (root, fingerprint, ACME snippets) from the CA on disk again.")
     serve = add("serve-page", "Serve the client page over HTTP (socket from systemd, else --listen).")
     serve.add_argument("--listen", metavar="HOST:PORT", help="listen here instead of systemd's socket")
@@ -381,7 +383,21 @@ def cmd_serve_page(args):
     clientpage.serve(Layout(args.prefix), listen)
 
 
-COMMANDS.update({"publish-page": cmd_publish_page, "serve-page": cmd_serve_page})
+def cmd_recover(args):
+    """ca-appliance-recover.service, before step-ca, when a cut change left its journal or a page tree."""
+    from . import clientpage
+    layout = Layout(args.prefix)
+    undone = replace.recover(layout)
+    print("recover: a change of the CA that a power cut interrupted was undone; the CA is as it was before it"
+          if undone else "recover: no interrupted change of the CA")
+    removed, written = clientpage.tidy(layout)
+    if removed:
+        print(f"recover: removed what an interrupted client page update left: {', '.join(removed)}")
+    if written:
+        print("recover: the client page was missing; written again from the CA")
+
+
+COMMANDS.update({"publish-page": cmd_publish_page, "serve-page": cmd_serve_page, "recover": cmd_recover})
 
 
 def main(argv=None):

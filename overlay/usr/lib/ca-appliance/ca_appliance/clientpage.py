@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from . import buildinfo, cajson, pki, stepca
-from .staging import Staging, make_dir, write_file
+from .staging import Staging, make_dir, remove_leftovers, write_file
 
 PAGE_DIR = "/var/lib/ca-appliance/page"
 PAGE_PORT = 80
@@ -305,6 +305,8 @@ def publish(layout):
     values = facts(layout)
     final = page_dir(layout)
     make_dir(final.parent, 0o755)
+    # what a cut publish left (its swap keeps no journal: the page is made again from the CA whole)
+    remove_leftovers(final, set_aside=True)
     staging = Staging()
     try:
         staged = staging.stage_dir(final)
@@ -323,6 +325,17 @@ def publish(layout):
         staging.rollback()
         raise
     return final
+
+
+def tidy(layout):
+    """After a power cut: the trees a cut publish left go, and a page the cut left missing is made
+    again. The names removed and whether the page was written (for `ca-appliance recover`)."""
+    final = page_dir(layout)
+    removed = remove_leftovers(final, set_aside=True)
+    written = False
+    if not final.is_dir() and publish(layout) is not None:
+        written = True
+    return removed, written
 
 
 # ---- the server

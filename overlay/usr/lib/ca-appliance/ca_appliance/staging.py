@@ -184,12 +184,19 @@ def recover(journal):
     return True
 
 
-def remove_leftovers(final):
-    """Staged trees a crash left beside `final` (.NAME.new-*): never part of anything committed."""
+def remove_leftovers(final, set_aside=False):
+    """Staged trees a crash left beside `final` (.NAME.new-*): never part of anything committed. With
+    set_aside, also the trees a swap without a journal moved aside (.NAME.old-*): only for what is
+    made again from elsewhere (the client page), never for a tree a journal may still name. The
+    names removed, for the caller to report."""
     final = Path(final)
+    removed = []
     if final.parent.is_dir():
-        for leftover in final.parent.glob(f".{final.name}.new-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        for pattern in (f".{final.name}.new-*", *([f".{final.name}.old-*"] if set_aside else [])):
+            for leftover in sorted(final.parent.glob(pattern)):
+                shutil.rmtree(leftover, ignore_errors=True)
+                removed.append(leftover.name)
+    return removed
 
 
 def write_file(path, data, mode, durable=True):
