@@ -372,8 +372,9 @@ class Upgrade:
         self.check("same intermediate", same_intermediate and after["intermediate"] == before["intermediate"],
                    f"the renewed certificates' chain is the old one byte for byte; status: {after['intermediate']}")
         version = (after.get("appliance") or {}).get("version")
-        self.check("status is the new version", version == self.cfg.image.version and "clock" in status
-                   and "clock" not in old_status,
+        old_version = (before.get("appliance") or {}).get("version")
+        self.check("status is the new version", version == self.cfg.image.version and version != old_version
+                   and "clock" in status and "clock" not in old_status,
                    f"appliance {after.get('appliance')} (was {before.get('appliance')}); reports the clock "
                    f"({(status.get('clock') or {}).get('state', status.get('clock'))}), which "
                    f"{commit[:7]}'s status did not")

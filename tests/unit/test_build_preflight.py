@@ -78,7 +78,7 @@ def test_every_base_exposes_the_build_interface():
 
 
 def test_output_names_follow_name_version_base(debian_cfg):
-    assert build_mod.output_stem(debian_cfg) == "ca-appliance-1.0.0-debian"
+    assert build_mod.output_stem(debian_cfg) == "ca-appliance-1.1.0-debian"
 
 
 def test_sha256sums_keeps_other_builds_lines_replaces_this_builds_and_drops_removed_files(tmp_path):

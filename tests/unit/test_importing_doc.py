@@ -41,7 +41,7 @@ def test_the_seed_iso_recipe_makes_a_private_iso_the_appliance_reads(tmp_path):
 def test_libvirt_takes_the_virt_install_line_and_its_xml_holds_no_answers(tmp_path):
     (line,) = [line for line in recipe() if line.startswith("virt-install")]
     (tmp_path / "ca-seed.iso").write_bytes(b"\0" * 2048)
-    disk = tmp_path / "dist/ca-appliance-1.0.0-debian.qcow2"
+    disk = tmp_path / "dist/ca-appliance-1.1.0-debian.qcow2"
     disk.parent.mkdir()
     disk.write_bytes(b"")
     result = subprocess.run(f"{line} --connect test:///default --print-xml", shell=True, cwd=tmp_path,

@@ -163,7 +163,7 @@ def test_boot_disk_controller_and_nic_are_ones_the_boot_matrix_boots():
 def test_product_section_offers_every_first_boot_answer_with_config_defaults():
     root = ET.fromstring(descriptor())
     product = root.find("ovf:VirtualSystem/ovf:ProductSection", NS)
-    assert product.findtext("ovf:Version", namespaces=NS) == "1.0.0"
+    assert product.findtext("ovf:Version", namespaces=NS) == "1.1.0"
     props = {p.get(f"{OVF}key"): p for p in product.iterfind("ovf:Property", NS)}
     assert set(props) == {f"ca-appliance.{k}" for k in (
         "hostname", "network.mode", "network.address", "network.gateway", "network.dns", "network.ntp", "ca.name",

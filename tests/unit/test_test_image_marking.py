@@ -74,11 +74,11 @@ def product(ovf_text: str) -> dict:
 ], ids=["0.30.2", "0.19.0", "no-version-in-package", "binary-says-no-version"])
 def test_the_output_stem_ends_in_test_for_a_test_image(tmp_path, maker, test_only):
     cfg = config(tmp_path, maker(tmp_path))
-    assert build_mod.output_stem(cfg) == "ca-appliance-1.0.0-debian" + ("-test" if test_only else "")
+    assert build_mod.output_stem(cfg) == "ca-appliance-1.1.0-debian" + ("-test" if test_only else "")
 
 
 def test_a_release_pin_is_judged_by_its_version(tmp_path):
-    assert build_mod.output_stem(config(tmp_path, None)) == "ca-appliance-1.0.0-debian"
+    assert build_mod.output_stem(config(tmp_path, None)) == "ca-appliance-1.1.0-debian"
     old = load_config(overrides={"image": {"base": "debian"}, "artifacts": {"step_ca": {"version": "0.28.0"}}})
     assert build_mod.output_stem(old).endswith("-test")
 
@@ -89,17 +89,17 @@ def test_a_build_names_its_dist_files_and_marks_its_ova(tmp_path, fake_base, ver
     dist = tmp_path / "dist"
     published = build_mod.build_appliance(cfg, dist_dir=dist, build_dir=tmp_path / "build",
                                           out=io.StringIO())
-    stem = "ca-appliance-1.0.0-debian" + ("-test" if test_only else "")
+    stem = "ca-appliance-1.1.0-debian" + ("-test" if test_only else "")
     assert sorted(p.name for p in published) == sorted(f"{stem}.{ext}" for ext in ("raw", "ova", "manifest.json"))
     assert f"{stem}.ova" in (dist / "SHA256SUMS").read_text()
     with tarfile.open(dist / f"{stem}.ova") as ova:
         shown = product(ova.extractfile("ca-appliance.ovf").read().decode())
     if test_only:
-        assert "TEST IMAGE" in shown["Product"] and shown["Version"] == "1.0.0-test"
+        assert "TEST IMAGE" in shown["Product"] and shown["Version"] == "1.1.0-test"
         assert "TEST IMAGE" in shown["FullVersion"] and "GHSA-h8cp-697h-8c8p" in shown["Annotation"]
     else:
-        assert shown == {"Product": "CA appliance (step-ca)", "Version": "1.0.0",
-                         "FullVersion": "1.0.0 (debian)", "Annotation": None}
+        assert shown == {"Product": "CA appliance (step-ca)", "Version": "1.1.0",
+                         "FullVersion": "1.1.0 (debian)", "Annotation": None}
 
 
 def test_the_descriptor_of_a_config_with_an_unreadable_step_ca_is_marked(tmp_path):
