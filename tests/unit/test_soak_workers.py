@@ -123,3 +123,15 @@ def test_a_port_handed_out_is_never_handed_out_again_in_this_process():
     # must not pick them meanwhile
     ports = [free_port() for _ in range(200)]
     assert len(set(ports)) == len(ports)
+
+
+def test_the_longest_cuts_run_first_and_the_report_keeps_the_plan_order():
+    import random
+
+    from image.soak import plan, powercut
+    moments = plan.plan_cuts(20, random.Random(2028))
+    order = powercut.run_order(moments)
+    assert sorted(m.index for m in order) == list(range(1, 21))
+    stages = [plan.STAGE_NAMES.index(m.anchor) for m in order]
+    assert stages == sorted(stages, reverse=True)
+    assert order[-1].anchor == "kernel" and order[0].anchor == "step-ca starting"
