@@ -356,12 +356,6 @@ class VM:
                                timeout=10, banner_timeout=patience, auth_timeout=patience, allow_agent=False,
                                look_for_keys=False)
                 return client
-            except paramiko.AuthenticationException as e:
-                # sshd is up but the key is not let in yet: the first boot is still at work (its system
-                # steps install the admin key). Each try costs the guest a key exchange: try less often
-                last_error = f"{type(e).__name__}: {e}"
-                client.close()
-                time.sleep(10)
             except (OSError, paramiko.SSHException, EOFError) as e:
                 last_error = f"{type(e).__name__}: {e}"
                 client.close()
