@@ -194,10 +194,5 @@ def start_failover(seconds: float, seed: int, say=print) -> Background:
     return Background(child, out)
 
 
-def run_failover(seconds: float, rng: random.Random, report, say=print) -> None:
-    """The failover campaign alone, waited for."""
-    start_failover(seconds, rng.randrange(2**32), say).finish(report)
-
-
 if __name__ == "__main__":
     run_inside(float(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]))
