@@ -103,21 +103,12 @@ def served_root_fingerprint(target: Target) -> str:
     """SHA-256 of the root step-ca serves on /roots.pem, read from the host: no guest Python to start (a
     few seconds of an emulated CPU that the VM beside it needs). The tests/vm check compares it with
     what `status` prints."""
-    import hashlib
-    import ssl
-    import urllib.request
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE   # the root is what is read, not trusted
+    from image.bench.jwk_client import fetch_root
+    from image.bench.jwk_client import root_fingerprint as fingerprint_of
     try:
-        with urllib.request.urlopen(f"https://127.0.0.1:{target.vm.ports['ca']}/roots.pem", timeout=30,
-                                    context=context) as response:
-            roots = x509.load_pem_x509_certificates(response.read())
+        return fingerprint_of(fetch_root(f"https://127.0.0.1:{target.vm.ports['ca']}", timeout=30))
     except (OSError, ValueError) as e:
         raise StepFailed("read the served root", f"{type(e).__name__}: {e}") from None
-    return hashlib.sha256(roots[0].public_bytes(Encoding.DER)).hexdigest() if roots else ""
 
 
 def strays(target: Target) -> list[str]:
