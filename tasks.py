@@ -152,13 +152,15 @@ def bench(c, image=None, accel="auto", out="build/bench.json", clients="4", seco
                        "first-boot it, issue certificates, back it up, then first-boot this image restoring "
                        "the backup: same root and intermediate, the old ACME account renews (not in the default run)",
             "parallel": "VMs booted at a time for the power cuts and the full disk (default auto: one per host core, "
-                        "at most 4 and half the memory); the failover runs beside them"})
+                        "at most 4 and half the memory); the failover runs beside them",
+            "vm-cpus": "vCPUs per soak VM (default auto: the host's cores shared out among the VMs at once, at most "
+                       "the image's; under TCG an overcommitted host slows every guest)"})
 @reports_errors
 def soak(c, image=None, accel="auto", out="build/soak.json", power_cuts=None, disk_full=False, failover=False,
-         seconds="300", seed=None, upgrade=False, parallel="auto"):
+         seconds="300", seed=None, upgrade=False, parallel="auto", vm_cpus="auto"):
     """Power cuts, a full disk, node failover and the upgrade from the previous image; prints a table, writes
     build/soak.json. With no campaign named: 20 power cuts, disk full and failover."""
     from image.soak.soak import run_soak
     ok = run_soak(image=image, accel=accel, out=out, power_cuts=power_cuts, disk_full=disk_full, failover=failover,
-                  seconds=seconds, seed=seed, upgrade=upgrade, parallel=parallel)
+                  seconds=seconds, seed=seed, upgrade=upgrade, parallel=parallel, vm_cpus=vm_cpus)
     sys.exit(0 if ok else 1)

@@ -54,16 +54,16 @@ JOURNALS = {"journal.txt": "journalctl -b --no-pager", "step-ca.log": "journalct
 
 def new_target(image: Path, workdir: Path, cfg, accel: str, say=print, *, answers: dict | None = None,
                credential: bool = True, seed: Path | None = None, ca_port: int | None = None,
-               challenge_port: int | None = None) -> Target:
+               challenge_port: int | None = None, cpus: int | None = None) -> Target:
     """A Target for a fresh overlay of `image` (not started): verify's default answers (or `answers`) as
     the systemd credential (unless credential=False), a read-only `seed` volume if given, and the CA and
     challenge host ports fixed when given (an upgrade's restored appliance must answer where the old one
-    did: certbot keeps its account per server URL)."""
+    did: certbot keeps its account per server URL). `cpus`: the VM's vCPUs (default: the image's)."""
     key_file = ensure_admin_key(SOAK_DIR)
     if answers is None:
         answers = load_answers(None, key_file.with_suffix(".pub").read_text().strip())
     challenge_port = challenge_port or free_port()
-    vm = VM(image, workdir, cpus=cfg.image.cpus, memory_mb=cfg.image.memory_mb, accel=accel,
+    vm = VM(image, workdir, cpus=cpus or cfg.image.cpus, memory_mb=cfg.image.memory_mb, accel=accel,
             ports={"ssh": 22, "ca": ca_port_of(answers), **({"page": PAGE_PORT} if cfg.page.enabled else {})},
             guestfwds={(CHALLENGE_IP, 80): f"socat - TCP:127.0.0.1:{challenge_port}"},
             credentials={CREDENTIAL_NAME: yaml.safe_dump(answers).encode()} if credential else {},

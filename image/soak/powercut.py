@@ -151,8 +151,9 @@ class PowerCuts:
     the same seed gives the same campaign whichever cut ends first."""
 
     def __init__(self, image: Path, cfg, accel: str, count: int, rng: random.Random, report, workers,
-                 say=print, then=None):
+                 say=print, then=None, cpus: int | None = None):
         self.image, self.cfg, self.accel, self.report, self.workers, self.say = image, cfg, accel, report, workers, say
+        self.cpus = cpus
         self.moments = plan.plan_cuts(count, rng)
         self.op_rng = random.Random(rng.randrange(2**32))
         self.then = then
@@ -161,14 +162,15 @@ class PowerCuts:
 
     def start(self) -> None:
         self.report.set("power_cuts_planned", len(self.moments))
-        self.say(f"power cuts: {len(self.moments)} planned, {self.workers.workers} VM(s) at a time: "
+        self.say(f"power cuts: {len(self.moments)} planned, {self.workers.workers} VM(s) at a time, "
+                 f"{self.cpus or self.cfg.image.cpus} vCPU(s) each: "
                  + ", ".join(f"{m.index}: {m.phase} +{m.delay_s}s" for m in self.moments))
         for moment in run_order(self.moments):
             self.workers.add(functools.partial(self.cut, moment))
 
     def cut(self, moment: plan.Moment) -> None:
         target = appliance.new_target(self.image, appliance.SOAK_DIR / f"cut-{moment.index}", self.cfg,
-                                      self.accel, self.say)
+                                      self.accel, self.say, cpus=self.cpus)
         self.workers.live(target)
         try:
             entry = cut_one(target, moment, self.say)

@@ -52,14 +52,15 @@ def _image(image) -> Path:
 
 
 def run_soak(image=None, accel="auto", out="build/soak.json", power_cuts=None, disk_full=False, failover=False,
-             seconds="300", seed=None, upgrade=False, parallel="auto", say=print) -> bool:
-    """The campaigns chosen; the VM ones `parallel` VMs at a time, the failover (host processes in a
-    network namespace of their own) beside them from the start."""
+             seconds="300", seed=None, upgrade=False, parallel="auto", vm_cpus="auto", say=print) -> bool:
+    """The campaigns chosen; the VM ones `parallel` VMs at a time (`vm_cpus` vCPUs each), the failover
+    (host processes in a network namespace of their own) beside them from the start."""
     chosen = campaigns(power_cuts, disk_full, failover, upgrade)
     seed_value = parse_seed(seed)
     run_seconds = parse_seconds("--seconds", seconds)
     cfg = load_config()
     slots = workers.parse_workers(parallel, memory_mb=workers.host_memory_mb(), vm_memory_mb=cfg.image.memory_mb)
+    cpus = workers.parse_vm_cpus(vm_cpus, cfg.image.cpus, slots)
     needs_vm = chosen["power_cuts"] or chosen["disk_full"] or chosen["upgrade"]
     accel_name = "none"
     if needs_vm:
@@ -72,6 +73,7 @@ def run_soak(image=None, accel="auto", out="build/soak.json", power_cuts=None, d
     report = SoakReport(out, seed_value, accel_name, str(image_path) if image_path else None)
     report.set("campaigns", chosen)
     report.set("parallel_vms", slots)
+    report.set("vm_cpus", cpus)
     rng = random.Random(seed_value)
     # every random draw in this order, whatever runs side by side later: the same seed, the same campaign
     failover_seed = rng.randrange(2**32)
@@ -83,12 +85,12 @@ def run_soak(image=None, accel="auto", out="build/soak.json", power_cuts=None, d
             from image.soak.failover import start_failover
             background = start_failover(run_seconds, failover_seed, say)
         cuts = None
-        full_disk = (lambda target: _disk_full(target, image_path, cfg, accel_name, report, pool, say)) \
+        full_disk = (lambda target: _disk_full(target, image_path, cfg, accel_name, report, pool, say, cpus)) \
             if chosen["disk_full"] else None
         if chosen["power_cuts"]:
             from image.soak.powercut import PowerCuts
             cuts = PowerCuts(image_path, cfg, accel_name, chosen["power_cuts"], rng, report, pool, say,
-                             then=full_disk)
+                             then=full_disk, cpus=cpus)
             cuts.start()
         elif full_disk is not None:
             pool.add(lambda: full_disk(None))
@@ -111,7 +113,7 @@ def run_soak(image=None, accel="auto", out="build/soak.json", power_cuts=None, d
     return _all_ok(report.data)
 
 
-def _disk_full(target, image_path, cfg, accel, report, pool, say) -> None:
+def _disk_full(target, image_path, cfg, accel, report, pool, say, cpus=None) -> None:
     """On `target` (a running appliance the power cuts leave), or on a fresh one of its own."""
     from image.soak.diskfull import run_disk_full
     say("full disk: on " + ("the appliance the command cuts used" if target is not None else "a fresh appliance"))
@@ -119,7 +121,7 @@ def _disk_full(target, image_path, cfg, accel, report, pool, say) -> None:
     failed = True
     try:
         if own:
-            target = appliance.new_target(image_path, appliance.SOAK_DIR / "disk-full", cfg, accel, say)
+            target = appliance.new_target(image_path, appliance.SOAK_DIR / "disk-full", cfg, accel, say, cpus=cpus)
             pool.live(target)
             target.vm.start()
             target.wait_ready("first boot")

@@ -106,6 +106,29 @@ def test_a_bad_parallel_is_one_line_naming_the_option_and_what_is_allowed(value)
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("image_cpus, vms, cores, expected", [
+    (2, 2, 2, 1),    # two VMs on two cores: one vCPU each, no overcommit
+    (2, 1, 2, 2),    # one VM: what the image asks for
+    (2, 2, 8, 2),    # plenty of cores: never more than the image asks for
+    (4, 3, 8, 2),    # shared out, rounded down
+    (2, 4, 2, 1)])   # more VMs than cores: still one each
+def test_auto_vm_cpus_shares_the_cores_out(image_cpus, vms, cores, expected):
+    assert workers.parse_vm_cpus("auto", image_cpus, vms, cores=cores) == expected
+    assert workers.parse_vm_cpus(None, image_cpus, vms, cores=cores) == expected
+
+
+def test_vm_cpus_given_is_taken_as_is():
+    assert workers.parse_vm_cpus(" 3 ", 2, 2, cores=2) == 3
+
+
+@pytest.mark.parametrize("value", ["0", "65", "one", "-2", "1.5"])
+def test_a_bad_vm_cpus_is_one_line_naming_the_option_and_what_is_allowed(value):
+    with pytest.raises(UserError) as e:
+        workers.parse_vm_cpus(value, 2, 2)
+    assert str(e.value).startswith("--vm-cpus: ") and repr(value) in str(e.value) and "1 to 64" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
 def test_cuts_are_reported_in_plan_order_whichever_ends_first(tmp_path):
     rep = report.SoakReport(tmp_path / "soak.json", seed=1, accel="tcg", image=None)
     rep.set("power_cuts_planned", 3)
