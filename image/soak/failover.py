@@ -180,25 +180,17 @@ class Background:
         stop_process(self.child, grace=60, sig=signal.SIGINT)
 
 
-# The failover runs for a fixed time and its clients issue without pause, so it takes whatever CPU is
-# free: beside the VMs (a fixed amount of emulated work) it would only slow them. Niced, it issues on
-# the cores the VMs leave idle, still without pause; the VMs' campaign ends sooner. Measured: at the
-# default priority the seed-2028 campaign took 58.7 min with 413 and 485 certificates issued.
-FAILOVER_NICENESS = 10
-
-
 def start_failover(seconds: float, seed: int, say=print) -> Background:
     """Both databases, each in turn, in a private network namespace, in a child process started now."""
     out = SOAK_DIR / "failover" / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
-    say(f"failover: {seconds:g} s per database ({', '.join(KINDS)}), in a private network namespace, "
-        f"at niceness {FAILOVER_NICENESS} (on the cores the VMs leave idle)")
+    say(f"failover: {seconds:g} s per database ({', '.join(KINDS)}), in a private network namespace")
     script = ("ip link set lo up && exec \"$0\" -m image.soak.failover \"$1\" \"$2\" \"$3\"")
     # long-lived: the whole campaign runs in this child (its output is the terminal's, a Ctrl-C reaches
     # it too); Background waits for it or stops it
-    child = subprocess.Popen(["nice", "-n", str(FAILOVER_NICENESS), "unshare", "--net", "sh", "-c", script,
-                              sys.executable, str(seconds), str(seed), str(out)], cwd=PROJECT_ROOT)
+    child = subprocess.Popen(["unshare", "--net", "sh", "-c", script, sys.executable, str(seconds), str(seed),
+                              str(out)], cwd=PROJECT_ROOT)
     return Background(child, out)
 
 
