@@ -27,19 +27,25 @@ def default_workers(cores: int | None = None, memory_mb: int = 0, vm_memory_mb: 
     return workers
 
 
-def parse_workers(value, cores: int | None = None, memory_mb: int = 0, vm_memory_mb: int = 0) -> int:
-    """--parallel: 'auto' (default_workers) or a whole number 1..16; anything else is one line (exit 2)."""
+def _auto_or_count(option: str, value, auto: Callable[[], int], highest: int, what: str) -> int:
+    """An option that is 'auto' (the value `auto()` gives) or a whole number 1..highest; anything else is
+    one line naming the option, the value and what is allowed (exit 2)."""
     from image.errors import UserError
     text = "auto" if value is None else str(value).strip().lower()
     if text in ("", "auto"):
-        return default_workers(cores, memory_mb, vm_memory_mb)
+        return auto()
     try:
         number = int(text)
     except ValueError:
         number = 0
-    if not 1 <= number <= 16:
-        raise UserError(f"--parallel: {value!r} is not allowed (give 'auto' or a whole number of VMs, 1 to 16)")
+    if not 1 <= number <= highest:
+        raise UserError(f"{option}: {value!r} is not allowed (give 'auto' or a whole number of {what}, 1 to {highest})")
     return number
+
+
+def parse_workers(value, cores: int | None = None, memory_mb: int = 0, vm_memory_mb: int = 0) -> int:
+    """--parallel: 'auto' (default_workers) or a whole number of VMs, 1..16."""
+    return _auto_or_count("--parallel", value, lambda: default_workers(cores, memory_mb, vm_memory_mb), 16, "VMs")
 
 
 def default_vm_cpus(image_cpus: int, workers: int, cores: int | None = None) -> int:
@@ -53,18 +59,9 @@ def default_vm_cpus(image_cpus: int, workers: int, cores: int | None = None) -> 
 
 
 def parse_vm_cpus(value, image_cpus: int, workers: int, cores: int | None = None) -> int:
-    """--vm-cpus: 'auto' (default_vm_cpus) or a whole number 1..64; anything else is one line (exit 2)."""
-    from image.errors import UserError
-    text = "auto" if value is None else str(value).strip().lower()
-    if text in ("", "auto"):
-        return default_vm_cpus(image_cpus, workers, cores)
-    try:
-        number = int(text)
-    except ValueError:
-        number = 0
-    if not 1 <= number <= 64:
-        raise UserError(f"--vm-cpus: {value!r} is not allowed (give 'auto' or a whole number of vCPUs per VM, 1 to 64)")
-    return number
+    """--vm-cpus: 'auto' (default_vm_cpus) or a whole number of vCPUs per VM, 1..64."""
+    return _auto_or_count("--vm-cpus", value, lambda: default_vm_cpus(image_cpus, workers, cores), 64,
+                          "vCPUs per VM")
 
 
 def host_memory_mb() -> int:
