@@ -151,7 +151,7 @@ class PowerCuts:
     the same seed gives the same campaign whichever cut ends first."""
 
     def __init__(self, image: Path, cfg, accel: str, count: int, rng: random.Random, report, workers,
-                 say=print, then=None, cpus: int | None = None):
+                 cpus: int, say=print, then=None):
         self.image, self.cfg, self.accel, self.report, self.workers, self.say = image, cfg, accel, report, workers, say
         self.cpus = cpus
         self.moments = plan.plan_cuts(count, rng)
@@ -163,7 +163,7 @@ class PowerCuts:
     def start(self) -> None:
         self.report.set("power_cuts_planned", len(self.moments))
         self.say(f"power cuts: {len(self.moments)} planned, {self.workers.workers} VM(s) at a time, "
-                 f"{self.cpus or self.cfg.image.cpus} vCPU(s) each: "
+                 f"{self.cpus} vCPU(s) each: "
                  + ", ".join(f"{m.index}: {m.phase} +{m.delay_s}s" for m in self.moments))
         for moment in run_order(self.moments):
             self.workers.add(functools.partial(self.cut, moment))

@@ -89,8 +89,8 @@ def run_soak(image=None, accel="auto", out="build/soak.json", power_cuts=None, d
             if chosen["disk_full"] else None
         if chosen["power_cuts"]:
             from image.soak.powercut import PowerCuts
-            cuts = PowerCuts(image_path, cfg, accel_name, chosen["power_cuts"], rng, report, pool, say,
-                             then=full_disk, cpus=cpus)
+            cuts = PowerCuts(image_path, cfg, accel_name, chosen["power_cuts"], rng, report, pool, cpus, say,
+                             then=full_disk)
             cuts.start()
         elif full_disk is not None:
             pool.add(lambda: full_disk(None))
@@ -113,7 +113,7 @@ def run_soak(image=None, accel="auto", out="build/soak.json", power_cuts=None, d
     return _all_ok(report.data)
 
 
-def _disk_full(target, image_path, cfg, accel, report, pool, say, cpus=None) -> None:
+def _disk_full(target, image_path, cfg, accel, report, pool, say, cpus: int) -> None:
     """On `target` (a running appliance the power cuts leave), or on a fresh one of its own."""
     from image.soak.diskfull import run_disk_full
     say("full disk: on " + ("the appliance the command cuts used" if target is not None else "a fresh appliance"))
