@@ -146,7 +146,7 @@ def bench(c, image=None, accel="auto", out="build/bench.json", clients="4", seco
                          "and leave the CA serving, then succeed once space is freed",
             "failover": "two step-ca nodes on MariaDB and on PostgreSQL behind a round-robin proxy, ACME clients "
                         "issuing while one node is killed and restarted",
-            "seconds": "how long the failover clients issue, per database (default 300)",
+            "seconds": "how long the failover clients issue, both databases at once (default 300)",
             "seed": "the random seed (default: from the clock; printed and stored, to replay a run)",
             "upgrade": "build the previous release's image (image/soak/upgrade.py: PREVIOUS_RELEASE, cached), "
                        "first-boot it, issue certificates, back it up, then first-boot this image restoring "
