@@ -98,13 +98,20 @@ def qemu_opt(value: str | os.PathLike) -> str:
 
 
 
+# Under TCG: every emulated feature (the SIMD OpenSSL and Go use) but 5-level paging, which no guest
+# of a few GiB needs and which makes every emulated page walk one level longer. Two pairs of VMs booted
+# side by side (a first boot, the checks, a later boot), one each way: without it QEMU used 2-4% less
+# CPU (its system time 13-22% less), and the first boot was ready 3-4% sooner.
+TCG_CPU = "max,la57=off"
+
+
 def machine_args(name: str, machine: str, accel: str, cpus: int, memory_mb: int) -> list[str]:
     """The start of every QEMU command line here (the Fedora installer's and verify's): the machine,
-    the accelerator (the host's CPU under KVM, every emulated feature under TCG), no display."""
+    the accelerator (the host's CPU under KVM, TCG_CPU under TCG), no display."""
     if accel not in ("kvm", "tcg"):
         raise ValueError(f"accel must be kvm or tcg, not {accel!r}")
     return ["qemu-system-x86_64", "-name", name, "-machine", machine, "-accel", accel,
-            "-cpu", "host" if accel == "kvm" else "max", "-smp", str(cpus), "-m", str(memory_mb),
+            "-cpu", "host" if accel == "kvm" else TCG_CPU, "-smp", str(cpus), "-m", str(memory_mb),
             "-display", "none", "-monitor", "none"]
 
 
