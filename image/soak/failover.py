@@ -149,11 +149,16 @@ def one_database(kind: str, seconds: float, rng: random.Random, webroot: Path, s
     return entry
 
 
-def run_inside(seconds: float, seed: int, out: Path) -> None:
-    """Every database's cluster at once, each in a thread (the work is in the child processes); each
-    draws from a generator of its own, seeded up front in KINDS order: the same seed, the same kills."""
+def database_seeds(seed: int) -> dict[str, int]:
+    """A seed per database, drawn up front in KINDS order: the clusters run side by side, so a shared
+    generator would hand out its draws in whichever order their threads ask; the same seed, the same kills."""
     rng = random.Random(seed)
-    seeds = {kind: rng.randrange(2**32) for kind in KINDS}
+    return {kind: rng.randrange(2**32) for kind in KINDS}
+
+
+def run_inside(seconds: float, seed: int, out: Path) -> None:
+    """Every database's cluster at once, each in a thread (the work is in the child processes)."""
+    seeds = database_seeds(seed)
     webroot = SOAK_DIR / "failover" / "webroot"
     shutil.rmtree(webroot, ignore_errors=True)
     webroot.mkdir(parents=True)

@@ -128,6 +128,15 @@ def test_duplicate_serials_are_found():
     assert failover.duplicates([1, 2, 3, 2, 5, 1]) == [1, 2] and failover.duplicates([4, 5]) == []
 
 
+def test_each_database_draws_its_kills_from_a_seed_of_its_own():
+    """The two databases' clusters run side by side: each gets its own seed, the same for the same --seed."""
+    seeds = failover.database_seeds(2028)
+    assert set(seeds) == set(failover.KINDS) and len(set(seeds.values())) == len(failover.KINDS)
+    assert failover.database_seeds(2028) == seeds and failover.database_seeds(2029) != seeds
+    plans = {kind: failover.kill_plan(300, random.Random(s)) for kind, s in seeds.items()}
+    assert plans["mysql"] != plans["postgresql"]
+
+
 def test_a_tally_counts_failures_and_the_retries_after_them():
     tally = Tally("certbot")
     tally.record(11)
