@@ -3,7 +3,7 @@ import json
 import re
 
 import pytest
-from vm_helpers import fingerprint_in, owners_and_modes, status_text
+from vm_helpers import described, fingerprint_in, owner_group_mode, owners_and_modes, status_text
 
 MAX_EXPOSURE = 2.0
 STEPPATH = "/etc/step-ca"
@@ -105,22 +105,23 @@ def test_firewall_allows_only_ssh_the_ca_and_the_client_page(host, target):
 
 @pytest.mark.parametrize("name, owner", [("root_ca_key", "root"), ("intermediate_ca_key", "step")])
 def test_secrets_are_private_to_step(host, name, owner):
-    path = f"{STEPPATH}/secrets/{name}"
-    key = owners_and_modes(host, path)[path]
+    key = owner_group_mode(host, f"{STEPPATH}/secrets/{name}")
     if name == "root_ca_key" and key is None:
         pytest.skip("the root key is offline (root_key: offline)")
     # step-ca never reads the root key: it stays root's (issue 11, item 10)
-    assert key == (owner, owner, 0o600)
+    assert key == (owner, owner, 0o600), f"{name}: {described(key)}"
 
 
 def test_the_secrets_directory_is_closed(host):
-    user, _, mode = owners_and_modes(host, f"{STEPPATH}/secrets")[f"{STEPPATH}/secrets"]
-    assert user == "step" and mode & 0o077 == 0
+    directory = owner_group_mode(host, f"{STEPPATH}/secrets")
+    assert directory is not None and directory[0] == "step" and directory[2] & 0o077 == 0, \
+        f"{STEPPATH}/secrets: {described(directory)}"
 
 
 def test_password_file_is_readable_by_step_only(host):
-    user, _, mode = owners_and_modes(host, f"{STEPPATH}/password.txt")[f"{STEPPATH}/password.txt"]
-    assert (user, mode) == ("step", 0o400)
+    password = owner_group_mode(host, f"{STEPPATH}/password.txt")
+    assert password is not None and (password[0], password[2]) == ("step", 0o400), \
+        f"{STEPPATH}/password.txt: {described(password)}"
 
 
 def guest_url(target, path):

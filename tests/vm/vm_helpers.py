@@ -29,6 +29,16 @@ def owners_and_modes(host, *paths: str) -> dict:
     return {path: found.get(path) for path in paths}
 
 
+def owner_group_mode(host, path: str) -> tuple[str, str, int] | None:
+    """owners_and_modes for one path."""
+    return owners_and_modes(host, path)[path]
+
+
+def described(entry: tuple[str, str, int] | None) -> str:
+    """An owners_and_modes entry as a failure message shows it: 'step:step 0600', or 'missing'."""
+    return "missing" if entry is None else f"{entry[0]}:{entry[1]} {entry[2]:04o}"
+
+
 def fingerprint_in(status: str) -> str:
     """The root fingerprint `ca-appliance status` prints (hex, colons or not), lower-case, no colons."""
     match = re.search(r"root fingerprint[^:\n]*:\s*([0-9A-Fa-f:]{64,95})", status)
