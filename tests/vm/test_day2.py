@@ -5,6 +5,7 @@ import json
 
 import pytest
 from ca_appliance.layout import ownership_of
+from vm_helpers import described, owner_group_mode
 
 # The CA's trees and state as they must be after every command that writes them: owners and modes from
 # the guest's one table (layout.OWNERSHIP), read here on the host from the same source file.
@@ -26,9 +27,9 @@ def assert_owners_and_modes_follow_the_table(host, after):
         if (user, group, int(mode, 8)) != (owner, owner, table_mode) or kind not in "fd":
             wrong.append(f"{path}: {user}:{group} {mode} {kind}, the table says {owner}:{owner} {table_mode:o}")
     assert not wrong, f"after {after}: " + "; ".join(wrong)
-    key = host.file("/etc/step-ca/secrets/root_ca_key")
-    if key.exists:
-        assert (key.user, key.group, key.mode) == ("root", "root", 0o600), f"after {after}"
+    key = owner_group_mode(host, "/etc/step-ca/secrets/root_ca_key")
+    if key is not None:
+        assert key == ("root", "root", 0o600), f"after {after}: root_ca_key {described(key)}"
 
 
 def test_the_watch_timer_is_enabled_and_waiting(host):
