@@ -44,7 +44,7 @@ def test_anaconda_qemu_command_line_exactly(tmp_path):
         accel="tcg", tree=TREE)
     assert cmd == [
         "qemu-system-x86_64", "-name", "ca-appliance-anaconda", "-machine", "q35", "-accel", "tcg",
-        "-cpu", "max,la57=off", "-smp", "2", "-m", "4096", "-display", "none", "-monitor", "none",
+        "-cpu", "max,la57=off,-erms", "-smp", "2", "-m", "4096", "-display", "none", "-monitor", "none",
         "-serial", f"file:{w}/serial.log", "-no-reboot",
         "-kernel", f"{w}/vmlinuz", "-initrd", f"{w}/initrd.img",
         "-append", f"inst.stage2={TREE} inst.ks=hd:LABEL=OEMDRV:/ks.cfg inst.text console=ttyS0,115200n8 "
