@@ -1,6 +1,7 @@
 """Fixtures and session set-up more than one tier uses."""
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,9 @@ def pytest_configure(config):
     SIGINT *ignored*, and so would every program a test starts: the Ctrl-C tests (the wizard, the
     build) would wait for an interrupt that never comes. A handled SIGINT is reset to the default
     in each child, as a terminal's programs get it."""
-    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    # Only the main thread may set a handler: `invoke soak` runs the tests/vm checks with pytest.main
+    # from a worker thread, and its session keeps whatever SIGINT handling the command was given.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 

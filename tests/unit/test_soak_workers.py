@@ -1,11 +1,14 @@
 """`invoke soak --parallel`: the worker threads that boot several VMs at once, the report they share,
 and the host ports they must not take from each other (real threads and sockets; no VM)."""
 import json
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
+from image.config import PROJECT_ROOT
 from image.errors import UserError
 from image.soak import report, workers
 from image.vm.qemu import free_port
@@ -158,3 +161,24 @@ def test_the_longest_cuts_run_first_and_the_report_keeps_the_plan_order():
     stages = [plan.STAGE_NAMES.index(m.anchor) for m in order]
     assert stages == sorted(stages, reverse=True)
     assert order[-1].anchor == "kernel" and order[0].anchor == "step-ca starting"
+
+
+def test_the_checks_run_from_a_worker_thread_when_sigint_is_ignored(tmp_path):
+    """`nohup invoke soak &` starts with SIGINT ignored, and the soak runs the tests/vm checks with
+    pytest.main in a worker thread, as appliance.vm_checks does. The suite's session set-up must not set
+    a signal handler there (only the main thread may): it did, and every cut's checks failed with
+    'no JUnit file'. A real pytest session, in a child process with SIGINT ignored."""
+    junit = tmp_path / "junit.xml"
+    test = str(PROJECT_ROOT / "tests/unit/test_soak.py::test_a_plan_of_none_is_empty_and_a_negative_count_is_refused")
+    script = (
+        "import signal, sys, threading, pytest\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "codes = []\n"
+        f"args = [{test!r}, '--junitxml={junit}', '-q', '-p', 'no:cacheprovider', '--rootdir={PROJECT_ROOT}']\n"
+        "worker = threading.Thread(target=lambda: codes.append(pytest.main(args)))\n"
+        "worker.start(); worker.join()\n"
+        "sys.exit(int(codes[0]) if codes else 99)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=PROJECT_ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert 'failures="0"' in junit.read_text() and 'errors="0"' in junit.read_text()
