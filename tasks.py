@@ -5,7 +5,9 @@ exit status 2 for bad input, 1 for a failed step (with the path of its log).
 """
 import functools
 import os
+import signal
 import sys
+import threading
 
 from invoke import task
 
@@ -17,15 +19,31 @@ from image.errors import ApplianceError
 BASE_HELP = f"{', '.join(base_names())} (default: image.base from the config)"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a CI job's timeout) stops a task as Ctrl-C does, through the same cleanup:
+    the VMs, mounts, loop devices and daemons it started go too. Python's default would just exit."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
 def reports_errors(fn):
-    """Turn the project's errors into one line on stderr and an exit status, never a traceback."""
+    """Turn the project's errors into one line on stderr and an exit status, never a traceback;
+    SIGTERM becomes Terminated (exit 143) so that cleanup runs."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _terminated)
         try:
             return fn(*args, **kwargs)
         except ApplianceError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(e.exit_code)
+        except Terminated:
+            print("terminated", file=sys.stderr)
+            sys.exit(143)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)

@@ -1,0 +1,38 @@
+"""tasks.py's wrapper: a task killed with SIGTERM (`kill`, a CI job's timeout) stops as Ctrl-C stops it,
+through its cleanup, instead of leaving its VMs and daemons behind (a real process, a real signal)."""
+import signal
+import subprocess
+import sys
+import time
+
+from image.config import PROJECT_ROOT
+
+
+def test_sigterm_runs_the_tasks_cleanup_and_exits_143(tmp_path):
+    cleaned, started = tmp_path / "cleaned", tmp_path / "started"
+    script = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(PROJECT_ROOT)!r})\n"
+        "import tasks\n"
+        "@tasks.reports_errors\n"
+        "def task():\n"
+        "    try:\n"
+        f"        open({str(started)!r}, 'w').close()\n"
+        "        time.sleep(60)\n"
+        "    finally:\n"
+        f"        open({str(cleaned)!r}, 'w').close()   # what a task's finally does: kill its VMs\n"
+        "task()\n")
+    child = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert child.poll() is None and time.monotonic() < deadline, "the task did not start"
+            time.sleep(0.05)
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 143
+    assert err.strip() == "terminated"
+    assert cleaned.exists()
