@@ -60,6 +60,9 @@ def new_target(image: Path, workdir: Path, cfg, accel: str, say=print, *, answer
     challenge host ports fixed when given (an upgrade's restored appliance must answer where the old one
     did: certbot keeps its account per server URL). `cpus`: the VM's vCPUs (default: the image's)."""
     key_file = ensure_admin_key(SOAK_DIR)
+    # a campaign that was killed leaves its VMs' directories: a new one must not boot that old overlay
+    # (the first boot half done) or read that old console (a cut moment met at once)
+    shutil.rmtree(workdir, ignore_errors=True)
     if answers is None:
         answers = load_answers(None, key_file.with_suffix(".pub").read_text().strip())
     challenge_port = challenge_port or free_port()

@@ -291,3 +291,18 @@ def test_certbot_accounts_are_the_account_ids_under_the_server_path(tmp_path):
     (account / "private_key.json").write_text("{}")
     (account.parent / "not-an-account").mkdir()
     assert upgrade.Certbot(tmp_path / "certbot", 50289, tmp_path / "root.pem").accounts() == ["1e99081c279f2694"]
+
+
+def test_a_new_target_starts_from_nothing_a_killed_campaign_left(tmp_path):
+    """A soak that was killed leaves cut-N/ behind. The next run's cut N must boot a fresh overlay and
+    read a fresh console: with the old ones it booted a half-done first boot and met its cut moment
+    on the old console 1 s in (seen in a rerun). No VM is started here."""
+    from image.config import load_config
+    from image.soak import appliance
+    workdir = tmp_path / "cut-17"
+    workdir.mkdir()
+    for stale in ("overlay.qcow2", "serial.log", "qemu.log"):
+        (workdir / stale).write_text("left by a killed campaign\n")
+    target = appliance.new_target(tmp_path / "image.qcow2", workdir, load_config(), "tcg")
+    assert sorted(p.name for p in workdir.iterdir()) == []
+    assert not target.vm.spec.disk.exists() and not target.vm.serial_log.exists()
