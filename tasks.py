@@ -30,9 +30,12 @@ def _terminated(signum, frame):
 
 def reports_errors(fn):
     """Turn the project's errors into one line on stderr and an exit status, never a traceback;
-    SIGTERM becomes Terminated (exit 143) so that cleanup runs."""
+    SIGTERM becomes Terminated (exit 143) so that cleanup runs; stdout is line-buffered."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        # progress lines reach a log file (`nohup invoke soak > log`) as they are printed, not 8 KiB later
+        if hasattr(sys.stdout, "reconfigure"):
+            sys.stdout.reconfigure(line_buffering=True)
         if threading.current_thread() is threading.main_thread() \
                 and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _terminated)

@@ -1,5 +1,6 @@
 """tasks.py's wrapper: a task killed with SIGTERM (`kill`, a CI job's timeout) stops as Ctrl-C stops it,
 through its cleanup, instead of leaving its VMs and daemons behind (a real process, a real signal)."""
+import os
 import signal
 import subprocess
 import sys
@@ -36,3 +37,29 @@ def test_sigterm_runs_the_tasks_cleanup_and_exits_143(tmp_path):
     assert child.returncode == 143
     assert err.strip() == "terminated"
     assert cleaned.exists()
+
+
+def test_a_tasks_progress_reaches_a_redirected_log_as_it_is_printed(tmp_path):
+    """`nohup invoke soak > log`: stdout is a file, which Python buffers by 8 KiB; a campaign's
+    'cut 18: survived' appeared only with the next check's output, or never if it was killed."""
+    log = tmp_path / "log"
+    script = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(PROJECT_ROOT)!r})\n"
+        "import tasks\n"
+        "@tasks.reports_errors\n"
+        "def task():\n"
+        "    print('  cut 1: survived')\n"
+        "    time.sleep(60)\n"
+        "task()\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}   # as a user's shell has it
+    with open(log, "w") as out:
+        child = subprocess.Popen([sys.executable, "-c", script], stdout=out, cwd=PROJECT_ROOT, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while "cut 1: survived" not in log.read_text():
+            assert child.poll() is None and time.monotonic() < deadline, "the line never reached the log"
+            time.sleep(0.05)
+    finally:
+        child.kill()
+        child.wait()
