@@ -49,6 +49,9 @@ PHASES = (
     Phase("system steps", "committed", 0.0, 15.0),
     # step-ca's start is the last system step: the marker follows it within a second
     Phase("just before the completion marker", "step-ca starting", 0.0, 3.0),
+    # setup has said the CA is ready and written its marker: what it wrote must already be on disk (a cut
+    # here once left the marker and an empty authorized_keys, locking the admin out)
+    Phase("just after setup reported ready", "setup finished", 0.0, 5.0),
 )
 
 

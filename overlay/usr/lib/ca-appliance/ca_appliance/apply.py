@@ -282,7 +282,13 @@ def finish(layout, saved, *, use_system=True, restart=False, out=sys.stdout):
 
 def mark_complete(layout):
     """The completion marker (durable): the first-boot unit stops running once it exists. Written
-    last by setup; a first-boot restore must write it too once its own steps are done."""
+    last by setup; a first-boot restore must write it too once its own steps are done.
+
+    Everything before it reaches the disk first (sync): the system steps write files themselves (the
+    admin's authorized_keys) and through tools that do not fsync (hostnamectl, nmcli, firewall-cmd,
+    update-ca-certificates). A power cut seconds after 'Your CA is ready' once left the marker on
+    disk and authorized_keys empty: the first boot never ran again and the admin was locked out."""
+    os.sync()
     write_file(layout.setup_complete, datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds") + "\n", 0o644)
     fsync_dir(layout.setup_complete.parent)
     # Baked answers served their one first boot: they must not linger for a later reader (or a backup).

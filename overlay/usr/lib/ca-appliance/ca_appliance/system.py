@@ -95,6 +95,8 @@ def install_admin_keys(user_name, keys):
     if added:
         with open(authorized, "a") as f:
             f.write("".join(f"{key}\n" for key in added))
+            f.flush()
+            os.fsync(f.fileno())   # appended, not replaced: a power cut must not leave it empty
     authorized.chmod(0o600)
     for path in (ssh_dir, authorized):
         os.chown(path, user.pw_uid, user.pw_gid)
