@@ -51,6 +51,24 @@ def test_a_renewal_cut_mid_swap_is_undone_by_recover_and_the_old_intermediate_se
     assert "New intermediate in place" in again.stdout and ca.intermediate.read_bytes() != intermediate
 
 
+def test_a_renewal_cut_after_its_commit_keeps_the_new_intermediate_and_recover_removes_the_old_trees(make_ca, serve):
+    """Cut between the commit (the journal gone) and the deletion of the trees set aside: the change
+    stands, and the old trees, which hold the previous intermediate key, must not stay on disk (soak: a
+    first boot cut there left /var/lib/.step-ca.old-*). The boot's unit must see them, and recover
+    removes them without undoing anything."""
+    ca = make_ca()
+    intermediate = ca.intermediate.read_bytes()
+    cut(ca, "committed, old trees not yet deleted", "renew-intermediate")
+    assert not (ca.prefix / "etc/ca-appliance/replace-journal.json").exists()
+    assert [p for p in leftovers(ca.prefix) if ".step-ca.old-" in p], "the cut should leave the old trees"
+    result = run_cli("recover", "--prefix", ca.prefix)
+    assert "no interrupted change of the CA" in result.stdout
+    assert "removed what a finished change of the CA left beside it: .step-ca.old-" in result.stdout
+    assert leftovers(ca.prefix) == []
+    assert ca.intermediate.read_bytes() != intermediate   # committed: the new intermediate stays
+    serve(ca)
+
+
 @pytest.mark.parametrize("point", PAGE_POINTS)
 def test_a_page_update_cut_mid_swap_leaves_nothing_after_recover(make_ca, point):
     ca = make_ca()
@@ -104,6 +122,9 @@ def test_the_unit_runs_exactly_when_a_cut_left_something(make_ca):
     run_cli("recover", "--prefix", ca.prefix)
     cut(ca, "swap page (new in place)", "publish-page")
     assert any(".page." in p for p in matching(ca.prefix))
+    run_cli("recover", "--prefix", ca.prefix)
+    cut(ca, "committed, old trees not yet deleted", "renew-intermediate")
+    assert {"/etc/.step-ca.old-*", "/var/lib/.step-ca.old-*"} & matching(ca.prefix)
     run_cli("recover", "--prefix", ca.prefix)
     assert matching(ca.prefix) == set()
     assert "step-ca.service" in " ".join(unit[("Unit", "Before")]).split()

@@ -387,9 +387,12 @@ def cmd_recover(args):
     """ca-appliance-recover.service, before step-ca, when a cut change left its journal or a page tree."""
     from . import clientpage
     layout = Layout(args.prefix)
-    undone = replace.recover(layout)
+    left = []
+    undone = replace.recover(layout, removed=left)
     print("recover: a change of the CA that a power cut interrupted was undone; the CA is as it was before it"
           if undone else "recover: no interrupted change of the CA")
+    if left and not undone:
+        print(f"recover: removed what a finished change of the CA left beside it: {', '.join(left)}")
     removed, written = clientpage.tidy(layout)
     if removed:
         print(f"recover: removed what an interrupted client page update left: {', '.join(removed)}")

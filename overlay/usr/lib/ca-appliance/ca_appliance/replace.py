@@ -12,11 +12,17 @@ from . import staging, system
 from .errors import StepFailed
 
 
-def recover(layout):
-    """Put back what an interrupted replacement moved; remove staged leftovers. True if it undid one."""
+def recover(layout, removed=None):
+    """Put back what an interrupted replacement moved; remove staged leftovers. True if it undid one.
+    `removed` (a list) gets the names of the leftovers removed."""
     undone = staging.recover(layout.replace_journal)
+    # With the journal gone, a tree still set aside (.NAME.old-*) is one a committed swap was deleting
+    # when the power went (soak: a first boot cut just after its commit). No journal can name it any
+    # more, and it holds the previous CA's files, keys included: it goes too.
     for tree in (layout.steppath, layout.data_dir):
-        staging.remove_leftovers(tree)
+        names = staging.remove_leftovers(tree, set_aside=True)
+        if removed is not None:
+            removed.extend(names)
     return undone
 
 

@@ -135,6 +135,7 @@ class Staging:
         if self._journal is not None and self._journal.exists():
             self._journal.unlink()
             fsync_dir(self._journal.parent)
+        checkpoint("committed, old trees not yet deleted")
         for _staged, _final, old in self._moved:
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
@@ -186,9 +187,10 @@ def recover(journal):
 
 def remove_leftovers(final, set_aside=False):
     """Staged trees a crash left beside `final` (.NAME.new-*): never part of anything committed. With
-    set_aside, also the trees a swap without a journal moved aside (.NAME.old-*): only for what is
-    made again from elsewhere (the client page), never for a tree a journal may still name. The
-    names removed, for the caller to report."""
+    set_aside, also the trees a swap moved aside (.NAME.old-*): for a swap without a journal (the
+    client page, made again from elsewhere), or once recover() has run, when no journal is left to
+    name them (a cut between a swap's commit and their deletion). The names removed, for the caller
+    to report."""
     final = Path(final)
     removed = []
     if final.parent.is_dir():
