@@ -160,7 +160,7 @@ def test_the_longest_cuts_run_first_and_the_report_keeps_the_plan_order():
     assert sorted(m.index for m in order) == list(range(1, 21))
     stages = [plan.STAGE_NAMES.index(m.anchor) for m in order]
     assert stages == sorted(stages, reverse=True)
-    assert order[-1].anchor == "kernel" and order[0].anchor == "step-ca starting"
+    assert order[-1].anchor == "kernel" and order[0].anchor == "setup finished"
 
 
 def test_the_checks_run_from_a_worker_thread_when_sigint_is_ignored(tmp_path):
