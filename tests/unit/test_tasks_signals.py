@@ -9,20 +9,19 @@ import time
 from image.config import PROJECT_ROOT
 
 
+def task_script(*body: str) -> str:
+    """A child process's program: one function wrapped as tasks.py wraps every task, then called."""
+    return (f"import sys, time\nsys.path.insert(0, {str(PROJECT_ROOT)!r})\nimport tasks\n"
+            "@tasks.reports_errors\ndef task():\n" + "".join(f"    {line}\n" for line in body) + "task()\n")
+
+
 def test_sigterm_runs_the_tasks_cleanup_and_exits_143(tmp_path):
     cleaned, started = tmp_path / "cleaned", tmp_path / "started"
-    script = (
-        "import sys, time\n"
-        f"sys.path.insert(0, {str(PROJECT_ROOT)!r})\n"
-        "import tasks\n"
-        "@tasks.reports_errors\n"
-        "def task():\n"
-        "    try:\n"
-        f"        open({str(started)!r}, 'w').close()\n"
-        "        time.sleep(60)\n"
-        "    finally:\n"
-        f"        open({str(cleaned)!r}, 'w').close()   # what a task's finally does: kill its VMs\n"
-        "task()\n")
+    script = task_script("try:",
+                         f"    open({str(started)!r}, 'w').close()",
+                         "    time.sleep(60)",
+                         "finally:",
+                         f"    open({str(cleaned)!r}, 'w').close()   # what a task's finally does: kill its VMs")
     child = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
     try:
         deadline = time.monotonic() + 60
@@ -40,18 +39,10 @@ def test_sigterm_runs_the_tasks_cleanup_and_exits_143(tmp_path):
 
 
 def test_a_tasks_progress_reaches_a_redirected_log_as_it_is_printed(tmp_path):
-    """`nohup invoke soak > log`: stdout is a file, which Python buffers by 8 KiB; a campaign's
-    'cut 18: survived' appeared only with the next check's output, or never if it was killed."""
+    """`nohup invoke soak > log`: stdout is a file, which Python buffers by 8 KiB; without line
+    buffering a campaign's 'cut 18: survived' would show only with the next check's output."""
     log = tmp_path / "log"
-    script = (
-        "import sys, time\n"
-        f"sys.path.insert(0, {str(PROJECT_ROOT)!r})\n"
-        "import tasks\n"
-        "@tasks.reports_errors\n"
-        "def task():\n"
-        "    print('  cut 1: survived')\n"
-        "    time.sleep(60)\n"
-        "task()\n")
+    script = task_script("print('  cut 1: survived')", "time.sleep(60)")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}   # as a user's shell has it
     with open(log, "w") as out:
         child = subprocess.Popen([sys.executable, "-c", script], stdout=out, cwd=PROJECT_ROOT, env=env)
