@@ -246,7 +246,7 @@ def test_everything_setup_did_is_synced_before_the_completion_marker(tmp_path, m
     """The marker ends the first boot for good, so what the system steps wrote must be on disk before it:
     a power cut right after 'Your CA is ready' left the marker and an empty authorized_keys (soak, seed
     2028), and the admin was locked out. Here: sync(2) runs once, before the marker exists. The cut itself
-    is exercised in `invoke soak` (phase 'just after setup finished'); a unit test cannot pull power."""
+    is exercised in `invoke soak` (phase 'just after setup reported ready'); a unit test cannot pull power."""
     layout = Layout(tmp_path)
     synced_with_marker = []
     real_sync = apply.os.sync
