@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import answers, apply, backup, database, join, provision, renew, replace, status, timing, upgrade, watch
+from . import answers, apply, backup, database, join, lock, provision, renew, replace, status, timing, upgrade, watch
 from .errors import ApplianceError, UserError
 from .layout import Layout
 
@@ -403,10 +403,36 @@ def cmd_recover(args):
 COMMANDS.update({"publish-page": cmd_publish_page, "serve-page": cmd_serve_page, "recover": cmd_recover})
 
 
+# The commands that change the CA hold its lock (lock.py) and refuse while another holds it.
+CHANGES_THE_CA = {"setup", "backup", "restore", "renew-intermediate", "join", "recover", "publish-page"}
+STALE_RESTART_WAIT = 600   # s: restart-if-stale waits for a change of the CA rather than skip its restart
+
+
+def run_command(args):
+    """The command, under the CA's lock when it changes the CA (a restore drill, status and the page don't)."""
+    command = COMMANDS[args.command]
+    layout = Layout(getattr(args, "prefix", None))
+    if args.command in CHANGES_THE_CA and not getattr(args, "verify", None):
+        with lock.held(layout, args.command):
+            return command(args)
+    if args.command == "watch":   # the timer's run: a tree mid-swap would give false alarms; the next run checks
+        try:
+            with lock.held(layout, "watch"):
+                return command(args)
+        except lock.Busy as busy:
+            print(f"ca-appliance watch: skipped: another command is changing the CA ({busy.holder}); "
+                  "the next run checks it")
+            return 0
+    if args.command == "restart-if-stale":   # the change under way may only reload step-ca: wait, then look
+        with lock.held(layout, args.command, wait=STALE_RESTART_WAIT):
+            return command(args)
+    return command(args)
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
     try:
-        code = COMMANDS[args.command](args)
+        code = run_command(args)
     except answers.AnswersError as error:
         print(error, file=sys.stderr)
         return 2

@@ -18,13 +18,17 @@ import tempfile
 from pathlib import Path
 
 KILL_AT_VARIABLE = "CA_APPLIANCE_TEST_KILL_AT"
+STOP_AT_VARIABLE = "CA_APPLIANCE_TEST_STOP_AT"
 
 
 def checkpoint(name):
-    """Test hook: SIGKILL this process at the named point when the environment asks for it, so the
-    tests can cut setup (a real signal, as a power cut would) at every step and check the rerun."""
+    """Test hooks: SIGKILL this process at the named point when the environment asks for it, so the
+    tests can cut setup (a real signal, as a power cut would) at every step and check the rerun; or
+    SIGSTOP it there, so they can run another command while this one is mid-change (lock.py)."""
     if os.environ.get(KILL_AT_VARIABLE) == name:
         os.kill(os.getpid(), 9)
+    if os.environ.get(STOP_AT_VARIABLE) == name:
+        os.kill(os.getpid(), 19)
 
 
 def fsync_dir(path):
