@@ -87,10 +87,12 @@ def test_bad_answers_are_asked_again_and_start_over_keeps_them_as_defaults(tmp_p
     short_key = f"ssh-ed25519 ...{ED25519_KEY.split()[1][-8:]} admin@laptop"
     walk(child, start="ssh", shown={"ssh": "y/N", "admin_key": short_key})
     child.expect_exact("Please review:")
-    assert files_under(tmp_path) == []  # nothing written before the answer to "Apply?"
+    # nothing written before the answer to "Apply?", but the lock setup holds while it runs (lock.py)
+    assert files_under(tmp_path) == ["root", "root/run", "root/run/ca-appliance", "root/run/ca-appliance/lock"]
     answer(child, "Apply? [Y/n]: ", "y")
     child.expect_exact("Your CA is ready.")
     assert finish(child) == 0
+    assert not (prefix / "run").exists()   # and the lock went with it
 
     config = ca_json(prefix)
     assert config["dnsNames"] == ["ca.lab.example", "192.168.70.10"]
