@@ -40,19 +40,13 @@ def _holder(lock_path):
 
 def _make_parents(directory, created):
     """mkdir -p `directory`, adding to `created` what did not exist (removed again on release)."""
-    while True:
-        missing, parent = [], directory
-        while not parent.exists():
-            missing.append(parent)
-            parent = parent.parent
+    while not directory.exists():
         try:
-            for each in reversed(missing):
-                try:
-                    each.mkdir(mode=0o755)
-                except FileExistsError:
-                    continue
-                created.append(each)
-            return
+            _make_parents(directory.parent, created)
+            directory.mkdir(mode=0o755)
+            created.append(directory)
+        except FileExistsError:     # another command made it meanwhile
+            pass
         except FileNotFoundError:   # another command's release removed a parent meanwhile: again
             continue
 
@@ -106,7 +100,7 @@ def held(layout, command, wait=0.0, poll=0.5):
     finally:
         # /run/ca-appliance is the lock's alone (also when a killed holder made it); above it, what
         # this taker made. Deepest first; a directory another command uses now stays.
-        for directory in [lock_path.parent, *reversed([d for d in created if d != lock_path.parent])]:
+        for directory in dict.fromkeys([lock_path.parent, *reversed(created)]):
             try:
                 directory.rmdir()
             except OSError:
