@@ -29,8 +29,18 @@ def pytest_configure(config):
     in each child, as a terminal's programs get it."""
     # Only the main thread may set a handler: `invoke soak` runs the tests/vm checks with pytest.main
     # from a worker thread, and its session keeps whatever SIGINT handling the command was given.
-    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and threading.current_thread() is threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    # SIGTERM (`kill`, a CI job's timeout) ends the session as Ctrl-C does, so the fixtures' teardowns
+    # run: Python's default exits at once and leaves the VMs, mounts, loop devices and daemons behind.
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture(scope="session")
